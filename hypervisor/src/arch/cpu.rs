@@ -1,0 +1,71 @@
+//! Processor identity and control: CPUID, MSRs, halting.
+
+use atoll_platform::vmx::MsrRead;
+use raw_cpuid::CpuId;
+
+/// What CPUID says about this processor that the boot report needs.
+pub struct CpuFeatures {
+    pub vendor: heapless::String<12>,
+    /// CPUID.1:ECX.VMX[bit 5].
+    pub vmx: bool,
+    /// CPUID.1:ECX.x2APIC[bit 21].
+    pub x2apic: bool,
+    /// This CPU's initial APIC ID (CPUID.1:EBX[31:24], or the x2APIC ID from
+    /// leaf 0xB when present, which is exact above 255).
+    pub apic_id: u32,
+}
+
+/// Reads the CPUID facts of the current CPU.
+pub fn features() -> CpuFeatures {
+    let cpuid = CpuId::new();
+    let info = cpuid.get_feature_info();
+    let mut vendor = heapless::String::new();
+    if let Some(v) = cpuid.get_vendor_info() {
+        // A vendor string is 12 bytes, so it always fits.
+        let _ = vendor.push_str(v.as_str());
+    }
+    let xapic_id = info.as_ref().map_or(0, |f| u32::from(f.initial_local_apic_id()));
+    let x2apic_id = cpuid
+        .get_extended_topology_info()
+        .and_then(|mut levels| levels.next())
+        .map(|level| level.x2apic_id());
+    CpuFeatures {
+        vendor,
+        vmx: info.as_ref().is_some_and(|f| f.has_vmx()),
+        x2apic: info.as_ref().is_some_and(|f| f.has_x2apic()),
+        apic_id: x2apic_id.unwrap_or(xapic_id),
+    }
+}
+
+/// RDMSR for the VMX capability reader. Only constructed after CPUID has
+/// shown VMX support, which is what makes the VMX capability MSRs exist.
+pub struct VmxMsrs(());
+
+impl VmxMsrs {
+    /// Returns the reader when CPUID reports VMX.
+    pub fn new(features: &CpuFeatures) -> Option<Self> {
+        features.vmx.then_some(VmxMsrs(()))
+    }
+}
+
+impl MsrRead for VmxMsrs {
+    fn read_msr(&mut self, msr: u32) -> u64 {
+        // SAFETY: a `VmxMsrs` exists only when CPUID.1:ECX.VMX is set, and
+        // `VmxCaps::read` asks only for the MSRs the SDM (Vol. 3D, A.1-A.10)
+        // says then exist, checking the gating capability bits first.
+        unsafe { x86::msr::rdmsr(msr) }
+    }
+}
+
+/// Stops this CPU for good: interrupts off, then HLT in a loop (an NMI or
+/// SMI may wake it; it halts again).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: CLI and HLT only change this CPU's interrupt flag and
+        // run state; nothing is left to run on this CPU.
+        unsafe {
+            x86::irq::disable();
+            x86::halt();
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! CPU exceptions (vectors 0-31, SDM Vol. 3A, 7.15): every one is a bug in
+//! Atoll at this stage, so each is reported as a panic with its vector,
+//! error code and the interrupted registers.
+//!
+//! Each vector has a small stub that pushes a uniform frame (a zero error
+//! code where the CPU pushes none, then the vector number and the general
+//! registers) and calls [`exception_entry`]:
+//!
+//! ```text
+//!  rsp ->  r15 r14 ... rax   (pushed by the common stub)
+//!          vector
+//!          error code        (CPU-pushed, or 0)
+//!          rip cs rflags rsp ss   (CPU-pushed, SDM 7.14.1)
+//! ```
+
+use core::arch::global_asm;
+use spin::Once;
+
+/// The register frame the stubs build.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ExceptionFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+const _: () = assert!(core::mem::offset_of!(ExceptionFrame, vector) == 15 * 8);
+const _: () = assert!(core::mem::offset_of!(ExceptionFrame, rip) == 17 * 8);
+
+// Vectors for which the CPU pushes an error code: 8, 10-14, 17, 21, 29, 30
+// (SDM Vol. 3A, Table 7-1).
+global_asm!(
+    r#"
+    .section .text
+    .macro EXC_STUB vector
+    .balign 16
+exception_stub_\vector:
+    .if (\vector == 8) || (\vector >= 10 && \vector <= 14) || (\vector == 17) || (\vector == 21) || (\vector == 29) || (\vector == 30)
+    .else
+    push $0
+    .endif
+    push $\vector
+    jmp exception_common
+    .endm
+
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    EXC_STUB \v
+    .endr
+
+exception_common:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi
+    cld
+    call exception_entry
+    ud2
+
+    .section .rodata
+    .balign 8
+    .global exception_stubs
+exception_stubs:
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad exception_stub_\v
+    .endr
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    /// The stub addresses, defined above.
+    static exception_stubs: [u64; 32];
+}
+
+/// An IDT gate descriptor (SDM Vol. 3A, 7.14.1, Figure 7-8).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    type_attr: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Gate>() == 16);
+
+/// The 64-bit code selector of the boot GDT (entry.rs).
+const KERNEL_CODE_SELECTOR: u16 = 0x08;
+/// Present, DPL 0, 64-bit interrupt gate (type 0xE): IF is cleared on entry.
+const INTERRUPT_GATE: u8 = 0x8e;
+
+impl Gate {
+    fn interrupt(handler: u64) -> Self {
+        Gate {
+            offset_low: handler as u16,
+            selector: KERNEL_CODE_SELECTOR,
+            ist: 0,
+            type_attr: INTERRUPT_GATE,
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+}
+
+static IDT: Once<[Gate; 32]> = Once::new();
+
+/// Installs the exception handlers on this CPU.
+pub fn init() {
+    // SAFETY: `exception_stubs` is an initialised, read-only table in .rodata
+    // (global_asm above), so reading it is a plain load.
+    let stubs = unsafe { exception_stubs };
+    let idt = IDT.call_once(|| stubs.map(Gate::interrupt));
+    let pointer = x86::dtables::DescriptorTablePointer::new(idt);
+    // SAFETY: the pointer names a 'static, fully initialised table of 32
+    // valid gates whose handlers are the stubs above, in the code segment
+    // the boot GDT loaded.
+    unsafe { x86::dtables::lidt(&pointer) };
+}
+
+/// Called by the stubs with interrupts off; never returns.
+#[unsafe(no_mangle)]
+extern "C" fn exception_entry(frame: &ExceptionFrame) -> ! {
+    // SAFETY: reading CR2 has no side effects; we run at CPL 0.
+    let cr2 = unsafe { x86::controlregs::cr2() };
+    panic!(
+        "CPU exception {} (vector {}) error {:#x} at rip {:#x} rsp {:#x} cr2 {:#x} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x}",
+        exception_name(frame.vector),
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        frame.rsp,
+        cr2,
+        frame.rax,
+        frame.rbx,
+        frame.rcx,
+        frame.rdx,
+        frame.rsi,
+        frame.rdi,
+    );
+}
+
+/// The SDM's mnemonic for an exception vector.
+fn exception_name(vector: u64) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
+        "#GP", "#PF", "reserved", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "reserved", "reserved",
+        "reserved", "reserved", "reserved", "reserved", "#HV", "#VC", "#SX", "reserved",
+    ];
+    usize::try_from(vector).ok().and_then(|v| NAMES.get(v)).copied().unwrap_or("unknown")
+}
