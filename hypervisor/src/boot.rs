@@ -68,6 +68,7 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
     match cmdline.get("selftest") {
         None => {}
         Some("panic") => panic!("selftest=panic: a deliberate panic to test the panic path"),
+        Some("exception") => arch::cpu::raise_invalid_opcode(),
         Some(other) => fatal("cmdline", UnknownSelftest(other), soft_off),
     }
 
@@ -172,7 +173,7 @@ impl Display for UnknownKey<'_> {
 struct UnknownSelftest<'a>(&'a str);
 impl Display for UnknownSelftest<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "unknown self-test '{}'; known self-tests: panic", self.0)
+        write!(f, "unknown self-test '{}'; known self-tests: panic exception", self.0)
     }
 }
 

@@ -69,3 +69,11 @@ pub fn halt_forever() -> ! {
         }
     }
 }
+
+/// Executes UD2, so the exception path (IDT, stub, report) can be tested
+/// from the command line (`selftest=exception`).
+pub fn raise_invalid_opcode() -> ! {
+    // SAFETY: UD2 raises #UD, whose IDT handler (idt.rs) reports a panic and
+    // never returns; no state is changed before that.
+    unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
