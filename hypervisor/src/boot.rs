@@ -27,7 +27,8 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
         Err(e) => fatal("multiboot", e, None),
     };
     console::event("boot_start", |e| {
-        e.field("version", env!("CARGO_PKG_VERSION")).field("cmdline", info.cmdline())
+        e.field("version", env!("CARGO_PKG_VERSION"))
+            .field("cmdline", info.cmdline())
     });
     log::info!(
         "Atoll {} booted by {}",
@@ -78,7 +79,10 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
 
 /// Sums the memory map and reports it; returns the usable MiB.
 fn report_memory(info: &BootInfo<'_>) -> u64 {
-    let available = || info.memory_map().filter(|r| r.kind == MemoryKind::Available);
+    let available = || {
+        info.memory_map()
+            .filter(|r| r.kind == MemoryKind::Available)
+    };
     let usable: u64 = available().map(|r| r.len).fold(0, u64::saturating_add);
     let highest = available().map(|r| r.end()).max().unwrap_or(0);
     let usable_mib = usable >> 20;
@@ -143,20 +147,26 @@ fn find_config(info: &BootInfo<'_>, soft_off: Option<SoftOff>) {
     if module.is_empty() {
         fatal("config_empty", ConfigEmpty, soft_off);
     }
-    console::event("config", |e| e.field("name", module.name).field("bytes", module.len()));
+    console::event("config", |e| {
+        e.field("name", module.name).field("bytes", module.len())
+    });
     log::info!("cluster config: {} bytes at {}", module.len(), module.start);
 }
 
 /// Reports a fatal input error and powers off with status 1.
 fn fatal(kind: &str, error: impl Display, soft_off: Option<SoftOff>) -> ! {
     log::error!("{error}");
-    console::event("error", |e| e.field("kind", kind).field("msg", format_args!("{error}")));
+    console::event("error", |e| {
+        e.field("kind", kind).field("msg", format_args!("{error}"))
+    });
     power_off(1, "error", soft_off)
 }
 
 fn power_off(status: u8, reason: &str, soft_off: Option<SoftOff>) -> ! {
     log::info!("powering off (status {status})");
-    console::event("poweroff", |e| e.field("status", status).field("reason", reason));
+    console::event("poweroff", |e| {
+        e.field("status", status).field("reason", reason)
+    });
     arch::power::power_off(soft_off, status);
     log::error!("the machine did not power off; halting");
     arch::cpu::halt_forever()
@@ -166,14 +176,20 @@ struct UnknownKey<'a>(&'a str);
 impl Display for UnknownKey<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "unknown command line key '{}'; known keys:", self.0)?;
-        atoll_platform::cmdline::KNOWN_KEYS.iter().try_for_each(|k| write!(f, " {k}"))
+        atoll_platform::cmdline::KNOWN_KEYS
+            .iter()
+            .try_for_each(|k| write!(f, " {k}"))
     }
 }
 
 struct UnknownSelftest<'a>(&'a str);
 impl Display for UnknownSelftest<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "unknown self-test '{}'; known self-tests: panic exception", self.0)
+        write!(
+            f,
+            "unknown self-test '{}'; known self-tests: panic exception",
+            self.0
+        )
     }
 }
 
@@ -191,6 +207,9 @@ impl Display for ConfigMissing {
 struct ConfigEmpty;
 impl Display for ConfigEmpty {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "the cluster config module '{CONFIG_MODULE}' is empty; give a config with at least one [[node]]")
+        write!(
+            f,
+            "the cluster config module '{CONFIG_MODULE}' is empty; give a config with at least one [[node]]"
+        )
     }
 }

@@ -23,8 +23,12 @@ extern "C" fn atoll_main(magic: u32, boot_info_addr: u64) -> ! {
     // SAFETY: the boot identity map is active (entry.rs), the address is the
     // one GRUB passed, and nothing in Atoll writes to the boot information,
     // the firmware tables or the boot modules.
-    let (boot_info, memory) =
-        unsafe { (arch::boot_info_bytes(boot_info_addr), arch::phys::BootMemory::new()) };
+    let (boot_info, memory) = unsafe {
+        (
+            arch::boot_info_bytes(boot_info_addr),
+            arch::phys::BootMemory::new(),
+        )
+    };
     boot::run(magic, boot_info, &memory)
 }
 
@@ -36,12 +40,18 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     if PANICKING.swap(true, Ordering::SeqCst) {
         arch::cpu::halt_forever();
     }
-    let (file, line) = info.location().map_or(("<unknown>", 0), |l| (l.file(), l.line()));
+    let (file, line) = info
+        .location()
+        .map_or(("<unknown>", 0), |l| (l.file(), l.line()));
     let cpu = arch::cpu::features().apic_id;
     let mut out = console::panic_writer();
     let serial = out.serial();
     // Start on a fresh line in case the panic interrupted one.
-    let _ = writeln!(serial, "\n[PANIC] {} at {file}:{line} on cpu {cpu}", info.message());
+    let _ = writeln!(
+        serial,
+        "\n[PANIC] {} at {file}:{line} on cpu {cpu}",
+        info.message()
+    );
     let _ = Event::new(&mut *serial, "panic")
         .field("msg", format_args!("{}", info.message()))
         .field("file", file)

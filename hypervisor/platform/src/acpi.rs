@@ -54,13 +54,19 @@ pub enum Error {
     /// The RSDP copy is short, lacks "RSD PTR " or fails its checksum.
     BadRsdp,
     /// A table's bytes cannot be read at its address.
-    Unreadable { signature: Signature, addr: HostPhysAddr },
+    Unreadable {
+        signature: Signature,
+        addr: HostPhysAddr,
+    },
     /// A table's length is under its header or above [`MAX_TABLE_LEN`].
     BadLength { signature: Signature, len: u32 },
     /// A table's bytes do not sum to zero.
     BadChecksum { signature: Signature },
     /// A table has a different signature than the pointer to it promised.
-    WrongSignature { expected: Signature, found: Signature },
+    WrongSignature {
+        expected: Signature,
+        found: Signature,
+    },
     /// There is no table with this signature.
     Missing(Signature),
     /// A MADT entry at this offset is shorter than 2 bytes or than its type
@@ -73,18 +79,33 @@ pub enum Error {
 impl core::fmt::Display for Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Error::NoRsdp => write!(f, "the boot loader passed no ACPI RSDP; Atoll needs ACPI to find CPUs"),
+            Error::NoRsdp => write!(
+                f,
+                "the boot loader passed no ACPI RSDP; Atoll needs ACPI to find CPUs"
+            ),
             Error::BadRsdp => write!(f, "the ACPI RSDP is malformed (signature or checksum)"),
             Error::Unreadable { signature, addr } => {
-                write!(f, "ACPI table {signature} at {addr} lies outside readable memory")
+                write!(
+                    f,
+                    "ACPI table {signature} at {addr} lies outside readable memory"
+                )
             }
-            Error::BadLength { signature, len } => write!(f, "ACPI table {signature} has impossible length {len}"),
-            Error::BadChecksum { signature } => write!(f, "ACPI table {signature} fails its checksum"),
+            Error::BadLength { signature, len } => {
+                write!(f, "ACPI table {signature} has impossible length {len}")
+            }
+            Error::BadChecksum { signature } => {
+                write!(f, "ACPI table {signature} fails its checksum")
+            }
             Error::WrongSignature { expected, found } => {
-                write!(f, "ACPI table at the {expected} pointer has signature {found}")
+                write!(
+                    f,
+                    "ACPI table at the {expected} pointer has signature {found}"
+                )
             }
             Error::Missing(signature) => write!(f, "the firmware has no ACPI {signature} table"),
-            Error::BadMadtEntry { offset } => write!(f, "ACPI MADT entry at offset {offset} is malformed"),
+            Error::BadMadtEntry { offset } => {
+                write!(f, "ACPI MADT entry at offset {offset} is malformed")
+            }
             Error::TooMany { what, limit } => write!(f, "the MADT lists more than {limit} {what}"),
         }
     }
@@ -112,7 +133,10 @@ impl<'m, M: PhysMemory> Tables<'m, M> {
         }
         let xsdt = if v2 && u8_at(bytes, 15).is_some_and(|rev| rev >= 2) {
             let len = u32_at(bytes, 20).ok_or(Error::BadRsdp)? as usize;
-            let whole = bytes.get(..len).filter(|b| b.len() >= 36).ok_or(Error::BadRsdp)?;
+            let whole = bytes
+                .get(..len)
+                .filter(|b| b.len() >= 36)
+                .ok_or(Error::BadRsdp)?;
             if !checksum_ok(whole) {
                 return Err(Error::BadRsdp);
             }
@@ -122,17 +146,29 @@ impl<'m, M: PhysMemory> Tables<'m, M> {
         };
         let (addr, signature, entry_size) = match xsdt {
             Some(a) => (a, *b"XSDT", 8),
-            None => (u64::from(u32_at(bytes, 16).ok_or(Error::BadRsdp)?), *b"RSDT", 4),
+            None => (
+                u64::from(u32_at(bytes, 16).ok_or(Error::BadRsdp)?),
+                *b"RSDT",
+                4,
+            ),
         };
         let root = read_table(mem, HostPhysAddr(addr), Some(Signature(signature)))?;
-        Ok(Self { mem, root, entry_size })
+        Ok(Self {
+            mem,
+            root,
+            entry_size,
+        })
     }
 
     /// The addresses the root table lists.
     fn entries(&self) -> impl Iterator<Item = HostPhysAddr> + '_ {
         let list = self.root.get(HEADER_LEN..).unwrap_or(&[]);
         list.chunks_exact(self.entry_size).map(|e| {
-            let addr = if e.len() == 8 { u64_at(e, 0) } else { u32_at(e, 0).map(u64::from) };
+            let addr = if e.len() == 8 {
+                u64_at(e, 0)
+            } else {
+                u32_at(e, 0).map(u64::from)
+            };
             HostPhysAddr(addr.unwrap_or(0))
         })
     }
@@ -147,7 +183,9 @@ impl<'m, M: PhysMemory> Tables<'m, M> {
 
     /// The first table with this signature.
     pub fn find(&self, signature: [u8; 4]) -> Result<&'m [u8], Error> {
-        self.all(signature).next().unwrap_or(Err(Error::Missing(Signature(signature))))
+        self.all(signature)
+            .next()
+            .unwrap_or(Err(Error::Missing(Signature(signature))))
     }
 
     /// The CPUs and I/O APICs of the MADT.
@@ -169,7 +207,11 @@ impl<'m, M: PhysMemory> Tables<'m, M> {
             .or_else(|| u32_at(fadt, 40).map(u64::from))
             .unwrap_or(0);
         let dsdt = read_table(self.mem, HostPhysAddr(dsdt_addr), Some(Signature(*b"DSDT")))?;
-        let from_ssdts = || self.all(*b"SSDT").filter_map(Result::ok).find_map(find_s5_package);
+        let from_ssdts = || {
+            self.all(*b"SSDT")
+                .filter_map(Result::ok)
+                .find_map(find_s5_package)
+        };
         let Some((slp_typ_a, slp_typ_b)) = find_s5_package(dsdt).or_else(from_ssdts) else {
             return Ok(None);
         };
@@ -179,7 +221,9 @@ impl<'m, M: PhysMemory> Tables<'m, M> {
             pm1b_control_port: u16::try_from(pm1b).ok().filter(|&p| p != 0),
             slp_typ_a,
             slp_typ_b,
-            smi_command_port: u16::try_from(u32_at(fadt, 48).unwrap_or(0)).ok().filter(|&p| p != 0),
+            smi_command_port: u16::try_from(u32_at(fadt, 48).unwrap_or(0))
+                .ok()
+                .filter(|&p| p != 0),
             acpi_enable: u8_at(fadt, 52).unwrap_or(0),
         }))
     }
@@ -193,18 +237,24 @@ fn read_table<M: PhysMemory>(
     expected: Option<Signature>,
 ) -> Result<&[u8], Error> {
     let unknown = expected.unwrap_or(Signature(*b"????"));
-    let header = mem
-        .bytes(addr, HEADER_LEN)
-        .ok_or(Error::Unreadable { signature: unknown, addr })?;
+    let header = mem.bytes(addr, HEADER_LEN).ok_or(Error::Unreadable {
+        signature: unknown,
+        addr,
+    })?;
     let signature = Signature(array_at::<4>(header, 0).ok_or(Error::BadRsdp)?);
     if let Some(expected) = expected.filter(|&e| e != signature) {
-        return Err(Error::WrongSignature { expected, found: signature });
+        return Err(Error::WrongSignature {
+            expected,
+            found: signature,
+        });
     }
     let len = u32_at(header, 4).unwrap_or(0);
     if (len as usize) < HEADER_LEN || len > MAX_TABLE_LEN {
         return Err(Error::BadLength { signature, len });
     }
-    let table = mem.bytes(addr, len as usize).ok_or(Error::Unreadable { signature, addr })?;
+    let table = mem
+        .bytes(addr, len as usize)
+        .ok_or(Error::Unreadable { signature, addr })?;
     if !checksum_ok(table) {
         return Err(Error::BadChecksum { signature });
     }
@@ -259,7 +309,9 @@ impl Madt {
         while offset < table.len() {
             let bad = Error::BadMadtEntry { offset };
             let len = u8_at(table, offset + 1).ok_or(bad)? as usize;
-            let entry = slice_at(table, offset, len).filter(|_| len >= 2).ok_or(bad)?;
+            let entry = slice_at(table, offset, len)
+                .filter(|_| len >= 2)
+                .ok_or(bad)?;
             madt.add_entry(entry).ok_or(bad)??;
             offset += len;
         }
@@ -288,7 +340,10 @@ impl Madt {
                     address: HostPhysAddr(u32_at(entry, 4)?.into()),
                     gsi_base: u32_at(entry, 8)?,
                 };
-                let full = Error::TooMany { what: "I/O APICs", limit: MAX_IOAPICS };
+                let full = Error::TooMany {
+                    what: "I/O APICs",
+                    limit: MAX_IOAPICS,
+                };
                 return Some(self.ioapics.push(ioapic).map_err(|_| full));
             }
             _ => None,
@@ -297,7 +352,10 @@ impl Madt {
         if self.cpus.iter().any(|c| c.apic_id == cpu.apic_id) {
             return Some(Ok(()));
         }
-        let full = Error::TooMany { what: "CPUs", limit: MAX_CPUS };
+        let full = Error::TooMany {
+            what: "CPUs",
+            limit: MAX_CPUS,
+        };
         Some(self.cpus.push(cpu).map_err(|_| full))
     }
 }
@@ -342,7 +400,10 @@ pub fn find_s5_package(aml: &[u8]) -> Option<(u8, u8)> {
         }
         let named = match i {
             0 => false,
-            _ => body.get(i - 1) == Some(&0x08) || (body.get(i - 1) == Some(&b'\\') && i >= 2 && body.get(i - 2) == Some(&0x08)),
+            _ => {
+                body.get(i - 1) == Some(&0x08)
+                    || (body.get(i - 1) == Some(&b'\\') && i >= 2 && body.get(i - 2) == Some(&0x08))
+            }
         };
         if !named {
             return None;
@@ -473,7 +534,7 @@ mod tests {
         let mut data = Vec::new();
         let mut addrs = Vec::new();
         for t in tables {
-            while data.len() % 16 != 0 {
+            while !data.len().is_multiple_of(16) {
                 data.push(0);
             }
             addrs.push(BASE + data.len() as u64);
@@ -489,14 +550,24 @@ mod tests {
         let fadt = table(b"FACP", &fadt_body(addrs[1] as u32));
         let (_, addrs) = layout(&[madt.clone(), dsdt.clone(), fadt.clone()]);
         let root = if xsdt {
-            let body: Vec<u8> = [addrs[0], addrs[2]].iter().flat_map(|a| a.to_le_bytes()).collect();
+            let body: Vec<u8> = [addrs[0], addrs[2]]
+                .iter()
+                .flat_map(|a| a.to_le_bytes())
+                .collect();
             table(b"XSDT", &body)
         } else {
-            let body: Vec<u8> = [addrs[0], addrs[2]].iter().flat_map(|a| (*a as u32).to_le_bytes()).collect();
+            let body: Vec<u8> = [addrs[0], addrs[2]]
+                .iter()
+                .flat_map(|a| (*a as u32).to_le_bytes())
+                .collect();
             table(b"RSDT", &body)
         };
         let (mem, addrs) = layout(&[madt, dsdt, fadt, root]);
-        let rsdp = if xsdt { rsdp_v2(addrs[3]) } else { rsdp_v1(addrs[3] as u32) };
+        let rsdp = if xsdt {
+            rsdp_v2(addrs[3])
+        } else {
+            rsdp_v1(addrs[3] as u32)
+        };
         (mem, rsdp)
     }
 
@@ -504,7 +575,11 @@ mod tests {
     fn reads_cpus_and_ioapics_through_rsdt_and_xsdt() {
         for xsdt in [false, true] {
             let (mem, rsdp) = machine(xsdt, dsdt_with_s5(&[0x0a, 0x05, 0x00]));
-            let copy = if xsdt { RsdpCopy::V2(&rsdp) } else { RsdpCopy::V1(&rsdp) };
+            let copy = if xsdt {
+                RsdpCopy::V2(&rsdp)
+            } else {
+                RsdpCopy::V1(&rsdp)
+            };
             let madt = Tables::new(&mem, Some(copy)).unwrap().madt().unwrap();
             let ids: Vec<_> = madt.cpus.iter().map(|c| (c.apic_id, c.x2apic)).collect();
             assert_eq!(ids, [(0, false), (1, false), (300, true)]);
@@ -512,7 +587,11 @@ mod tests {
             assert_eq!(madt.local_apic_address, HostPhysAddr(0xfee0_0000));
             assert_eq!(
                 madt.ioapics.as_slice(),
-                [IoApic { id: 4, address: HostPhysAddr(0xfec0_0000), gsi_base: 0 }]
+                [IoApic {
+                    id: 4,
+                    address: HostPhysAddr(0xfec0_0000),
+                    gsi_base: 0
+                }]
             );
         }
     }
@@ -520,7 +599,11 @@ mod tests {
     #[test]
     fn finds_the_s5_sleep_type() {
         let (mem, rsdp) = machine(true, dsdt_with_s5(&[0x0a, 0x05, 0x00]));
-        let off = Tables::new(&mem, Some(RsdpCopy::V2(&rsdp))).unwrap().soft_off().unwrap().unwrap();
+        let off = Tables::new(&mem, Some(RsdpCopy::V2(&rsdp)))
+            .unwrap()
+            .soft_off()
+            .unwrap()
+            .unwrap();
         assert_eq!(off.pm1a_control_port, 0xb004);
         assert_eq!((off.slp_typ_a, off.slp_typ_b), (5, 0));
         assert_eq!(off.smi_command_port, Some(0xb2));
@@ -530,7 +613,10 @@ mod tests {
 
     #[test]
     fn no_s5_means_no_soft_off() {
-        let dsdt = table(b"DSDT", &[0x08, b'_', b'S', b'4', b'_', 0x12, 0x04, 0x02, 0x00, 0x00]);
+        let dsdt = table(
+            b"DSDT",
+            &[0x08, b'_', b'S', b'4', b'_', 0x12, 0x04, 0x02, 0x00, 0x00],
+        );
         let (mem, rsdp) = machine(false, dsdt);
         let tables = Tables::new(&mem, Some(RsdpCopy::V1(&rsdp))).unwrap();
         assert_eq!(tables.soft_off().unwrap(), None);
@@ -541,8 +627,14 @@ mod tests {
         let (mem, mut rsdp) = machine(false, dsdt_with_s5(&[0, 0]));
         assert_eq!(Tables::new(&mem, None).err(), Some(Error::NoRsdp));
         rsdp[10] ^= 1;
-        assert_eq!(Tables::new(&mem, Some(RsdpCopy::V1(&rsdp))).err(), Some(Error::BadRsdp));
-        assert_eq!(Tables::new(&mem, Some(RsdpCopy::V1(&rsdp[..10]))).err(), Some(Error::BadRsdp));
+        assert_eq!(
+            Tables::new(&mem, Some(RsdpCopy::V1(&rsdp))).err(),
+            Some(Error::BadRsdp)
+        );
+        assert_eq!(
+            Tables::new(&mem, Some(RsdpCopy::V1(&rsdp[..10]))).err(),
+            Some(Error::BadRsdp)
+        );
     }
 
     #[test]
@@ -551,7 +643,12 @@ mod tests {
         // Corrupt one MADT byte: the checksum catches it.
         mem.data[50] ^= 0x40;
         let tables = Tables::new(&mem, Some(RsdpCopy::V1(&rsdp))).unwrap();
-        assert_eq!(tables.madt(), Err(Error::BadChecksum { signature: Signature(*b"APIC") }));
+        assert_eq!(
+            tables.madt(),
+            Err(Error::BadChecksum {
+                signature: Signature(*b"APIC")
+            })
+        );
         // A root pointer outside memory.
         let rsdp_far = rsdp_v1(0x1000);
         assert!(matches!(
@@ -568,7 +665,10 @@ mod tests {
         assert!(matches!(Madt::parse(&t), Err(Error::BadMadtEntry { .. })));
         let mut short = madt_body();
         short.extend_from_slice(&[9, 4, 0, 0]); // x2APIC entry too short for its fields
-        assert!(matches!(Madt::parse(&table(b"APIC", &short)), Err(Error::BadMadtEntry { .. })));
+        assert!(matches!(
+            Madt::parse(&table(b"APIC", &short)),
+            Err(Error::BadMadtEntry { .. })
+        ));
     }
 
     #[test]
@@ -583,7 +683,10 @@ mod tests {
         }
         assert_eq!(
             Madt::parse(&table(b"APIC", &body)),
-            Err(Error::TooMany { what: "CPUs", limit: MAX_CPUS })
+            Err(Error::TooMany {
+                what: "CPUs",
+                limit: MAX_CPUS
+            })
         );
     }
 

@@ -20,7 +20,10 @@ impl<'a> Cmdline<'a> {
 
     /// The value of the last `key=value` word with this key.
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.words().filter(|(k, _)| *k == key).map(|(_, v)| v).last()
+        self.words()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .last()
     }
 
     /// The first key that is not in [`KNOWN_KEYS`].

@@ -19,6 +19,11 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+// Tests index and unwrap freely: a panic there is a test failure.
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)
+)]
 
 #[cfg(test)]
 extern crate std;

@@ -60,13 +60,22 @@ impl core::fmt::Display for Error {
                 "boot loader magic {m:#x} is not {BOOTLOADER_MAGIC:#x}: boot Atoll with GRUB's multiboot2 command"
             ),
             Error::BadTotalSize(s) => write!(f, "boot information size {s} is out of range"),
-            Error::BadTag { offset } => write!(f, "boot information tag at offset {offset} is malformed"),
+            Error::BadTag { offset } => {
+                write!(f, "boot information tag at offset {offset} is malformed")
+            }
             Error::MissingEndTag => write!(f, "boot information has no end tag"),
             Error::BadString { tag_type } => {
-                write!(f, "boot information tag {tag_type} holds a string that is not NUL-terminated UTF-8")
+                write!(
+                    f,
+                    "boot information tag {tag_type} holds a string that is not NUL-terminated UTF-8"
+                )
             }
-            Error::BadMemoryMap => write!(f, "boot information memory map has entries under 24 bytes"),
-            Error::BadModule { offset } => write!(f, "boot module at offset {offset} ends before it starts"),
+            Error::BadMemoryMap => {
+                write!(f, "boot information memory map has entries under 24 bytes")
+            }
+            Error::BadModule { offset } => {
+                write!(f, "boot module at offset {offset} ends before it starts")
+            }
         }
     }
 }
@@ -171,7 +180,9 @@ impl<'a> BootInfo<'a> {
         if !(16..=MAX_TOTAL_SIZE).contains(&total) {
             return Err(Error::BadTotalSize(total));
         }
-        let block = bytes.get(..total as usize).ok_or(Error::BadTotalSize(total))?;
+        let block = bytes
+            .get(..total as usize)
+            .ok_or(Error::BadTotalSize(total))?;
         let info = Self { block };
         info.validate()?;
         Ok(info)
@@ -186,15 +197,15 @@ impl<'a> BootInfo<'a> {
             match tag.tag_type {
                 tag::END => return Ok(()),
                 tag::CMDLINE | tag::BOOTLOADER_NAME => {
-                    c_str(tag.payload).ok_or(Error::BadString { tag_type: tag.tag_type })?;
+                    c_str(tag.payload).ok_or(Error::BadString {
+                        tag_type: tag.tag_type,
+                    })?;
                 }
                 tag::MODULE => {
                     module_from(tag)?;
                 }
-                tag::MEMORY_MAP => {
-                    if u32_at(tag.payload, 0).is_none_or(|size| size < 24) {
-                        return Err(Error::BadMemoryMap);
-                    }
+                tag::MEMORY_MAP if u32_at(tag.payload, 0).is_none_or(|size| size < 24) => {
+                    return Err(Error::BadMemoryMap);
                 }
                 _ => {}
             }
@@ -208,9 +219,16 @@ impl<'a> BootInfo<'a> {
         let (Some(tag_type), Some(size)) = header else {
             return Err(Error::MissingEndTag);
         };
-        let payload_len = (size as usize).checked_sub(8).ok_or(Error::BadTag { offset })?;
-        let payload = slice_at(self.block, offset + 8, payload_len).ok_or(Error::BadTag { offset })?;
-        Ok(Tag { tag_type, offset, payload })
+        let payload_len = (size as usize)
+            .checked_sub(8)
+            .ok_or(Error::BadTag { offset })?;
+        let payload =
+            slice_at(self.block, offset + 8, payload_len).ok_or(Error::BadTag { offset })?;
+        Ok(Tag {
+            tag_type,
+            offset,
+            payload,
+        })
     }
 
     /// All tags before the end tag. The block was validated, so the walk
@@ -219,7 +237,10 @@ impl<'a> BootInfo<'a> {
         let info = *self;
         let mut offset = Some(8);
         core::iter::from_fn(move || {
-            let tag = info.tag_at(offset?).ok().filter(|t| t.tag_type != tag::END)?;
+            let tag = info
+                .tag_at(offset?)
+                .ok()
+                .filter(|t| t.tag_type != tag::END)?;
             offset = next_tag_offset(tag.offset, tag.payload.len());
             Some(tag)
         })
@@ -236,7 +257,9 @@ impl<'a> BootInfo<'a> {
     }
 
     fn string_tag(&self, tag_type: u32) -> Option<&'a str> {
-        self.tags().find(|t| t.tag_type == tag_type).and_then(|t| c_str(t.payload))
+        self.tags()
+            .find(|t| t.tag_type == tag_type)
+            .and_then(|t| c_str(t.payload))
     }
 
     /// The boot modules, in the order the loader lists them.
@@ -268,7 +291,11 @@ impl<'a> BootInfo<'a> {
 
     /// The ACPI RSDP copy, preferring the ACPI 2.0+ one.
     pub fn rsdp(&self) -> Option<RsdpCopy<'a>> {
-        let find = |tag_type| self.tags().find(|t| t.tag_type == tag_type).map(|t| t.payload);
+        let find = |tag_type| {
+            self.tags()
+                .find(|t| t.tag_type == tag_type)
+                .map(|t| t.payload)
+        };
         find(tag::ACPI_NEW_RSDP)
             .map(RsdpCopy::V2)
             .or_else(|| find(tag::ACPI_OLD_RSDP).map(RsdpCopy::V1))
@@ -282,7 +309,10 @@ impl<'a> BootInfo<'a> {
 
 /// Tags start 8-byte aligned (Multiboot2 3.6.1).
 fn next_tag_offset(offset: usize, payload_len: usize) -> Option<usize> {
-    offset.checked_add(8)?.checked_add(payload_len)?.checked_next_multiple_of(8)
+    offset
+        .checked_add(8)?
+        .checked_add(payload_len)?
+        .checked_next_multiple_of(8)
 }
 
 fn module_from(tag: Tag<'_>) -> Result<Module<'_>, Error> {
@@ -296,8 +326,14 @@ fn module_from(tag: Tag<'_>) -> Result<Module<'_>, Error> {
         .payload
         .get(8..)
         .and_then(c_str)
-        .ok_or(Error::BadString { tag_type: tag::MODULE })?;
-    Ok(Module { start: HostPhysAddr(start.into()), end: HostPhysAddr(end.into()), name })
+        .ok_or(Error::BadString {
+            tag_type: tag::MODULE,
+        })?;
+    Ok(Module {
+        start: HostPhysAddr(start.into()),
+        end: HostPhysAddr(end.into()),
+        name,
+    })
 }
 
 /// Builds boot information blocks for tests, here and in other crates
@@ -320,7 +356,7 @@ pub mod builder {
             self.tags.extend_from_slice(&tag_type.to_le_bytes());
             self.tags.extend_from_slice(&size.to_le_bytes());
             self.tags.extend_from_slice(payload);
-            while self.tags.len() % 8 != 0 {
+            while !self.tags.len().is_multiple_of(8) {
                 self.tags.push(0);
             }
             self
@@ -392,7 +428,11 @@ mod tests {
         Builder::default()
             .cmdline("selftest=panic")
             .string(tag::BOOTLOADER_NAME, "GRUB 2.06")
-            .memory_map(&[(0, 0x9fc00, 1), (0x100000, 0x1ff00000, 1), (0xfffc0000, 0x40000, 2)])
+            .memory_map(&[
+                (0, 0x9fc00, 1),
+                (0x100000, 0x1ff00000, 1),
+                (0xfffc0000, 0x40000, 2),
+            ])
             .module(0x300000, 0x300400, "cluster.toml")
             .module(0x301000, 0x301000, "empty")
             .rsdp(tag::ACPI_OLD_RSDP, &[1; 20])
@@ -429,28 +469,45 @@ mod tests {
     #[test]
     fn refuses_malformed_blocks() {
         let good = sample();
-        assert_eq!(BootInfo::parse(0x2bad_b002, &good).unwrap_err(), Error::BadMagic(0x2bad_b002));
+        assert_eq!(
+            BootInfo::parse(0x2bad_b002, &good).unwrap_err(),
+            Error::BadMagic(0x2bad_b002)
+        );
         // total_size larger than what is there
         let mut big = good.clone();
         big[0..4].copy_from_slice(&(good.len() as u32 + 8).to_le_bytes());
-        assert!(matches!(BootInfo::parse(BOOTLOADER_MAGIC, &big), Err(Error::BadTotalSize(_))));
+        assert!(matches!(
+            BootInfo::parse(BOOTLOADER_MAGIC, &big),
+            Err(Error::BadTotalSize(_))
+        ));
         // a tag size below the 8-byte header
         let mut tiny = good.clone();
         tiny[12..16].copy_from_slice(&4u32.to_le_bytes());
-        assert_eq!(BootInfo::parse(BOOTLOADER_MAGIC, &tiny).unwrap_err(), Error::BadTag { offset: 8 });
+        assert_eq!(
+            BootInfo::parse(BOOTLOADER_MAGIC, &tiny).unwrap_err(),
+            Error::BadTag { offset: 8 }
+        );
         // no end tag: cut the block before it
         let mut cut = good[..good.len() - 8].to_vec();
         let n = cut.len() as u32;
         cut[0..4].copy_from_slice(&n.to_le_bytes());
-        assert_eq!(BootInfo::parse(BOOTLOADER_MAGIC, &cut).unwrap_err(), Error::MissingEndTag);
+        assert_eq!(
+            BootInfo::parse(BOOTLOADER_MAGIC, &cut).unwrap_err(),
+            Error::MissingEndTag
+        );
         // a command line without its NUL
         let no_nul = Builder::default().tag(tag::CMDLINE, b"abcdefgh").build();
         assert_eq!(
             BootInfo::parse(BOOTLOADER_MAGIC, &no_nul).unwrap_err(),
-            Error::BadString { tag_type: tag::CMDLINE }
+            Error::BadString {
+                tag_type: tag::CMDLINE
+            }
         );
         let backwards = Builder::default().module(0x2000, 0x1000, "m").build();
-        assert_eq!(BootInfo::parse(BOOTLOADER_MAGIC, &backwards).unwrap_err(), Error::BadModule { offset: 8 });
+        assert_eq!(
+            BootInfo::parse(BOOTLOADER_MAGIC, &backwards).unwrap_err(),
+            Error::BadModule { offset: 8 }
+        );
     }
 
     proptest! {

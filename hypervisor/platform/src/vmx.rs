@@ -68,10 +68,19 @@ impl VmxCaps {
         let pick = |plain, truer| if true_ctls { truer } else { plain };
         let mut caps = VmxCaps {
             basic,
-            pinbased: msrs.read_msr(pick(msr::IA32_VMX_PINBASED_CTLS, msr::IA32_VMX_TRUE_PINBASED_CTLS)),
-            procbased: msrs.read_msr(pick(msr::IA32_VMX_PROCBASED_CTLS, msr::IA32_VMX_TRUE_PROCBASED_CTLS)),
+            pinbased: msrs.read_msr(pick(
+                msr::IA32_VMX_PINBASED_CTLS,
+                msr::IA32_VMX_TRUE_PINBASED_CTLS,
+            )),
+            procbased: msrs.read_msr(pick(
+                msr::IA32_VMX_PROCBASED_CTLS,
+                msr::IA32_VMX_TRUE_PROCBASED_CTLS,
+            )),
             exit: msrs.read_msr(pick(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS)),
-            entry: msrs.read_msr(pick(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS)),
+            entry: msrs.read_msr(pick(
+                msr::IA32_VMX_ENTRY_CTLS,
+                msr::IA32_VMX_TRUE_ENTRY_CTLS,
+            )),
             misc: msrs.read_msr(msr::IA32_VMX_MISC),
             feature_control: msrs.read_msr(msr::IA32_FEATURE_CONTROL),
             ..VmxCaps::default()
@@ -135,7 +144,10 @@ mod tests {
     }
 
     fn fake(values: &[(u32, u64)]) -> FakeMsrs {
-        FakeMsrs { values: values.iter().copied().collect(), faults: Vec::new() }
+        FakeMsrs {
+            values: values.iter().copied().collect(),
+            faults: Vec::new(),
+        }
     }
 
     /// The values Bochs 2.7's corei7_skylake_x model reports (its
@@ -158,7 +170,11 @@ mod tests {
     fn decodes_a_full_featured_cpu_and_uses_true_msrs() {
         let mut msrs = skylake();
         let caps = VmxCaps::read(&mut msrs);
-        assert!(msrs.faults.is_empty(), "read absent MSRs {:x?}", msrs.faults);
+        assert!(
+            msrs.faults.is_empty(),
+            "read absent MSRs {:x?}",
+            msrs.faults
+        );
         assert!(caps.ept() && caps.vpid() && caps.unrestricted_guest());
     }
 
@@ -175,14 +191,19 @@ mod tests {
             (msr::IA32_VMX_MISC, 0),
         ]);
         let caps = VmxCaps::read(&mut msrs);
-        assert!(msrs.faults.is_empty(), "read absent MSRs {:x?}", msrs.faults);
+        assert!(
+            msrs.faults.is_empty(),
+            "read absent MSRs {:x?}",
+            msrs.faults
+        );
         assert!(!caps.ept() && !caps.vpid() && !caps.unrestricted_guest());
     }
 
     #[test]
     fn ept_needs_a_four_level_write_back_walk() {
         let mut msrs = skylake();
-        msrs.values.insert(msr::IA32_VMX_EPT_VPID_CAP, 0x0000_0f01_0633_0141); // no WB
+        msrs.values
+            .insert(msr::IA32_VMX_EPT_VPID_CAP, 0x0000_0f01_0633_0141); // no WB
         let caps = VmxCaps::read(&mut msrs);
         assert!(!caps.ept());
         assert!(caps.vpid());

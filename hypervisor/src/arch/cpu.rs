@@ -24,7 +24,9 @@ pub fn features() -> CpuFeatures {
         // A vendor string is 12 bytes, so it always fits.
         let _ = vendor.push_str(v.as_str());
     }
-    let xapic_id = info.as_ref().map_or(0, |f| u32::from(f.initial_local_apic_id()));
+    let xapic_id = info
+        .as_ref()
+        .map_or(0, |f| u32::from(f.initial_local_apic_id()));
     let x2apic_id = cpuid
         .get_extended_topology_info()
         .and_then(|mut levels| levels.next())

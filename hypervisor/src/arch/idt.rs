@@ -182,5 +182,9 @@ fn exception_name(vector: u64) -> &'static str {
         "#GP", "#PF", "reserved", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "reserved", "reserved",
         "reserved", "reserved", "reserved", "reserved", "#HV", "#VC", "#SX", "reserved",
     ];
-    usize::try_from(vector).ok().and_then(|v| NAMES.get(v)).copied().unwrap_or("unknown")
+    usize::try_from(vector)
+        .ok()
+        .and_then(|v| NAMES.get(v))
+        .copied()
+        .unwrap_or("unknown")
 }
