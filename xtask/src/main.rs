@@ -1,1 +1,214 @@
-fn main() {}
+//! `cargo xtask`: build, run and test Atoll.
+//!
+//! - `build`: the hypervisor ELF for x86_64-unknown-none.
+//! - `run`: build, make the ISO, boot it in Bochs or QEMU, stream the console;
+//!   exit 0 only on a clean power-off.
+//! - `test`: host tests plus emulator integration tests; ends with
+//!   `N passed, N failed`.
+//! - `check-config`: check a cluster config file.
+//! - `lint`: rustfmt and clippy over every crate, the bare-metal one included.
+#![forbid(unsafe_code)]
+
+mod check_config;
+mod progress;
+mod test;
+
+use anyhow::{Context, Result, bail};
+use atoll_tests::build::{Profile, build_hypervisor, workspace_root};
+use atoll_tests::{ConfigModule, Emulator, RunSpec, packages};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test the Atoll hypervisor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the hypervisor ELF (target/x86_64-unknown-none/<profile>/atoll).
+    Build {
+        /// Build without optimisations.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Boot the hypervisor in an emulator and stream its console.
+    Run(RunArgs),
+    /// Run every test: host unit tests, then emulator integration tests.
+    Test,
+    /// Check a cluster config file.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// rustfmt --check and clippy -D warnings over all crates.
+    Lint,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Cluster config passed as the `cluster.toml` boot module.
+    #[arg(long, default_value = "configs/default.toml")]
+    config: PathBuf,
+    /// Number of emulated CPUs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    cpus: u32,
+    /// Emulated RAM in MiB.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=16384))]
+    mem_mib: u32,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// bochs (VMX/EPT) or qemu (TCG: faster, no VMX).
+    #[arg(long, default_value = "bochs")]
+    emulator: Emulator,
+    /// Words appended to the hypervisor command line, e.g. "selftest=panic".
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Build the hypervisor without optimisations.
+    #[arg(long)]
+    debug: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Build { debug } => build(debug).map(|_| true),
+        Cmd::Run(args) => run(args),
+        Cmd::Test => test::run_all(),
+        Cmd::CheckConfig { file } => check_config::check(&file),
+        Cmd::Lint => lint(),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn profile(debug: bool) -> Profile {
+    if debug {
+        Profile::Debug
+    } else {
+        Profile::Release
+    }
+}
+
+/// Installs missing host packages (as root) or says how to.
+pub fn ensure_packages() -> Result<()> {
+    let missing = packages::missing()?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let log = std::env::temp_dir().join("atoll-apt.log");
+    let spinner = progress::spinner(format!("installing {}", missing.join(" ")));
+    let result = packages::install(&missing, &log);
+    spinner.finish_and_clear();
+    result?;
+    eprintln!("installed {}", missing.join(" "));
+    Ok(())
+}
+
+fn build(debug: bool) -> Result<PathBuf> {
+    let elf = build_hypervisor(profile(debug))?;
+    eprintln!("hypervisor: {}", elf.display());
+    Ok(elf)
+}
+
+fn run(args: RunArgs) -> Result<bool> {
+    ensure_packages()?;
+    let config = resolve(&args.config);
+    if !config.is_file() {
+        bail!(
+            "config file {} does not exist; pass --config FILE",
+            config.display()
+        );
+    }
+    let spec = RunSpec {
+        hypervisor: build(args.debug)?,
+        emulator: args.emulator,
+        cpus: args.cpus,
+        mem_mib: args.mem_mib,
+        timeout: Duration::from_secs(args.timeout),
+        cmdline: args.cmdline,
+        config: ConfigModule::File(config),
+    };
+    let spinner = progress::spinner(format!(
+        "booting in {} with {} CPUs, {} MiB (timeout {} s)",
+        spec.emulator.name(),
+        spec.cpus,
+        spec.mem_mib,
+        args.timeout
+    ));
+    let outcome = atoll_tests::run(&spec, |line| spinner.suspend(|| println!("{line}")))?;
+    spinner.finish_and_clear();
+    for bad in &outcome.bad_events {
+        eprintln!("malformed event line ({}): {}", bad.reason, bad.line);
+    }
+    if outcome.success() {
+        eprintln!(
+            "atoll: {} after {:.1} s",
+            outcome.ending,
+            outcome.wall_time.as_secs_f64()
+        );
+    } else {
+        eprintln!("{}", outcome.diagnostics());
+        eprintln!("atoll: FAILED: {}", outcome.ending);
+    }
+    Ok(outcome.success())
+}
+
+/// A path relative to the current directory, or else to the workspace root
+/// (so `cargo xtask run --config configs/x.toml` works from anywhere).
+fn resolve(path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() || path.exists() {
+        path.to_path_buf()
+    } else {
+        workspace_root().join(path)
+    }
+}
+
+fn lint() -> Result<bool> {
+    let steps: [&[&str]; 3] = [
+        &["fmt", "--all", "--check"],
+        &[
+            "clippy",
+            "--all-targets",
+            "--features",
+            "atoll-tests/emulator",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[
+            "clippy",
+            "--package",
+            "atoll-hypervisor",
+            "--target",
+            "x86_64-unknown-none",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ];
+    let mut ok = true;
+    for args in steps {
+        let status = Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(workspace_root())
+            .status()
+            .with_context(|| format!("running cargo {}", args.join(" ")))?;
+        ok &= status.success();
+    }
+    Ok(ok)
+}

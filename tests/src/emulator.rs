@@ -1,0 +1,338 @@
+//! The two emulators and their quirks.
+//!
+//! Bochs (Debian's build, platform.md):
+//! - it has its debugger compiled in and stops at the first instruction
+//!   unless started with `-rc` naming a file that says `c` (continue);
+//! - `display_library: term` is the only headless display: it opens its own
+//!   pty and announces it on stderr as `Bochs connected to screen
+//!   "/dev/pts/N"`. Nobody reading that pty freezes the emulation after about
+//!   20 KB of screen output, and a pty left in cooked mode echoes what is read
+//!   back to Bochs as keystrokes. So the harness opens it, makes it raw with
+//!   echo off, and drains it for the whole run;
+//! - it ignores SIGTERM: stop it with SIGINT, SIGKILL as a last resort;
+//! - it exits with code 1 even after a clean shutdown: the run is judged from
+//!   the serial console, never from the exit code.
+//!
+//! QEMU TCG has no VMX; it is the fast choice for everything else, and has
+//! NUMA (SRAT) for the multikernel core.
+
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Which emulator boots the ISO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emulator {
+    /// Bochs with a VMX + EPT capable CPU model.
+    Bochs,
+    /// QEMU with TCG (no VMX).
+    Qemu,
+}
+
+impl Emulator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Emulator::Bochs => "bochs",
+            Emulator::Qemu => "qemu",
+        }
+    }
+}
+
+impl std::str::FromStr for Emulator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bochs" => Ok(Emulator::Bochs),
+            "qemu" => Ok(Emulator::Qemu),
+            other => Err(format!("unknown emulator '{other}': use bochs or qemu")),
+        }
+    }
+}
+
+/// The Bochs CPU model: VMX with EPT, VPID and unrestricted guest.
+pub const BOCHS_CPU_MODEL: &str = "corei7_skylake_x";
+
+/// The machine the emulator should emulate.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub cpus: u32,
+    pub mem_mib: u32,
+}
+
+/// The files of one run, all inside its work directory.
+#[derive(Clone, Debug)]
+pub struct RunFiles {
+    pub iso: PathBuf,
+    pub serial: PathBuf,
+    pub emulator_log: PathBuf,
+}
+
+/// The bochsrc for a run.
+pub fn bochsrc(machine: &Machine, files: &RunFiles) -> String {
+    format!(
+        "\
+memory: guest={mem}, host={mem}
+cpu: model={BOCHS_CPU_MODEL}, count={cpus}, reset_on_triple_fault=0
+romimage: file=/usr/share/bochs/BIOS-bochs-latest
+vgaromimage: file=/usr/share/vgabios/vgabios.bin
+ata0-master: type=cdrom, path={iso}, status=inserted
+boot: cdrom
+display_library: term
+com1: enabled=1, mode=file, dev={serial}
+port_e9_hack: enabled=1
+log: {log}
+panic: action=fatal
+error: action=report
+info: action=ignore
+debug: action=ignore
+mouse: enabled=0
+clock: sync=none, time0=local
+",
+        mem = machine.mem_mib,
+        cpus = machine.cpus,
+        iso = files.iso.display(),
+        serial = files.serial.display(),
+        log = files.emulator_log.display(),
+    )
+}
+
+/// QEMU's arguments for a run.
+pub fn qemu_args(machine: &Machine, files: &RunFiles) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-machine", "pc", "-accel", "tcg", "-display", "none", "-monitor", "none",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend([
+        "-smp".into(),
+        machine.cpus.to_string(),
+        "-m".into(),
+        machine.mem_mib.to_string(),
+        "-serial".into(),
+        format!("file:{}", files.serial.display()),
+        "-no-reboot".into(),
+        "-device".into(),
+        "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
+        "-cdrom".into(),
+        files.iso.display().to_string(),
+        "-boot".into(),
+        "d".into(),
+    ]);
+    args
+}
+
+/// A running emulator.
+pub struct Running {
+    child: Child,
+    emulator: Emulator,
+    /// Bochs' stderr lines (diagnostics for a failed run).
+    stderr_lines: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts the emulator on the run's files in `work_dir`.
+pub fn start(
+    emulator: Emulator,
+    machine: &Machine,
+    files: &RunFiles,
+    work_dir: &Path,
+) -> Result<Running> {
+    let stdout = File::create(work_dir.join("emulator.stdout"))?;
+    let mut cmd = match emulator {
+        Emulator::Bochs => {
+            let rc = work_dir.join("bochsrc");
+            std::fs::write(&rc, bochsrc(machine, files))?;
+            let dbg = work_dir.join("dbg.rc");
+            std::fs::write(&dbg, "c\n")?;
+            let mut cmd = Command::new("bochs");
+            cmd.arg("-q").arg("-f").arg(&rc).arg("-rc").arg(&dbg);
+            cmd
+        }
+        Emulator::Qemu => {
+            let mut cmd = Command::new("qemu-system-x86_64");
+            cmd.args(qemu_args(machine, files));
+            cmd
+        }
+    };
+    let mut child = cmd
+        .current_dir(work_dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", emulator.name()))?;
+    let stderr = child.stderr.take().context("emulator stderr")?;
+    let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+    spawn_stderr_reader(
+        stderr,
+        Arc::clone(&stderr_lines),
+        files.emulator_log.with_extension("stderr"),
+    );
+    Ok(Running {
+        child,
+        emulator,
+        stderr_lines,
+    })
+}
+
+/// Reads the emulator's stderr to the end, keeping its lines; on Bochs'
+/// screen announcement it starts draining that pty.
+fn spawn_stderr_reader(
+    stderr: impl Read + Send + 'static,
+    lines: Arc<Mutex<Vec<String>>>,
+    copy_to: PathBuf,
+) {
+    thread::spawn(move || {
+        let mut copy = File::create(copy_to).ok();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(pty) = bochs_screen_pty(&line) {
+                drain_pty(pty);
+            }
+            if let Some(f) = copy.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
+            if let Ok(mut all) = lines.lock() {
+                all.push(line);
+            }
+        }
+    });
+}
+
+/// The pty path in Bochs' `Bochs connected to screen "/dev/pts/N"` line.
+pub fn bochs_screen_pty(line: &str) -> Option<PathBuf> {
+    let rest = line.split("connected to screen \"").nth(1)?;
+    let path = rest.split('"').next()?;
+    path.starts_with("/dev/").then(|| PathBuf::from(path))
+}
+
+/// Opens the pty, makes it raw with echo off and reads it to EOF on its own
+/// thread (the bytes are Bochs' VGA text screen; nothing needs them).
+fn drain_pty(path: PathBuf) {
+    thread::spawn(move || {
+        let Ok(mut pty) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        else {
+            return;
+        };
+        if let Ok(mut termios) = rustix::termios::tcgetattr(&pty) {
+            termios.make_raw();
+            let _ =
+                rustix::termios::tcsetattr(&pty, rustix::termios::OptionalActions::Now, &termios);
+        }
+        let mut buf = [0u8; 4096];
+        while matches!(pty.read(&mut buf), Ok(n) if n > 0) {}
+    });
+}
+
+impl Running {
+    /// The exit code if the emulator has exited.
+    pub fn try_exit(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
+    /// Stops the emulator: SIGINT for Bochs (it ignores SIGTERM), waiting up
+    /// to 10 s, then SIGKILL.
+    pub fn stop(&mut self) {
+        if self.try_exit().is_some() {
+            return;
+        }
+        if self.emulator == Emulator::Bochs {
+            let pid = rustix::process::Pid::from_child(&self.child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if self.try_exit().is_some() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The last `n` lines the emulator wrote to stderr.
+    pub fn stderr_tail(&self, n: usize) -> Vec<String> {
+        let all = self
+            .stderr_lines
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        all[all.len().saturating_sub(n)..].to_vec()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> RunFiles {
+        RunFiles {
+            iso: "/r/atoll.iso".into(),
+            serial: "/r/serial.txt".into(),
+            emulator_log: "/r/bochs.log".into(),
+        }
+    }
+
+    #[test]
+    fn bochsrc_asks_for_a_vmx_cpu_and_a_headless_display() {
+        let rc = bochsrc(
+            &Machine {
+                cpus: 4,
+                mem_mib: 256,
+            },
+            &files(),
+        );
+        assert!(rc.contains("cpu: model=corei7_skylake_x, count=4, reset_on_triple_fault=0\n"));
+        assert!(rc.contains("memory: guest=256, host=256\n"));
+        assert!(rc.contains("display_library: term\n"));
+        assert!(rc.contains("com1: enabled=1, mode=file, dev=/r/serial.txt\n"));
+        assert!(rc.contains("ata0-master: type=cdrom, path=/r/atoll.iso, status=inserted\n"));
+        assert!(rc.contains("info: action=ignore\n"));
+    }
+
+    #[test]
+    fn qemu_gets_cpus_memory_serial_and_the_exit_device() {
+        let args = qemu_args(
+            &Machine {
+                cpus: 2,
+                mem_mib: 512,
+            },
+            &files(),
+        )
+        .join(" ");
+        assert!(args.contains("-smp 2 -m 512"));
+        assert!(args.contains("-serial file:/r/serial.txt"));
+        assert!(args.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert!(args.contains("-accel tcg"));
+        assert!(args.contains("-no-reboot"));
+    }
+
+    #[test]
+    fn finds_the_bochs_screen_pty() {
+        let line = "00000000000i[      ] Bochs connected to screen \"/dev/pts/3\"";
+        assert_eq!(bochs_screen_pty(line), Some(PathBuf::from("/dev/pts/3")));
+        assert_eq!(bochs_screen_pty("something else"), None);
+        assert_eq!(bochs_screen_pty("connected to screen \"nope\""), None);
+    }
+
+    #[test]
+    fn parses_emulator_names() {
+        assert_eq!("bochs".parse::<Emulator>(), Ok(Emulator::Bochs));
+        assert_eq!("qemu".parse::<Emulator>(), Ok(Emulator::Qemu));
+        assert!("kvm".parse::<Emulator>().is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! The bootable ISO: GRUB (BIOS) with the hypervisor as a multiboot2 kernel
+//! and the cluster config as a multiboot2 module named `cluster.toml`.
+
+use anyhow::{Context, Result, bail};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The module name the hypervisor looks for (hypervisor/src/boot.rs).
+pub const CONFIG_MODULE_NAME: &str = "cluster.toml";
+
+/// What goes on the ISO.
+pub struct IsoContents<'a> {
+    pub hypervisor: &'a Path,
+    /// The config module's bytes, or `None` for no module line at all.
+    pub config: Option<&'a [u8]>,
+    /// The hypervisor command line.
+    pub cmdline: &'a str,
+}
+
+/// The grub.cfg that boots the hypervisor at once, with no menu.
+pub fn grub_cfg(with_config: bool, cmdline: &str) -> String {
+    let module = if with_config {
+        format!("    module2 /boot/{CONFIG_MODULE_NAME} {CONFIG_MODULE_NAME}\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "set timeout=0\nset default=0\nmenuentry \"Atoll\" {{\n    multiboot2 /boot/atoll.elf {cmdline}\n{module}    boot\n}}\n"
+    )
+}
+
+/// Checks that a command line can go on the `multiboot2` line of grub.cfg.
+pub fn check_cmdline(cmdline: &str) -> Result<()> {
+    if let Some(c) = cmdline
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '"' | '\'' | '\\' | ';' | '{' | '}' | '$'))
+    {
+        bail!("the hypervisor command line {cmdline:?} contains {c:?}; use plain key=value words");
+    }
+    Ok(())
+}
+
+/// Lays out the ISO tree in `work_dir/iso` and runs grub-mkrescue; returns
+/// the ISO's path.
+pub fn make_iso(work_dir: &Path, contents: &IsoContents<'_>) -> Result<PathBuf> {
+    check_cmdline(contents.cmdline)?;
+    let tree = work_dir.join("iso");
+    let boot = tree.join("boot");
+    fs::create_dir_all(boot.join("grub"))
+        .with_context(|| format!("creating {}", boot.display()))?;
+    fs::copy(contents.hypervisor, boot.join("atoll.elf"))
+        .with_context(|| format!("copying {}", contents.hypervisor.display()))?;
+    if let Some(config) = contents.config {
+        fs::write(boot.join(CONFIG_MODULE_NAME), config)?;
+    }
+    fs::write(
+        boot.join("grub/grub.cfg"),
+        grub_cfg(contents.config.is_some(), contents.cmdline),
+    )?;
+    let iso = work_dir.join("atoll.iso");
+    let out = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&iso)
+        .arg(&tree)
+        .output()
+        .context("running grub-mkrescue (package grub-common)")?;
+    if !out.status.success() {
+        bail!(
+            "grub-mkrescue failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(iso)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grub_cfg_has_the_module_only_when_asked() {
+        let with = grub_cfg(true, "selftest=panic");
+        assert!(with.contains("multiboot2 /boot/atoll.elf selftest=panic\n"));
+        assert!(with.contains("module2 /boot/cluster.toml cluster.toml\n"));
+        assert!(!grub_cfg(false, "").contains("module2"));
+    }
+
+    #[test]
+    fn refuses_command_lines_that_would_break_grub_cfg() {
+        assert!(check_cmdline("selftest=panic a=b").is_ok());
+        for bad in ["a\nb", "x\"", "a;b", "$x", "}"] {
+            assert!(check_cmdline(bad).is_err(), "{bad:?}");
+        }
+    }
+}
