@@ -1,1 +1,167 @@
+//! Boots of the hypervisor in Bochs and QEMU, judged by console events
+//! (hypervisor/EVENTS.md).
 
+mod common;
+
+use atoll_tests::{ConfigModule, Emulator, Ending};
+use common::{boot, spec};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+#[test]
+fn bochs_two_cpus_reports_the_machine_and_powers_off_cleanly() {
+    let out = boot(&spec());
+    let why = out.diagnostics();
+    assert!(out.success(), "{why}");
+    assert!(
+        out.wall_time < Duration::from_secs(60),
+        "took {:?}\n{why}",
+        out.wall_time
+    );
+
+    let boot = out.event("boot").expect("a boot event");
+    assert_eq!(boot.u64("cpus"), Some(2), "{why}");
+    let mem = boot.u64("mem_mib").expect("mem_mib");
+    assert!(
+        (500..=512).contains(&mem),
+        "512 MiB machine reported {mem} MiB\n{why}"
+    );
+    assert_eq!(boot.bool("vmx"), Some(true), "{why}");
+    assert_eq!(boot.bool("ept"), Some(true), "{why}");
+    assert_eq!(boot.bool("unrestricted_guest"), Some(true), "{why}");
+
+    let cpus = out.events_named("cpu_found");
+    let ids: BTreeSet<u64> = cpus.iter().filter_map(|e| e.u64("apic_id")).collect();
+    assert_eq!(ids.len(), 2, "two distinct APIC IDs\n{why}");
+    assert_eq!(
+        cpus.iter().filter(|e| e.bool("bsp") == Some(true)).count(),
+        1,
+        "{why}"
+    );
+    assert!(!out.events_named("ioapic_found").is_empty(), "{why}");
+    assert!(out.event("vmx_caps").is_some(), "{why}");
+
+    let config_len =
+        std::fs::metadata(atoll_tests::build::workspace_root().join("configs/default.toml"))
+            .expect("configs/default.toml")
+            .len();
+    let config = out.event("config").expect("a config event");
+    assert_eq!(config.u64("bytes"), Some(config_len), "{why}");
+    assert_eq!(config.str("name"), Some("cluster.toml"), "{why}");
+}
+
+#[test]
+fn bochs_four_cpus_are_all_found() {
+    let mut spec = spec();
+    spec.cpus = 4;
+    let out = boot(&spec);
+    assert!(out.success(), "{}", out.diagnostics());
+    assert_eq!(
+        out.event("boot").and_then(|e| e.u64("cpus")),
+        Some(4),
+        "{}",
+        out.diagnostics()
+    );
+    assert_eq!(
+        out.events_named("cpu_found").len(),
+        4,
+        "{}",
+        out.diagnostics()
+    );
+}
+
+#[test]
+fn qemu_boots_without_vmx() {
+    let mut spec = spec();
+    spec.emulator = Emulator::Qemu;
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    assert!(out.success(), "{why}");
+    let boot = out.event("boot").expect("a boot event");
+    assert_eq!(boot.u64("cpus"), Some(2), "{why}");
+    assert_eq!(boot.bool("vmx"), Some(false), "{why}");
+    assert_eq!(boot.bool("ept"), Some(false), "{why}");
+    assert!(
+        out.event("vmx_caps").is_none(),
+        "no VMX MSRs without VMX\n{why}"
+    );
+}
+
+#[test]
+fn selftest_panic_reports_file_and_line_and_fails_the_run() {
+    let mut spec = spec();
+    spec.cmdline = "selftest=panic".into();
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    let panic = out.event("panic").expect("a panic event");
+    assert_eq!(panic.str("file"), Some("hypervisor/src/boot.rs"), "{why}");
+    assert!(panic.u64("line").is_some_and(|l| l > 0), "{why}");
+    assert!(
+        panic
+            .str("msg")
+            .is_some_and(|m| m.contains("selftest=panic")),
+        "{why}"
+    );
+    assert!(matches!(out.ending, Ending::Panic { .. }), "{why}");
+    assert!(!out.success());
+    assert!(
+        out.event("poweroff").is_none(),
+        "a panic halts; it does not power off\n{why}"
+    );
+}
+
+#[test]
+fn cpu_exception_is_reported_as_a_panic() {
+    let mut spec = spec();
+    spec.emulator = Emulator::Qemu;
+    spec.cmdline = "selftest=exception".into();
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    let panic = out.event("panic").expect("a panic event");
+    let msg = panic.str("msg").unwrap_or_default();
+    assert!(msg.starts_with("CPU exception #UD (vector 6)"), "{why}");
+    assert!(msg.contains("rip 0x"), "{why}");
+}
+
+#[test]
+fn missing_config_module_is_a_clear_error_and_a_clean_power_off() {
+    let mut spec = spec();
+    spec.config = ConfigModule::Absent;
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    let error = out.event("error").expect("an error event");
+    assert_eq!(error.str("kind"), Some("config_missing"), "{why}");
+    assert!(
+        error.str("msg").is_some_and(|m| m.contains("cluster.toml")),
+        "{why}"
+    );
+    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+}
+
+#[test]
+fn empty_config_module_is_a_clear_error_and_a_clean_power_off() {
+    let mut spec = spec();
+    spec.emulator = Emulator::Qemu;
+    spec.config = ConfigModule::Bytes(Vec::new());
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    let error = out.event("error").expect("an error event");
+    assert_eq!(error.str("kind"), Some("config_empty"), "{why}");
+    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+}
+
+#[test]
+fn unknown_command_line_key_stops_the_boot() {
+    let mut spec = spec();
+    spec.emulator = Emulator::Qemu;
+    spec.cmdline = "seltest=panic".into();
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    let error = out.event("error").expect("an error event");
+    assert_eq!(error.str("kind"), Some("cmdline"), "{why}");
+    assert!(
+        error.str("msg").is_some_and(|m| m.contains("seltest")),
+        "{why}"
+    );
+    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+}

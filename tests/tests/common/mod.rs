@@ -1,0 +1,25 @@
+//! Shared by the integration tests: build the hypervisor once per test
+//! binary, and boot it.
+
+use atoll_tests::build::{Profile, build_hypervisor};
+use atoll_tests::{RunOutcome, RunSpec};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The release hypervisor ELF, built on first use.
+pub fn hypervisor() -> PathBuf {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| build_hypervisor(Profile::Release).expect("the hypervisor builds"))
+        .clone()
+}
+
+/// A run spec with the defaults of `cargo xtask run`.
+pub fn spec() -> RunSpec {
+    RunSpec::new(hypervisor())
+}
+
+/// Boots `spec`; the console is printed only if the test fails (libtest
+/// captures stdout).
+pub fn boot(spec: &RunSpec) -> RunOutcome {
+    atoll_tests::run(spec, |line| println!("{line}")).expect("the harness can start the run")
+}
