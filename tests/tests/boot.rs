@@ -123,19 +123,26 @@ fn cpu_exception_is_reported_as_a_panic() {
     assert!(msg.contains("rip 0x"), "{why}");
 }
 
+/// Boots `spec`, expects an `error` event of `kind` whose message contains
+/// `mentions`, then a clean power-off with status 1.
+fn assert_boot_error(spec: &atoll_tests::RunSpec, kind: &str, mentions: &str) {
+    let out = boot(spec);
+    let why = out.diagnostics();
+    let error = out.event("error").expect("an error event");
+    assert_eq!(error.str("kind"), Some(kind), "{why}");
+    let msg = error.str("msg").unwrap_or_default();
+    assert!(
+        msg.contains(mentions),
+        "message should mention {mentions:?}\n{why}"
+    );
+    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+}
+
 #[test]
 fn missing_config_module_is_a_clear_error_and_a_clean_power_off() {
     let mut spec = spec();
     spec.config = ConfigModule::Absent;
-    let out = boot(&spec);
-    let why = out.diagnostics();
-    let error = out.event("error").expect("an error event");
-    assert_eq!(error.str("kind"), Some("config_missing"), "{why}");
-    assert!(
-        error.str("msg").is_some_and(|m| m.contains("cluster.toml")),
-        "{why}"
-    );
-    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+    assert_boot_error(&spec, "config_missing", "module2 /boot/cluster.toml");
 }
 
 #[test]
@@ -143,11 +150,7 @@ fn empty_config_module_is_a_clear_error_and_a_clean_power_off() {
     let mut spec = spec();
     spec.emulator = Emulator::Qemu;
     spec.config = ConfigModule::Bytes(Vec::new());
-    let out = boot(&spec);
-    let why = out.diagnostics();
-    let error = out.event("error").expect("an error event");
-    assert_eq!(error.str("kind"), Some("config_empty"), "{why}");
-    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+    assert_boot_error(&spec, "config_empty", "is empty");
 }
 
 #[test]
@@ -155,13 +158,13 @@ fn unknown_command_line_key_stops_the_boot() {
     let mut spec = spec();
     spec.emulator = Emulator::Qemu;
     spec.cmdline = "seltest=panic".into();
-    let out = boot(&spec);
-    let why = out.diagnostics();
-    let error = out.event("error").expect("an error event");
-    assert_eq!(error.str("kind"), Some("cmdline"), "{why}");
-    assert!(
-        error.str("msg").is_some_and(|m| m.contains("seltest")),
-        "{why}"
-    );
-    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+    assert_boot_error(&spec, "cmdline", "seltest");
+}
+
+#[test]
+fn unknown_selftest_stops_the_boot() {
+    let mut spec = spec();
+    spec.emulator = Emulator::Qemu;
+    spec.cmdline = "selftest=nonsense".into();
+    assert_boot_error(&spec, "cmdline", "nonsense");
 }
