@@ -12,6 +12,7 @@
 pub mod build;
 pub mod emulator;
 pub mod event;
+pub mod events_doc;
 pub mod iso;
 pub mod packages;
 pub mod run;

@@ -2,6 +2,7 @@
 //! binary, and boot it.
 
 use atoll_tests::build::{Profile, build_hypervisor};
+use atoll_tests::events_doc::EventsDoc;
 use atoll_tests::{RunOutcome, RunSpec};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -19,7 +20,27 @@ pub fn spec() -> RunSpec {
 }
 
 /// Boots `spec`; the console is printed only if the test fails (libtest
-/// captures stdout).
+/// captures stdout). Every event the run printed must be documented, with
+/// all its fields, in hypervisor/EVENTS.md.
 pub fn boot(spec: &RunSpec) -> RunOutcome {
-    atoll_tests::run(spec, |line| println!("{line}")).expect("the harness can start the run")
+    let out =
+        atoll_tests::run(spec, |line| println!("{line}")).expect("the harness can start the run");
+    let doc = EventsDoc::load().expect("hypervisor/EVENTS.md is readable");
+    let undocumented: Vec<String> = out
+        .events
+        .iter()
+        .filter_map(|e| doc.undocumented(e))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "{}\n{}",
+        undocumented.join("\n"),
+        out.diagnostics()
+    );
+    assert!(
+        out.bad_events.is_empty(),
+        "malformed event lines\n{}",
+        out.diagnostics()
+    );
+    out
 }
