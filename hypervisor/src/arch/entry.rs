@@ -146,10 +146,12 @@ long_mode_entry:
 
     .section .rodata
     .balign 8
+/* The accessed bits are preset: the CPU would otherwise write them on the
+   first segment load (SDM Vol. 3A, 3.4.5.1), and this table is read-only. */
 boot_gdt:
     .quad 0                     /* null */
-    .quad 0x00af9a000000ffff    /* 0x08: 64-bit code, DPL 0 */
-    .quad 0x00cf92000000ffff    /* 0x10: data, DPL 0 */
+    .quad 0x00af9b000000ffff    /* 0x08: 64-bit code, DPL 0 */
+    .quad 0x00cf93000000ffff    /* 0x10: data, DPL 0 */
 boot_gdt_end:
 boot_gdt_pointer:
     .short boot_gdt_end - boot_gdt - 1
