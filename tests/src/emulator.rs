@@ -16,7 +16,7 @@
 //! QEMU TCG has no VMX; it is the fast choice for everything else, and has
 //! NUMA (SRAT) for the multikernel core.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -62,6 +62,54 @@ pub const BOCHS_CPU_MODEL: &str = "corei7_skylake_x";
 pub struct Machine {
     pub cpus: u32,
     pub mem_mib: u32,
+    /// NUMA nodes (QEMU only); empty for a machine without an ACPI SRAT.
+    pub numa: Vec<NumaNode>,
+}
+
+/// One NUMA node of the emulated machine: QEMU describes it to the guest in
+/// the ACPI SRAT. Bochs' BIOS has no SRAT, so only QEMU can have nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumaNode {
+    /// CPU indices (0-based, below `Machine::cpus`) in this node; empty for
+    /// a memory-only node.
+    pub cpus: Vec<u32>,
+    /// The node's RAM; the nodes' sizes add up to `Machine::mem_mib`.
+    pub mem_mib: u32,
+}
+
+impl Machine {
+    /// Checks that `emulator` can emulate this machine, before anything is
+    /// started: a wrong NUMA layout would otherwise end as an emulator
+    /// error that is harder to read.
+    pub fn check(&self, emulator: Emulator) -> Result<()> {
+        if self.numa.is_empty() {
+            return Ok(());
+        }
+        if emulator != Emulator::Qemu {
+            bail!("NUMA nodes need QEMU: Bochs' BIOS has no ACPI SRAT");
+        }
+        let total: u64 = self.numa.iter().map(|n| u64::from(n.mem_mib)).sum();
+        ensure!(
+            total == u64::from(self.mem_mib),
+            "the NUMA nodes have {total} MiB in total but the machine has {} MiB",
+            self.mem_mib
+        );
+        let mut seen = vec![false; self.cpus as usize];
+        for cpu in self.numa.iter().flat_map(|n| &n.cpus) {
+            let slot = seen.get_mut(*cpu as usize).with_context(|| {
+                format!(
+                    "NUMA node CPU {cpu} does not exist (the machine has {} CPUs)",
+                    self.cpus
+                )
+            })?;
+            ensure!(!*slot, "CPU {cpu} is in two NUMA nodes");
+            *slot = true;
+        }
+        if let Some(cpu) = seen.iter().position(|s| !s) {
+            bail!("CPU {cpu} is in no NUMA node; give every CPU a node");
+        }
+        Ok(())
+    }
 }
 
 /// The files of one run, all inside its work directory.
@@ -70,13 +118,20 @@ pub struct RunFiles {
     pub iso: PathBuf,
     pub serial: PathBuf,
     pub emulator_log: PathBuf,
+    /// What Bochs' term display showed (BIOS, GRUB): the place to look when
+    /// a boot fails before the hypervisor writes to the serial port.
+    pub screen: PathBuf,
 }
+
+/// Bochs refuses a `host` memory size above this (MiB); a larger `guest`
+/// size is fine, Bochs then allocates guest memory in blocks on demand.
+pub const BOCHS_MAX_HOST_MIB: u32 = 2048;
 
 /// The bochsrc for a run.
 pub fn bochsrc(machine: &Machine, files: &RunFiles) -> String {
     format!(
         "\
-memory: guest={mem}, host={mem}
+memory: guest={mem}, host={host}
 cpu: model={BOCHS_CPU_MODEL}, count={cpus}, reset_on_triple_fault=0
 romimage: file=/usr/share/bochs/BIOS-bochs-latest
 vgaromimage: file=/usr/share/vgabios/vgabios.bin
@@ -91,9 +146,12 @@ error: action=report
 info: action=ignore
 debug: action=ignore
 mouse: enabled=0
+speaker: enabled=0
+sound: driver=dummy
 clock: sync=none, time0=local
 ",
         mem = machine.mem_mib,
+        host = machine.mem_mib.min(BOCHS_MAX_HOST_MIB),
         cpus = machine.cpus,
         iso = files.iso.display(),
         serial = files.serial.display(),
@@ -123,7 +181,54 @@ pub fn qemu_args(machine: &Machine, files: &RunFiles) -> Vec<String> {
         "-boot".into(),
         "d".into(),
     ]);
+    for (id, node) in machine.numa.iter().enumerate() {
+        args.extend(numa_args(id, node));
+    }
     args
+}
+
+/// QEMU's arguments for one NUMA node: a RAM backend of the node's size and
+/// the node with its CPUs (QEMU 5.1+ needs `memdev`; `mem=` is gone).
+fn numa_args(id: usize, node: &NumaNode) -> Vec<String> {
+    let mut spec = format!("node,nodeid={id}");
+    for range in cpu_ranges(&node.cpus) {
+        spec += &format!(",cpus={range}");
+    }
+    let mut args = Vec::new();
+    if node.mem_mib > 0 {
+        args.push("-object".into());
+        args.push(format!(
+            "memory-backend-ram,id=numa-mem{id},size={}M",
+            node.mem_mib
+        ));
+        spec += &format!(",memdev=numa-mem{id}");
+    }
+    args.push("-numa".into());
+    args.push(spec);
+    args
+}
+
+/// CPU indices as QEMU's `a-b` ranges, e.g. [0, 1, 2, 5] -> ["0-2", "5"].
+fn cpu_ranges(cpus: &[u32]) -> Vec<String> {
+    let mut sorted = cpus.to_vec();
+    sorted.sort_unstable();
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for cpu in sorted {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == cpu => *last = cpu,
+            _ => ranges.push((cpu, cpu)),
+        }
+    }
+    ranges
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect()
 }
 
 /// A running emulator.
@@ -158,6 +263,12 @@ pub fn start(
             cmd
         }
     };
+    let argv = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    std::fs::write(work_dir.join("emulator.cmdline"), argv + "\n")?;
     let mut child = cmd
         .current_dir(work_dir)
         .stdin(Stdio::null())
@@ -171,6 +282,7 @@ pub fn start(
         stderr,
         Arc::clone(&stderr_lines),
         files.emulator_log.with_extension("stderr"),
+        files.screen.clone(),
     );
     Ok(Running {
         child,
@@ -180,17 +292,18 @@ pub fn start(
 }
 
 /// Reads the emulator's stderr to the end, keeping its lines; on Bochs'
-/// screen announcement it starts draining that pty.
+/// screen announcement it starts draining that pty into `screen`.
 fn spawn_stderr_reader(
     stderr: impl Read + Send + 'static,
     lines: Arc<Mutex<Vec<String>>>,
     copy_to: PathBuf,
+    screen: PathBuf,
 ) {
     thread::spawn(move || {
         let mut copy = File::create(copy_to).ok();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(pty) = bochs_screen_pty(&line) {
-                drain_pty(pty);
+                drain_pty(pty, screen.clone());
             }
             if let Some(f) = copy.as_mut() {
                 use std::io::Write;
@@ -210,9 +323,14 @@ pub fn bochs_screen_pty(line: &str) -> Option<PathBuf> {
     path.starts_with("/dev/").then(|| PathBuf::from(path))
 }
 
+/// How much of Bochs' screen output is kept in `screen.txt`; the rest is
+/// read and dropped (a long run redraws the screen many times).
+const SCREEN_KEEP: u64 = 1 << 20;
+
 /// Opens the pty, makes it raw with echo off and reads it to EOF on its own
-/// thread (the bytes are Bochs' VGA text screen; nothing needs them).
-fn drain_pty(path: PathBuf) {
+/// thread. The bytes are Bochs' VGA text screen as curses output; the first
+/// MiB goes to `screen` for diagnosing boots that fail inside GRUB.
+fn drain_pty(path: PathBuf, screen: PathBuf) {
     thread::spawn(move || {
         let Ok(mut pty) = std::fs::OpenOptions::new()
             .read(true)
@@ -226,8 +344,16 @@ fn drain_pty(path: PathBuf) {
             let _ =
                 rustix::termios::tcsetattr(&pty, rustix::termios::OptionalActions::Now, &termios);
         }
+        let mut keep = File::create(&screen).ok();
+        let mut kept = 0u64;
         let mut buf = [0u8; 4096];
-        while matches!(pty.read(&mut buf), Ok(n) if n > 0) {}
+        while let Ok(n @ 1..) = pty.read(&mut buf) {
+            if let Some(f) = keep.as_mut().filter(|_| kept < SCREEN_KEEP) {
+                use std::io::Write;
+                let _ = f.write_all(&buf[..n]);
+                kept += n as u64;
+            }
+        }
     });
 }
 
@@ -284,41 +410,84 @@ mod tests {
             iso: "/r/atoll.iso".into(),
             serial: "/r/serial.txt".into(),
             emulator_log: "/r/bochs.log".into(),
+            screen: "/r/screen.txt".into(),
+        }
+    }
+
+    fn machine(cpus: u32, mem_mib: u32) -> Machine {
+        Machine {
+            cpus,
+            mem_mib,
+            numa: Vec::new(),
+        }
+    }
+
+    fn node(cpus: &[u32], mem_mib: u32) -> NumaNode {
+        NumaNode {
+            cpus: cpus.to_vec(),
+            mem_mib,
         }
     }
 
     #[test]
     fn bochsrc_asks_for_a_vmx_cpu_and_a_headless_display() {
-        let rc = bochsrc(
-            &Machine {
-                cpus: 4,
-                mem_mib: 256,
-            },
-            &files(),
-        );
+        let rc = bochsrc(&machine(4, 256), &files());
         assert!(rc.contains("cpu: model=corei7_skylake_x, count=4, reset_on_triple_fault=0\n"));
         assert!(rc.contains("memory: guest=256, host=256\n"));
+        let big = bochsrc(&machine(1, 4096), &files());
+        assert!(big.contains("memory: guest=4096, host=2048\n"), "{big}");
         assert!(rc.contains("display_library: term\n"));
         assert!(rc.contains("com1: enabled=1, mode=file, dev=/r/serial.txt\n"));
         assert!(rc.contains("ata0-master: type=cdrom, path=/r/atoll.iso, status=inserted\n"));
         assert!(rc.contains("info: action=ignore\n"));
+        assert!(
+            rc.contains("sound: driver=dummy\n"),
+            "no ALSA noise on stderr"
+        );
     }
 
     #[test]
     fn qemu_gets_cpus_memory_serial_and_the_exit_device() {
-        let args = qemu_args(
-            &Machine {
-                cpus: 2,
-                mem_mib: 512,
-            },
-            &files(),
-        )
-        .join(" ");
+        let args = qemu_args(&machine(2, 512), &files()).join(" ");
         assert!(args.contains("-smp 2 -m 512"));
         assert!(args.contains("-serial file:/r/serial.txt"));
         assert!(args.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(args.contains("-accel tcg"));
         assert!(args.contains("-no-reboot"));
+        assert!(!args.contains("-numa"));
+    }
+
+    #[test]
+    fn qemu_gets_one_memory_backend_and_numa_node_per_node() {
+        let mut m = machine(4, 512);
+        m.numa = vec![node(&[0, 1, 3], 384), node(&[2], 128), node(&[], 0)];
+        let args = qemu_args(&m, &files()).join(" ");
+        assert!(args.contains(
+            "-object memory-backend-ram,id=numa-mem0,size=384M -numa node,nodeid=0,cpus=0-1,cpus=3,memdev=numa-mem0"
+        ), "{args}");
+        assert!(args.contains(
+            "-object memory-backend-ram,id=numa-mem1,size=128M -numa node,nodeid=1,cpus=2,memdev=numa-mem1"
+        ), "{args}");
+        assert!(args.ends_with("-numa node,nodeid=2"), "{args}");
+    }
+
+    #[test]
+    fn numa_layouts_are_checked_before_the_emulator_starts() {
+        let mut m = machine(2, 512);
+        assert!(m.check(Emulator::Bochs).is_ok(), "no NUMA is fine anywhere");
+        m.numa = vec![node(&[0], 256), node(&[1], 256)];
+        assert!(m.check(Emulator::Qemu).is_ok());
+        let err = |m: &Machine, emu| format!("{:#}", m.check(emu).unwrap_err());
+        assert!(err(&m, Emulator::Bochs).contains("need QEMU"));
+        m.numa[1].mem_mib = 128;
+        assert!(err(&m, Emulator::Qemu).contains("384 MiB in total"));
+        m.numa[1].mem_mib = 256;
+        m.numa[1].cpus = vec![0];
+        assert!(err(&m, Emulator::Qemu).contains("CPU 0 is in two"));
+        m.numa[1].cpus = vec![2];
+        assert!(err(&m, Emulator::Qemu).contains("CPU 2 does not exist"));
+        m.numa[1].cpus = vec![];
+        assert!(err(&m, Emulator::Qemu).contains("CPU 1 is in no NUMA node"));
     }
 
     #[test]

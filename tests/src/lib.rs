@@ -18,6 +18,6 @@ pub mod packages;
 pub mod run;
 pub mod slots;
 
-pub use emulator::Emulator;
+pub use emulator::{Emulator, NumaNode};
 pub use event::Event;
 pub use run::{ConfigModule, Ending, RunOutcome, RunSpec, run};

@@ -75,3 +75,20 @@ pub fn install(packages: &[&str], log: &std::path::Path) -> Result<()> {
     args.extend_from_slice(packages);
     apt(&args)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_hint_is_a_complete_apt_command() {
+        assert_eq!(
+            install_command(&["bochs", "xorriso"]),
+            "apt-get update && apt-get install -y bochs xorriso"
+        );
+        assert!(
+            REQUIRED.contains(&"bochs-term"),
+            "Bochs' only headless display"
+        );
+    }
+}

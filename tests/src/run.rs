@@ -1,7 +1,7 @@
 //! One boot of the hypervisor in an emulator, from ISO to verdict.
 
 use crate::build::target_dir;
-use crate::emulator::{self, Emulator, Machine, RunFiles};
+use crate::emulator::{self, Emulator, Machine, NumaNode, RunFiles, Running};
 use crate::event::{BadEvent, Event};
 use crate::iso::{IsoContents, make_iso};
 use crate::slots;
@@ -44,10 +44,13 @@ pub struct RunSpec {
     pub timeout: Duration,
     pub cmdline: String,
     pub config: ConfigModule,
+    /// NUMA nodes (QEMU only); empty: no ACPI SRAT, one memory domain.
+    pub numa: Vec<NumaNode>,
 }
 
 impl RunSpec {
-    /// Bochs, 2 CPUs, 512 MiB, 120 s, configs/default.toml, no command line.
+    /// Bochs, 2 CPUs, 512 MiB, 120 s, configs/default.toml, no command line,
+    /// no NUMA.
     pub fn new(hypervisor: PathBuf) -> Self {
         RunSpec {
             hypervisor,
@@ -57,6 +60,16 @@ impl RunSpec {
             timeout: Duration::from_secs(120),
             cmdline: String::new(),
             config: ConfigModule::File(crate::build::workspace_root().join("configs/default.toml")),
+            numa: Vec::new(),
+        }
+    }
+
+    /// The machine the emulator is asked for.
+    pub fn machine(&self) -> Machine {
+        Machine {
+            cpus: self.cpus,
+            mem_mib: self.mem_mib,
+            numa: self.numa.clone(),
         }
     }
 }
@@ -122,6 +135,8 @@ pub struct RunOutcome {
     pub work_dir: PathBuf,
     /// The emulator's last stderr lines, for diagnosis.
     pub emulator_stderr: Vec<String>,
+    /// The last lines of the emulator's own log (bochs.log), for diagnosis.
+    pub emulator_log: Vec<String>,
 }
 
 impl RunOutcome {
@@ -159,59 +174,32 @@ impl RunOutcome {
                 self.emulator_stderr.join("\n")
             );
         }
+        if !self.emulator_log.is_empty() {
+            s += &format!(
+                "--- emulator log (tail) ---\n{}\n",
+                self.emulator_log.join("\n")
+            );
+        }
+        if self.events.is_empty() && self.work_dir.join("screen.txt").is_file() {
+            s += "no event arrived: the boot may have stopped in the BIOS or GRUB; \
+                  screen.txt in the work dir has what the screen showed\n";
+        }
         s
     }
 }
 
 /// Boots `spec`, handing every console line to `on_line` as it arrives.
 pub fn run(spec: &RunSpec, mut on_line: impl FnMut(&str)) -> Result<RunOutcome> {
+    let machine = spec.machine();
+    machine.check(spec.emulator)?;
     let work_dir = new_work_dir(spec)?;
-    let config = match &spec.config {
-        ConfigModule::File(path) => Some(
-            std::fs::read(path)
-                .with_context(|| format!("reading cluster config {}", path.display()))?,
-        ),
-        ConfigModule::Bytes(bytes) => Some(bytes.clone()),
-        ConfigModule::Absent => None,
-    };
-    let iso = make_iso(
-        &work_dir,
-        &IsoContents {
-            hypervisor: &spec.hypervisor,
-            config: config.as_deref(),
-            cmdline: &spec.cmdline,
-        },
-    )?;
-    let files = RunFiles {
-        iso,
-        serial: work_dir.join("serial.txt"),
-        emulator_log: work_dir.join(format!("{}.log", spec.emulator.name())),
-    };
-    let machine = Machine {
-        cpus: spec.cpus,
-        mem_mib: spec.mem_mib,
-    };
+    let files = prepare(spec, &work_dir)?;
     let _slot = slots::acquire(&runs_dir())?;
     let started = Instant::now();
     let mut running = emulator::start(spec.emulator, &machine, &files, &work_dir)?;
-    let mut tail = LineTail::new(files.serial.clone());
-    let mut collected = Collected::default();
-    let ending = loop {
-        for line in tail.poll() {
-            on_line(&line);
-            collected.add(line, started.elapsed());
-        }
-        let exited = running.try_exit();
-        if let Some(ending) = decide(&collected, exited, started.elapsed(), spec.timeout) {
-            break ending;
-        }
-        std::thread::sleep(POLL);
-    };
-    running.stop();
-    for line in tail.poll().into_iter().chain(tail.rest()) {
-        on_line(&line);
-        collected.add(line, started.elapsed());
-    }
+    let (ending, collected) = watch(&mut running, &files, spec.timeout, started, &mut on_line);
+    // The ISO is large and can be rebuilt; the rest of the directory is
+    // what one needs to understand the run.
     let _ = std::fs::remove_dir_all(work_dir.join("iso"));
     let _ = std::fs::remove_file(&files.iso);
     Ok(RunOutcome {
@@ -222,7 +210,75 @@ pub fn run(spec: &RunSpec, mut on_line: impl FnMut(&str)) -> Result<RunOutcome> 
         wall_time: started.elapsed(),
         work_dir,
         emulator_stderr: running.stderr_tail(15),
+        emulator_log: file_tail(&files.emulator_log, 15),
     })
+}
+
+/// Makes the ISO in `work_dir` and names the run's files.
+fn prepare(spec: &RunSpec, work_dir: &Path) -> Result<RunFiles> {
+    let config = match &spec.config {
+        ConfigModule::File(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading cluster config {}", path.display()))?,
+        ),
+        ConfigModule::Bytes(bytes) => Some(bytes.clone()),
+        ConfigModule::Absent => None,
+    };
+    let iso = make_iso(
+        work_dir,
+        &IsoContents {
+            hypervisor: &spec.hypervisor,
+            config: config.as_deref(),
+            cmdline: &spec.cmdline,
+        },
+    )?;
+    Ok(RunFiles {
+        iso,
+        serial: work_dir.join("serial.txt"),
+        emulator_log: work_dir.join(format!("{}.log", spec.emulator.name())),
+        screen: work_dir.join("screen.txt"),
+    })
+}
+
+/// Follows the console until [`decide`] ends the run, stops the emulator
+/// and collects what it wrote last.
+fn watch(
+    running: &mut Running,
+    files: &RunFiles,
+    timeout: Duration,
+    started: Instant,
+    on_line: &mut impl FnMut(&str),
+) -> (Ending, Collected) {
+    let mut tail = LineTail::new(files.serial.clone());
+    let mut collected = Collected::default();
+    let ending = loop {
+        for line in tail.poll() {
+            on_line(&line);
+            collected.add(line, started.elapsed());
+        }
+        let exited = running.try_exit();
+        if let Some(ending) = decide(&collected, exited, started.elapsed(), timeout) {
+            break ending;
+        }
+        std::thread::sleep(POLL);
+    };
+    running.stop();
+    for line in tail.poll().into_iter().chain(tail.rest()) {
+        on_line(&line);
+        collected.add(line, started.elapsed());
+    }
+    (ending, collected)
+}
+
+/// The last `n` lines of a text file; none if it cannot be read.
+fn file_tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// Console output so far, and when the first terminal event came.

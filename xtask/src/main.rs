@@ -135,13 +135,13 @@ fn run(args: RunArgs) -> Result<bool> {
         );
     }
     let spec = RunSpec {
-        hypervisor: build(args.debug)?,
         emulator: args.emulator,
         cpus: args.cpus,
         mem_mib: args.mem_mib,
         timeout: Duration::from_secs(args.timeout),
         cmdline: args.cmdline,
         config: ConfigModule::File(config),
+        ..RunSpec::new(build(args.debug)?)
     };
     let spinner = progress::spinner(format!(
         "booting in {} with {} CPUs, {} MiB (timeout {} s)",
