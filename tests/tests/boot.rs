@@ -31,6 +31,7 @@ fn bochs_two_cpus_reports_the_machine_and_powers_off_cleanly() {
     assert_eq!(boot.bool("unrestricted_guest"), Some(true), "{why}");
 
     let cpus = out.events_named("cpu_found");
+    assert_eq!(cpus.len(), 2, "one cpu_found per CPU\n{why}");
     let ids: BTreeSet<u64> = cpus.iter().filter_map(|e| e.u64("apic_id")).collect();
     assert_eq!(ids.len(), 2, "two distinct APIC IDs\n{why}");
     assert_eq!(
