@@ -18,7 +18,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -306,7 +306,6 @@ fn spawn_stderr_reader(
                 drain_pty(pty, screen.clone());
             }
             if let Some(f) = copy.as_mut() {
-                use std::io::Write;
                 let _ = writeln!(f, "{line}");
             }
             if let Ok(mut all) = lines.lock() {
@@ -349,7 +348,6 @@ fn drain_pty(path: PathBuf, screen: PathBuf) {
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = pty.read(&mut buf) {
             if let Some(f) = keep.as_mut().filter(|_| kept < SCREEN_KEEP) {
-                use std::io::Write;
                 let _ = f.write_all(&buf[..n]);
                 kept += n as u64;
             }
