@@ -1,7 +1,7 @@
-//! The boot flow on the boot CPU: check the boot information, discover the
-//! platform (memory map, ACPI MADT, CPUID and VMX capabilities), find the
-//! cluster config module, report it all as events, then run the selected
-//! self-test or power off.
+//! Boot part 1 on the boot CPU (thesis 4.5.3 step 2, 5.4.1): check the boot
+//! information, discover the platform (memory map, ACPI MADT and SRAT, CPUID
+//! and VMX capabilities), parse the cluster config, check it against the
+//! hardware and plan the nodes, then hand over to `node::start_cluster`.
 //!
 //! Every input here comes from outside Atoll (boot loader, firmware, the
 //! user's command line and config). A problem with one is a clear `error`
@@ -9,7 +9,13 @@
 
 use crate::arch::{self, phys::BootMemory};
 use crate::console;
-use atoll_platform::acpi::{Madt, SoftOff, Tables};
+use crate::node::{self, BootState};
+use crate::selftest::Selftest;
+use alloc::vec::Vec;
+use atoll_cluster::config::ClusterConfig;
+use atoll_cluster::plan::Plan;
+use atoll_cluster::topology::{Cpu, CpuIndex, DomainId, PhysRange, Topology};
+use atoll_platform::acpi::{Madt, PhysMemory, SoftOff, Tables};
 use atoll_platform::cmdline::Cmdline;
 use atoll_platform::event::Hex;
 use atoll_platform::multiboot2::{BootInfo, MemoryKind};
@@ -66,15 +72,132 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
     if let Some(key) = cmdline.first_unknown_key() {
         fatal("cmdline", UnknownKey(key), soft_off);
     }
-    match cmdline.get("selftest") {
-        None => {}
+    let selftest = match cmdline.get("selftest") {
+        None => Selftest::None,
         Some("panic") => panic!("selftest=panic: a deliberate panic to test the panic path"),
         Some("exception") => arch::cpu::raise_invalid_opcode(),
-        Some(other) => fatal("cmdline", UnknownSelftest(other), soft_off),
-    }
+        Some(name) => Selftest::from_name(name)
+            .unwrap_or_else(|| fatal("cmdline", UnknownSelftest(name), soft_off)),
+    };
 
-    find_config(&info, soft_off);
-    power_off(0, "done", soft_off)
+    let config_text = find_config(&info, memory, soft_off);
+    let config = ClusterConfig::parse(CONFIG_MODULE, config_text)
+        .unwrap_or_else(|errors| config_errors(&errors, soft_off));
+    let topology = discover_topology(&info, &madt, &tables, features.apic_id, boot_info, soft_off);
+    let plan = atoll_cluster::plan::plan(&config, &topology)
+        .unwrap_or_else(|errors| config_errors(&errors, soft_off));
+    report_plan(&plan);
+    let tsc_per_us = arch::time::calibrate();
+    log::info!("TSC: {tsc_per_us} ticks per microsecond");
+    let ram_end = topology.ram.iter().map(PhysRange::end).max().unwrap_or(0);
+    arch::paging::extend_boot_map(ram_end, boot_page);
+    let boot = alloc::boxed::Box::leak(alloc::boxed::Box::new(BootState {
+        plan,
+        soft_off,
+        selftest,
+    }));
+    node::start_cluster(boot)
+}
+
+/// A zeroed 4 KiB page from the boot heap (for boot page tables).
+fn boot_page() -> Option<u64> {
+    let layout = core::alloc::Layout::from_size_align(4096, 4096).ok()?;
+    // SAFETY: the layout has a non-zero size.
+    let page = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    (!page.is_null()).then_some(page as u64)
+}
+
+/// The machine as the planner sees it.
+fn discover_topology(
+    info: &BootInfo<'_>,
+    madt: &Madt,
+    tables: &Tables<'_, BootMemory>,
+    boot_apic_id: u32,
+    boot_info: &[u8],
+    soft_off: Option<SoftOff>,
+) -> Topology {
+    let _ = tables;
+    let cpus: Vec<Cpu> = madt
+        .cpus
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Cpu {
+            index: CpuIndex(i as u32),
+            apic_id: c.apic_id,
+            domain: DomainId(0),
+        })
+        .collect();
+    if let Some(cpu) = cpus.iter().find(|c| c.apic_id > MAX_XAPIC_ID) {
+        fatal(
+            "topology",
+            format_args!(
+                "CPU {} has APIC ID {}, which needs x2APIC mode; Atoll drives the local APIC in xAPIC mode (APIC IDs up to {MAX_XAPIC_ID})",
+                cpu.index.0, cpu.apic_id
+            ),
+            soft_off,
+        );
+    }
+    let ram = info
+        .memory_map()
+        .filter(|r| r.kind == MemoryKind::Available)
+        .map(|r| PhysRange::new(r.base.0, r.len))
+        .collect();
+    let image = arch::image::layout();
+    let mut reserved = alloc::vec![
+        PhysRange::new(0, 0x1000),
+        PhysRange::new(image.start, image.end - image.start),
+        PhysRange::new(boot_info.as_ptr() as u64, boot_info.len() as u64),
+    ];
+    reserved.extend(info.modules().map(|m| PhysRange::new(m.start.0, m.len())));
+    Topology {
+        boot_cpu: cpus
+            .iter()
+            .find(|c| c.apic_id == boot_apic_id)
+            .map(|c| c.index),
+        cpus,
+        domain_memory: Vec::new(),
+        distances: None,
+        ram,
+        reserved,
+    }
+}
+
+/// The highest APIC ID xAPIC mode can address (255 is the broadcast ID).
+const MAX_XAPIC_ID: u32 = 254;
+
+fn report_plan(plan: &Plan) {
+    console::event("plan", |e| {
+        e.field("nodes", plan.nodes.len())
+            .field("boot_node", plan.boot_node.0)
+            .field("channels", plan.channels.len())
+            .field("signals", plan.signals.len())
+    });
+    for node in &plan.nodes {
+        let cpus: Vec<u32> = node.cpus.iter().map(|c| c.index.0).collect();
+        log::info!(
+            "node {} '{}': CPUs {:?}, {} MiB in {} range(s), kernel memory {:#x}-{:#x}",
+            node.id.0,
+            node.name,
+            cpus,
+            node.memory.iter().map(|r| r.len).sum::<u64>() >> 20,
+            node.memory.len(),
+            node.kernel_memory.start.0,
+            node.kernel_memory.end()
+        );
+    }
+}
+
+/// Reports every config error (each as an `error` event with kind
+/// `config`) and powers off.
+fn config_errors(errors: &[atoll_cluster::config::ConfigError], soft_off: Option<SoftOff>) -> ! {
+    for error in errors {
+        log::error!("{error}");
+        console::event("error", |e| {
+            e.field("kind", "config")
+                .field("msg", format_args!("{error}"))
+        });
+    }
+    power_off(1, "error", soft_off)
 }
 
 /// Sums the memory map and reports it; returns the usable MiB.
@@ -138,9 +261,12 @@ fn report_vmx_caps(caps: &VmxCaps) {
     );
 }
 
-/// Finds the cluster config module and reports its size. Parsing it is the
-/// cluster config's job (a later stage of the boot).
-fn find_config(info: &BootInfo<'_>, soft_off: Option<SoftOff>) {
+/// Finds the cluster config module, reports its size and returns its text.
+fn find_config<'m>(
+    info: &BootInfo<'_>,
+    memory: &'m BootMemory,
+    soft_off: Option<SoftOff>,
+) -> &'m str {
     let Some(module) = info.module(CONFIG_MODULE) else {
         fatal("config_missing", ConfigMissing, soft_off);
     };
@@ -151,10 +277,28 @@ fn find_config(info: &BootInfo<'_>, soft_off: Option<SoftOff>) {
         e.field("name", module.name).field("bytes", module.len())
     });
     log::info!("cluster config: {} bytes at {}", module.len(), module.start);
+    let len = usize::try_from(module.len()).unwrap_or(usize::MAX);
+    let Some(bytes) = memory.bytes(module.start, len) else {
+        fatal(
+            "config",
+            format_args!(
+                "{CONFIG_MODULE}: the module at {} is not readable memory",
+                module.start
+            ),
+            soft_off,
+        );
+    };
+    core::str::from_utf8(bytes).unwrap_or_else(|e| {
+        fatal(
+            "config",
+            format_args!("{CONFIG_MODULE}: not UTF-8 text ({e}); save the config as UTF-8"),
+            soft_off,
+        )
+    })
 }
 
 /// Reports a fatal input error and powers off with status 1.
-fn fatal(kind: &str, error: impl Display, soft_off: Option<SoftOff>) -> ! {
+pub fn fatal(kind: &str, error: impl Display, soft_off: Option<SoftOff>) -> ! {
     log::error!("{error}");
     console::event("error", |e| {
         e.field("kind", kind).field("msg", format_args!("{error}"))
@@ -162,7 +306,7 @@ fn fatal(kind: &str, error: impl Display, soft_off: Option<SoftOff>) -> ! {
     power_off(1, "error", soft_off)
 }
 
-fn power_off(status: u8, reason: &str, soft_off: Option<SoftOff>) -> ! {
+pub fn power_off(status: u8, reason: &str, soft_off: Option<SoftOff>) -> ! {
     log::info!("powering off (status {status})");
     console::event("poweroff", |e| {
         e.field("status", status).field("reason", reason)
@@ -187,7 +331,7 @@ impl Display for UnknownSelftest<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "unknown self-test '{}'; known self-tests: panic exception",
+            "unknown self-test '{}'; known self-tests: panic exception ipi isolation lock",
             self.0
         )
     }

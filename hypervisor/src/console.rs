@@ -6,11 +6,9 @@
 //! panicked while holding it must still be able to report.
 
 use crate::arch::serial::Serial;
+use crate::arch::shared::CONSOLE;
 use atoll_platform::event::Event;
 use core::fmt::Write;
-use spin::Mutex;
-
-static CONSOLE: Mutex<Serial> = Mutex::new(Serial);
 
 struct Logger;
 

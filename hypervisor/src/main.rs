@@ -6,20 +6,27 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod arch;
 mod boot;
 mod console;
+mod node;
+mod selftest;
 
 use atoll_platform::event::Event;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::Ordering;
 
 /// The Rust entry point, called by the boot code in 64-bit mode with the
 /// multiboot2 magic (EAX at entry) and the boot information address (EBX).
 #[unsafe(no_mangle)]
 extern "C" fn atoll_main(magic: u32, boot_info_addr: u64) -> ! {
+    arch::percpu::clear();
+    arch::heap::init();
     console::init();
     arch::idt::init();
+    arch::pic::disable();
     // SAFETY: the boot identity map is active (entry.rs), the address is the
     // one GRUB passed, and nothing in Atoll writes to the boot information,
     // the firmware tables or the boot modules.
@@ -32,14 +39,14 @@ extern "C" fn atoll_main(magic: u32, boot_info_addr: u64) -> ! {
     boot::run(magic, boot_info, &memory)
 }
 
-/// Set by the first panic; a panic inside the panic report just halts.
-static PANICKING: AtomicBool = AtomicBool::new(false);
-
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    if PANICKING.swap(true, Ordering::SeqCst) {
+    // The first panic anywhere stops every CPU (an NMI to all others, which
+    // halt when they see STOPPING); a second panic just halts.
+    if arch::shared::STOPPING.swap(true, Ordering::SeqCst) {
         arch::cpu::halt_forever();
     }
+    arch::apic::nmi_all_but_self();
     let (file, line) = info
         .location()
         .map_or(("<unknown>", 0), |l| (l.file(), l.line()));
@@ -59,7 +66,5 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         .field("cpu", cpu)
         .finish();
     serial.drain();
-    // Only the boot CPU runs at this stage; once other CPUs are started they
-    // are stopped here too, by an NMI to all others.
     arch::cpu::halt_forever()
 }

@@ -63,6 +63,41 @@ impl JsonValue for &str {
     }
 }
 
+/// A half-open address range `[start, end)`, written as the string
+/// `"0x100000-0x4100000"`.
+#[derive(Clone, Copy, Debug)]
+pub struct HexRange(pub u64, pub u64);
+
+impl JsonValue for HexRange {
+    fn write_json(&self, out: &mut dyn Write) -> fmt::Result {
+        write!(out, "\"{:#x}-{:#x}\"", self.0, self.1)
+    }
+}
+
+/// A list, written as a JSON array.
+impl<T: JsonValue> JsonValue for &[T] {
+    fn write_json(&self, out: &mut dyn Write) -> fmt::Result {
+        out.write_char('[')?;
+        for (i, item) in self.iter().enumerate() {
+            if i > 0 {
+                out.write_char(',')?;
+            }
+            item.write_json(out)?;
+        }
+        out.write_char(']')
+    }
+}
+
+/// An absent value, written as `null`.
+impl<T: JsonValue> JsonValue for Option<T> {
+    fn write_json(&self, out: &mut dyn Write) -> fmt::Result {
+        match self {
+            Some(value) => value.write_json(out),
+            None => out.write_str("null"),
+        }
+    }
+}
+
 /// Formatted text (`format_args!`) written as a JSON string, so a panic
 /// message can be streamed without first formatting it into a buffer.
 impl JsonValue for fmt::Arguments<'_> {
@@ -166,6 +201,25 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(s.strip_prefix(PREFIX).unwrap()).unwrap();
         assert_eq!(v["msg"], nasty);
         assert_eq!(v["fmt"], std::format!("{nasty}-7"));
+    }
+
+    #[test]
+    fn writes_lists_ranges_and_absent_values() {
+        let mut s = String::new();
+        let cpus: &[u32] = &[0, 1];
+        let mem: &[HexRange] = &[HexRange(0x10_0000, 0x410_0000)];
+        Event::new(&mut s, "node_up")
+            .field("cpus", cpus)
+            .field("mem", mem)
+            .field("domain", None::<u32>)
+            .field("slot", Some(2u32))
+            .finish()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(s.strip_prefix(PREFIX).unwrap()).unwrap();
+        assert_eq!(v["cpus"], serde_json::json!([0, 1]));
+        assert_eq!(v["mem"], serde_json::json!(["0x100000-0x4100000"]));
+        assert!(v["domain"].is_null());
+        assert_eq!(v["slot"], 2);
     }
 
     #[test]

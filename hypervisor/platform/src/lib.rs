@@ -33,6 +33,7 @@ pub mod bytes;
 pub mod cmdline;
 pub mod event;
 pub mod multiboot2;
+pub mod paging;
 pub mod vmx;
 
 /// A host-physical address: the address space the hypervisor itself runs in.

@@ -79,3 +79,21 @@ pub fn raise_invalid_opcode() -> ! {
     // never returns; no state is changed before that.
     unsafe { core::arch::asm!("ud2", options(noreturn)) }
 }
+
+/// The time-stamp counter (SDM Vol. 3B, 19.17): cycles in hardware, about
+/// one tick per instruction in Bochs (platform.md).
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter; CR4.TSD is clear, so it is
+    // allowed at CPL 0 (and everywhere).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Enables interrupts and halts until one arrives, atomically: STI's
+/// one-instruction shadow keeps an interrupt from slipping in between, so a
+/// wake-up is never missed (SDM Vol. 2B, STI). Returns with interrupts off
+/// again, after the handler ran.
+pub fn wait_for_interrupt() {
+    // SAFETY: the IDT has handlers for every vector this CPU can receive;
+    // the handlers preserve all registers, and interrupts end up disabled.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) }
+}

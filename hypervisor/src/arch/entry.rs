@@ -103,7 +103,7 @@ _start:
 
     mov $0xc0000080, %ecx       /* IA32_EFER */
     rdmsr
-    or $(1 << 8), %eax          /* EFER.LME */
+    or $((1 << 8) | (1 << 11)), %eax  /* EFER.LME | EFER.NXE (node tables use NX) */
     wrmsr
 
     mov %cr0, %eax
@@ -153,6 +153,7 @@ boot_gdt:
     .quad 0x00af9b000000ffff    /* 0x08: 64-bit code, DPL 0 */
     .quad 0x00cf93000000ffff    /* 0x10: data, DPL 0 */
 boot_gdt_end:
+    .global boot_gdt_pointer
 boot_gdt_pointer:
     .short boot_gdt_end - boot_gdt - 1
     .quad boot_gdt
@@ -161,8 +162,10 @@ no_long_mode_msg:
 
     .section .bss
     .balign 4096
+    .global boot_pml4
 boot_pml4:
     .skip 4096
+    .global boot_pdpt
 boot_pdpt:
     .skip 4096
 boot_pd:

@@ -1,6 +1,11 @@
-//! CPU exceptions (vectors 0-31, SDM Vol. 3A, 7.15): every one is a bug in
-//! Atoll at this stage, so each is reported as a panic with its vector,
-//! error code and the interrupted registers.
+//! The IDT: CPU exceptions (vectors 0-31, SDM Vol. 3A, 7.15) and the few
+//! interrupt vectors Atoll uses (inter-node signals, node stop, spurious).
+//!
+//! An exception is a bug in Atoll, reported as a panic with its vector,
+//! error code and the interrupted registers, with two exceptions: an NMI
+//! while the machine is stopping halts the CPU quietly (the panic path's
+//! stop signal), and a page fault on another node's memory is an isolation
+//! fault that stops only the faulting node (node.rs).
 //!
 //! Each vector has a small stub that pushes a uniform frame (a zero error
 //! code where the CPU pushes none, then the vector number and the general
@@ -88,12 +93,51 @@ exception_common:
     call exception_entry
     ud2
 
+    /* Interrupts: save the registers a C call may clobber, call
+       interrupt_entry(vector), restore, return. The CPU aligns RSP to 16
+       before pushing its 5-word frame, so 9 pushes leave it aligned. */
+    .macro IRQ_STUB vector
+    .balign 16
+irq_stub_\vector:
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    mov $\vector, %edi
+    cld
+    call interrupt_entry
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
+    iretq
+    .endm
+
+    .irp v, 240,241,242,255
+    IRQ_STUB \v
+    .endr
+
     .section .rodata
     .balign 8
     .global exception_stubs
 exception_stubs:
     .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad exception_stub_\v
+    .endr
+    .global irq_stubs
+irq_stubs:
+    .irp v, 240,241,242,255
+    .quad irq_stub_\v
     .endr
 "#,
     options(att_syntax)
@@ -102,7 +146,23 @@ exception_stubs:
 unsafe extern "C" {
     /// The stub addresses, defined above.
     static exception_stubs: [u64; 32];
+    /// The interrupt stubs for [`IRQ_VECTORS`], in that order.
+    static irq_stubs: [u64; 4];
 }
+
+/// An inter-node signal arrived (a doorbell rang).
+pub const SIGNAL_VECTOR: u8 = 240;
+/// Stop this CPU: its node is stopping.
+pub const STOP_VECTOR: u8 = 241;
+/// The local APIC timer: a periodic tick that bounds every wait.
+pub const TIMER_VECTOR: u8 = 242;
+/// The interrupt vectors with a stub, matching `irq_stubs`.
+const IRQ_VECTORS: [u8; 4] = [
+    SIGNAL_VECTOR,
+    STOP_VECTOR,
+    TIMER_VECTOR,
+    super::apic::SPURIOUS_VECTOR,
+];
 
 /// An IDT gate descriptor (SDM Vol. 3A, 7.14.1, Figure 7-8).
 #[repr(C)]
@@ -138,26 +198,58 @@ impl Gate {
     }
 }
 
-static IDT: Once<[Gate; 32]> = Once::new();
+/// Built once on the boot CPU in part 1; read-only afterwards, and shared
+/// by every CPU (the IDT holds code addresses only, no node state).
+static IDT: Once<[Gate; 256]> = Once::new();
 
-/// Installs the exception handlers on this CPU.
+fn build() -> [Gate; 256] {
+    // SAFETY: the stub tables are initialised, read-only data in .rodata
+    // (global_asm above), so reading them is a plain load.
+    let (exceptions, irqs) = unsafe { (exception_stubs, irq_stubs) };
+    let mut idt = [Gate::default(); 256];
+    for (gate, stub) in idt.iter_mut().zip(exceptions) {
+        *gate = Gate::interrupt(stub);
+    }
+    for (vector, stub) in IRQ_VECTORS.into_iter().zip(irqs) {
+        idt[usize::from(vector)] = Gate::interrupt(stub);
+    }
+    idt
+}
+
+/// Loads the IDT on this CPU (building it on first use).
 pub fn init() {
-    // SAFETY: `exception_stubs` is an initialised, read-only table in .rodata
-    // (global_asm above), so reading it is a plain load.
-    let stubs = unsafe { exception_stubs };
-    let idt = IDT.call_once(|| stubs.map(Gate::interrupt));
+    let idt = IDT.call_once(build);
     let pointer = x86::dtables::DescriptorTablePointer::new(idt);
-    // SAFETY: the pointer names a 'static, fully initialised table of 32
-    // valid gates whose handlers are the stubs above, in the code segment
-    // the boot GDT loaded.
+    // SAFETY: the pointer names a 'static, fully initialised table whose
+    // present gates point at the stubs above, in the code segment of the
+    // image GDT; the other gates are not present (a stray vector raises #NP).
     unsafe { x86::dtables::lidt(&pointer) };
+}
+
+/// Called by the interrupt stubs with interrupts off.
+#[unsafe(no_mangle)]
+extern "C" fn interrupt_entry(vector: u64) {
+    let vector = vector as u8;
+    if vector == super::apic::SPURIOUS_VECTOR {
+        return; // SDM 11.9: a spurious interrupt gets no EOI.
+    }
+    crate::node::on_interrupt(vector);
+    super::apic::eoi();
 }
 
 /// Called by the stubs with interrupts off; never returns.
 #[unsafe(no_mangle)]
 extern "C" fn exception_entry(frame: &ExceptionFrame) -> ! {
+    const NMI: u64 = 2;
+    const PAGE_FAULT: u64 = 14;
+    if frame.vector == NMI && super::shared::STOPPING.load(core::sync::atomic::Ordering::SeqCst) {
+        super::cpu::halt_forever();
+    }
     // SAFETY: reading CR2 has no side effects; we run at CPL 0.
     let cr2 = unsafe { x86::controlregs::cr2() };
+    if frame.vector == PAGE_FAULT {
+        crate::node::on_page_fault(cr2 as u64, frame.rip, frame.error_code);
+    }
     panic!(
         "CPU exception {} (vector {}) error {:#x} at rip {:#x} rsp {:#x} cr2 {:#x} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x}",
         exception_name(frame.vector),

@@ -2,13 +2,27 @@
 //! and raw hardware access. Everything above it sees safe functions and
 //! plain values.
 
+pub mod apic;
+pub mod biglock;
 pub mod cpu;
 pub mod entry;
+pub mod heap;
 pub mod idt;
+pub mod image;
+pub mod kmem;
+pub mod paging;
+pub mod percpu;
 pub mod phys;
+pub mod pic;
+pub mod pit;
 pub mod port;
 pub mod power;
 pub mod serial;
+pub mod shared;
+pub mod sharedmem;
+pub mod status;
+pub mod time;
+pub mod trampoline;
 
 /// The multiboot2 boot information block, as a byte slice.
 ///

@@ -1,0 +1,145 @@
+//! The local APIC in xAPIC mode (SDM Vol. 3A, chapter 11): this CPU's
+//! identity, inter-processor interrupts (INIT, start-up, fixed vectors,
+//! NMI) and end-of-interrupt.
+//!
+//! xAPIC (memory-mapped registers) works on every machine Atoll targets,
+//! including QEMU TCG, which has no x2APIC; it addresses APIC IDs up to 254,
+//! which the boot checks. Every CPU sees its own local APIC at the same
+//! physical page, so the page is per CPU, not shared node data.
+
+use spin::Once;
+
+const IA32_APIC_BASE: u32 = 0x1b;
+/// IA32_APIC_BASE bit 11: the APIC is globally enabled.
+const APIC_GLOBAL_ENABLE: u64 = 1 << 11;
+
+/// Register offsets (SDM Vol. 3A, Table 11-1).
+mod reg {
+    pub const TPR: u64 = 0x80;
+    pub const EOI: u64 = 0xb0;
+    pub const SPURIOUS: u64 = 0xf0;
+    pub const ESR: u64 = 0x280;
+    pub const LVT_TIMER: u64 = 0x320;
+    pub const TIMER_INITIAL: u64 = 0x380;
+    pub const TIMER_DIVIDE: u64 = 0x3e0;
+    pub const ICR_LOW: u64 = 0x300;
+    pub const ICR_HIGH: u64 = 0x310;
+}
+
+/// ICR fields (SDM Vol. 3A, 11.6.1, Figure 11-12).
+mod icr {
+    pub const FIXED: u32 = 0b000 << 8;
+    pub const NMI: u32 = 0b100 << 8;
+    pub const INIT: u32 = 0b101 << 8;
+    pub const STARTUP: u32 = 0b110 << 8;
+    pub const DELIVERY_PENDING: u32 = 1 << 12;
+    pub const ASSERT: u32 = 1 << 14;
+    pub const ALL_BUT_SELF: u32 = 0b11 << 18;
+}
+
+/// The spurious-interrupt vector; SVR bit 8 enables the APIC.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+const SVR_ENABLE: u32 = 1 << 8;
+/// Polls of the ICR delivery-status bit before an IPI counts as lost.
+const ICR_POLLS: u32 = 1_000_000;
+
+/// The xAPIC page, read once on the boot CPU (firmware puts every CPU's
+/// APIC at the same address).
+static BASE: Once<u64> = Once::new();
+
+/// The physical page of the local APIC registers; nodes map it uncached.
+pub fn base() -> u64 {
+    *BASE.call_once(|| {
+        // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU (CPUID.1:EDX.APIC
+        // is architectural there); reading it has no side effects.
+        let msr = unsafe { x86::msr::rdmsr(IA32_APIC_BASE) };
+        msr & 0x000f_ffff_ffff_f000
+    })
+}
+
+fn read(offset: u64) -> u32 {
+    // SAFETY: `base()` is the APIC page, which the boot identity map and
+    // every node's page tables map uncached; APIC registers are 32-bit,
+    // 16-byte aligned, and reads have no side effects on memory.
+    unsafe { core::ptr::read_volatile((base() + offset) as *const u32) }
+}
+
+fn write(offset: u64, value: u32) {
+    // SAFETY: as in `read`; APIC register writes affect only this CPU's
+    // APIC and the IPIs the caller asks for, never memory.
+    unsafe { core::ptr::write_volatile((base() + offset) as *mut u32, value) }
+}
+
+/// Enables this CPU's APIC (never disabling it: Bochs ignores re-enabling,
+/// platform.md) and accepts all interrupt priorities.
+pub fn init_local() {
+    // SAFETY: as in `base`; setting the global-enable bit (already set by
+    // firmware on every machine we know) only enables this CPU's APIC.
+    unsafe {
+        let msr = x86::msr::rdmsr(IA32_APIC_BASE);
+        if msr & APIC_GLOBAL_ENABLE == 0 {
+            x86::msr::wrmsr(IA32_APIC_BASE, msr | APIC_GLOBAL_ENABLE);
+        }
+    }
+    write(reg::TPR, 0);
+    write(reg::SPURIOUS, SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
+    write(reg::ESR, 0);
+}
+
+/// Signals the end of the interrupt being serviced.
+pub fn eoi() {
+    write(reg::EOI, 0);
+}
+
+/// Why an IPI could not be sent.
+#[derive(Debug, Clone, Copy)]
+pub struct IpiStuck;
+
+fn send(destination: u32, command: u32) -> Result<(), IpiStuck> {
+    write(reg::ICR_HIGH, destination << 24);
+    write(reg::ICR_LOW, command);
+    for _ in 0..ICR_POLLS {
+        if read(reg::ICR_LOW) & icr::DELIVERY_PENDING == 0 {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    Err(IpiStuck)
+}
+
+/// Sends a fixed-vector interrupt to the CPU with `apic_id`.
+pub fn send_fixed(apic_id: u32, vector: u8) -> Result<(), IpiStuck> {
+    send(apic_id, icr::FIXED | icr::ASSERT | u32::from(vector))
+}
+
+/// Sends an NMI to every other CPU (the panic path's stop signal).
+pub fn nmi_all_but_self() {
+    // Best effort: there is nothing more to do on a panic if it is stuck.
+    let _ = send(0, icr::NMI | icr::ASSERT | icr::ALL_BUT_SELF);
+}
+
+/// Starts the CPU with `apic_id` at physical address `page << 12` in real
+/// mode: INIT, 10 ms, start-up IPI, 200 us, second start-up IPI (SDM Vol.
+/// 3A, 10.4.4.1, the universal start-up algorithm).
+pub fn start_cpu(apic_id: u32, page: u8) -> Result<(), IpiStuck> {
+    send(apic_id, icr::INIT | icr::ASSERT)?;
+    super::time::delay_us(10_000);
+    for _ in 0..2 {
+        send(apic_id, icr::STARTUP | u32::from(page))?;
+        super::time::delay_us(200);
+    }
+    Ok(())
+}
+
+/// LVT timer mode bit 17: periodic (SDM Vol. 3A, 11.5.4).
+const TIMER_PERIODIC: u32 = 1 << 17;
+/// Divide configuration 0b1011: divide by 1.
+const DIVIDE_BY_1: u32 = 0b1011;
+
+/// Starts this CPU's APIC timer: `vector` every `bus_cycles` ticks of the
+/// APIC clock. Its only job is to wake halted CPUs so that waits end.
+pub fn start_periodic_timer(vector: u8, bus_cycles: u32) {
+    write(reg::TIMER_DIVIDE, DIVIDE_BY_1);
+    write(reg::LVT_TIMER, TIMER_PERIODIC | u32::from(vector));
+    write(reg::TIMER_INITIAL, bus_cycles);
+}

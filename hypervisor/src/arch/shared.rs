@@ -1,0 +1,30 @@
+//! The only statics every node may write, in the image's `.shared` section
+//! (linker.ld), which each node maps read-write; the rest of the image is
+//! read-only to nodes.
+//!
+//! They exist because the console UART and the machine's stop path are one
+//! per machine, not per node: a line must not interleave with another
+//! node's, and a panic anywhere must stop every CPU. Nothing else may go
+//! here; node state lives in node memory.
+
+use super::serial::Serial;
+use core::sync::atomic::{AtomicBool, AtomicU32};
+use spin::Mutex;
+
+/// Serialises whole console lines across all CPUs of all nodes.
+// SAFETY: `.shared` is a writable, loadable section of the image (linker.ld),
+// mapped read-write in every node's page tables; a static placed there is
+// an ordinary static in every other respect.
+#[unsafe(link_section = ".shared")]
+pub static CONSOLE: Mutex<Serial> = Mutex::new(Serial);
+
+/// Set by the first panic; other CPUs that then take the stop NMI halt.
+// SAFETY: as for CONSOLE.
+#[unsafe(link_section = ".shared")]
+pub static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Counts isolation faults machine-wide, so the isolation self-test on the
+/// victim node can tell that the attacker's write has faulted.
+// SAFETY: as for CONSOLE.
+#[unsafe(link_section = ".shared")]
+pub static ISOLATION_FAULTS: AtomicU32 = AtomicU32::new(0);
