@@ -77,6 +77,27 @@ pub struct NumaNode {
     pub mem_mib: u32,
 }
 
+impl NumaNode {
+    /// `domains` nodes sharing `cpus` CPUs and `mem_mib` MiB evenly, in
+    /// order (the first nodes get the remainders), like `cpus=8,numa=2` in
+    /// `cargo xtask check-config --topology`.
+    pub fn even_split(cpus: u32, mem_mib: u32, domains: u32) -> Vec<NumaNode> {
+        let share = |total: u32, i: u32| total / domains + u32::from(i < total % domains);
+        let mut next_cpu = 0;
+        (0..domains)
+            .map(|i| {
+                let count = share(cpus, i);
+                let node = NumaNode {
+                    cpus: (next_cpu..next_cpu + count).collect(),
+                    mem_mib: share(mem_mib, i),
+                };
+                next_cpu += count;
+                node
+            })
+            .collect()
+    }
+}
+
 impl Machine {
     /// Checks that `emulator` can emulate this machine, before anything is
     /// started: a wrong NUMA layout would otherwise end as an emulator
@@ -467,6 +488,18 @@ mod tests {
             "-object memory-backend-ram,id=numa-mem1,size=128M -numa node,nodeid=1,cpus=2,memdev=numa-mem1"
         ), "{args}");
         assert!(args.ends_with("-numa node,nodeid=2"), "{args}");
+    }
+
+    #[test]
+    fn even_split_shares_cpus_and_memory_in_order() {
+        let nodes = NumaNode::even_split(5, 1025, 2);
+        assert_eq!(nodes, vec![node(&[0, 1, 2], 513), node(&[3, 4], 512)]);
+        let m = Machine {
+            cpus: 5,
+            mem_mib: 1025,
+            numa: nodes,
+        };
+        m.check(Emulator::Qemu).unwrap();
     }
 
     #[test]

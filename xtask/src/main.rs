@@ -15,7 +15,7 @@ mod test;
 
 use anyhow::{Context, Result, bail};
 use atoll_tests::build::{Profile, build_hypervisor, workspace_root};
-use atoll_tests::{ConfigModule, Emulator, RunSpec, packages};
+use atoll_tests::{ConfigModule, Emulator, NumaNode, RunSpec, packages};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -58,8 +58,12 @@ struct RunArgs {
     #[arg(long, default_value = "configs/default.toml")]
     config: PathBuf,
     /// Number of emulated CPUs.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     cpus: u32,
+    /// NUMA domains (QEMU only): CPUs and memory split evenly, in order,
+    /// and described to the hypervisor in the ACPI SRAT.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    numa: u32,
     /// Emulated RAM in MiB.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=16384))]
     mem_mib: u32,
@@ -141,6 +145,11 @@ fn run(args: RunArgs) -> Result<bool> {
         timeout: Duration::from_secs(args.timeout),
         cmdline: args.cmdline,
         config: ConfigModule::File(config),
+        numa: if args.numa > 1 {
+            NumaNode::even_split(args.cpus, args.mem_mib, args.numa)
+        } else {
+            Vec::new()
+        },
         ..RunSpec::new(build(args.debug)?)
     };
     let spinner = progress::spinner(format!(
