@@ -60,11 +60,58 @@ impl Event {
     pub fn str(&self, key: &str) -> Option<&str> {
         self.get(key)?.as_str()
     }
+
+    /// A hex-string field (`"0x1f"`), as a number.
+    pub fn hex(&self, key: &str) -> Option<u64> {
+        parse_hex(self.str(key)?)
+    }
+
+    /// An array-of-integers field.
+    pub fn u64_list(&self, key: &str) -> Option<Vec<u64>> {
+        self.get(key)?.as_array()?.iter().map(Value::as_u64).collect()
+    }
+
+    /// An array of `"0xSTART-0xEND"` range strings, as `(start, end)` pairs.
+    pub fn ranges(&self, key: &str) -> Option<Vec<(u64, u64)>> {
+        self.get(key)?
+            .as_array()?
+            .iter()
+            .map(|v| parse_range(v.as_str()?))
+            .collect()
+    }
+
+    /// A `"0xSTART-0xEND"` range-string field.
+    pub fn range(&self, key: &str) -> Option<(u64, u64)> {
+        parse_range(self.str(key)?)
+    }
+}
+
+fn parse_hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
+}
+
+fn parse_range(s: &str) -> Option<(u64, u64)> {
+    let (start, end) = s.split_once('-')?;
+    Some((parse_hex(start)?, parse_hex(end)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_hex_lists_and_ranges() {
+        let e = Event::parse(
+            "@ev {\"ev\":\"node_up\",\"addr\":\"0x1f\",\"cpus\":[0,1],\"mem\":[\"0x100000-0x200000\"],\"kernel\":\"0x0-0x10\"}",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.hex("addr"), Some(0x1f));
+        assert_eq!(e.u64_list("cpus"), Some(vec![0, 1]));
+        assert_eq!(e.ranges("mem"), Some(vec![(0x10_0000, 0x20_0000)]));
+        assert_eq!(e.range("kernel"), Some((0, 0x10)));
+        assert_eq!(e.hex("cpus"), None);
+    }
 
     #[test]
     fn parses_event_lines_and_skips_human_lines() {

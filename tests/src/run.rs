@@ -55,7 +55,7 @@ impl RunSpec {
         RunSpec {
             hypervisor,
             emulator: Emulator::Bochs,
-            cpus: 2,
+            cpus: 4,
             mem_mib: 512,
             timeout: Duration::from_secs(120),
             cmdline: String::new(),
