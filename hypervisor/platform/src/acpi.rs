@@ -1,6 +1,7 @@
 //! The ACPI tables Atoll reads at boot (ACPI 6.5, chapter 5): the RSDP, the
-//! RSDT or XSDT, the MADT (CPUs and I/O APICs) and the FADT/DSDT facts
-//! needed to power off through ACPI S5.
+//! RSDT or XSDT, the MADT (CPUs and I/O APICs), the FADT/DSDT facts
+//! needed to power off through ACPI S5 and, in [`numa`], the SRAT and SLIT
+//! (NUMA domains and their distances).
 //!
 //! Tables come from firmware and are treated as untrusted input: every
 //! length is range-checked, every checksum verified, and all reads go
@@ -10,6 +11,8 @@
 use crate::HostPhysAddr;
 use crate::bytes::{array_at, checksum_ok, slice_at, u8_at, u32_at, u64_at};
 use crate::multiboot2::RsdpCopy;
+
+pub mod numa;
 
 /// Most CPUs Atoll records from the MADT.
 pub const MAX_CPUS: usize = 256;
@@ -72,8 +75,25 @@ pub enum Error {
     /// A MADT entry at this offset is shorter than 2 bytes or than its type
     /// requires, or runs past the table.
     BadMadtEntry { offset: usize },
-    /// More CPUs or I/O APICs than Atoll records.
-    TooMany { what: &'static str, limit: usize },
+    /// An SRAT entry at this offset is malformed; `reason` says how.
+    BadSratEntry { offset: usize, reason: &'static str },
+    /// The SLIT's matrix of `localities` x `localities` bytes does not fit
+    /// in its `len`-byte table.
+    BadSlitSize { localities: u64, len: usize },
+    /// A SLIT distance breaks ACPI 6.5, 5.2.17: a locality's distance to
+    /// itself must be 10, and 0-9 are reserved.
+    BadSlitDistance {
+        from: usize,
+        to: usize,
+        distance: u8,
+    },
+    /// A table lists more CPUs, I/O APICs or memory ranges than Atoll
+    /// records.
+    TooMany {
+        table: Signature,
+        what: &'static str,
+        limit: usize,
+    },
 }
 
 impl core::fmt::Display for Error {
@@ -106,7 +126,25 @@ impl core::fmt::Display for Error {
             Error::BadMadtEntry { offset } => {
                 write!(f, "ACPI MADT entry at offset {offset} is malformed")
             }
-            Error::TooMany { what, limit } => write!(f, "the MADT lists more than {limit} {what}"),
+            Error::BadSratEntry { offset, reason } => {
+                write!(
+                    f,
+                    "ACPI SRAT entry at offset {offset} is malformed: {reason}"
+                )
+            }
+            Error::BadSlitSize { localities, len } => write!(
+                f,
+                "ACPI SLIT claims {localities} localities, but a {localities} x {localities} \
+                 matrix does not fit in its {len} bytes"
+            ),
+            Error::BadSlitDistance { from, to, distance } => write!(
+                f,
+                "ACPI SLIT distance from locality {from} to {to} is {distance}; \
+                 a locality's distance to itself must be 10 and 0-9 are reserved"
+            ),
+            Error::TooMany { table, what, limit } => {
+                write!(f, "the {table} lists more than {limit} {what}")
+            }
         }
     }
 }
@@ -341,6 +379,7 @@ impl Madt {
                     gsi_base: u32_at(entry, 8)?,
                 };
                 let full = Error::TooMany {
+                    table: Signature(*b"APIC"),
                     what: "I/O APICs",
                     limit: MAX_IOAPICS,
                 };
@@ -353,6 +392,7 @@ impl Madt {
             return Some(Ok(()));
         }
         let full = Error::TooMany {
+            table: Signature(*b"APIC"),
             what: "CPUs",
             limit: MAX_CPUS,
         };
@@ -437,9 +477,9 @@ mod tests {
     use std::vec::Vec;
 
     /// Physical memory made of one vector at a base address.
-    struct FakeMemory {
-        base: u64,
-        data: Vec<u8>,
+    pub(super) struct FakeMemory {
+        pub(super) base: u64,
+        pub(super) data: Vec<u8>,
     }
 
     impl PhysMemory for FakeMemory {
@@ -449,10 +489,10 @@ mod tests {
         }
     }
 
-    const BASE: u64 = 0xe0000;
+    pub(super) const BASE: u64 = 0xe0000;
 
     /// Builds a table with a correct header and checksum.
-    fn table(sig: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    pub(super) fn table(sig: &[u8; 4], body: &[u8]) -> Vec<u8> {
         let mut t = Vec::new();
         t.extend_from_slice(sig);
         t.extend_from_slice(&((HEADER_LEN + body.len()) as u32).to_le_bytes());
@@ -465,7 +505,7 @@ mod tests {
         t
     }
 
-    fn fix_checksum(t: &mut [u8], at: usize) {
+    pub(super) fn fix_checksum(t: &mut [u8], at: usize) {
         t[at] = 0;
         let sum = t.iter().fold(0u8, |s, &b| s.wrapping_add(b));
         t[at] = 0u8.wrapping_sub(sum);
@@ -481,7 +521,7 @@ mod tests {
         r
     }
 
-    fn rsdp_v2(xsdt: u64) -> Vec<u8> {
+    pub(super) fn rsdp_v2(xsdt: u64) -> Vec<u8> {
         let mut r = b"RSD PTR ".to_vec();
         r.push(0);
         r.extend_from_slice(b"ATOLL ");
@@ -530,7 +570,7 @@ mod tests {
 
     /// Lays out tables one after another, 16-byte aligned; returns memory and
     /// their addresses.
-    fn layout(tables: &[Vec<u8>]) -> (FakeMemory, Vec<u64>) {
+    pub(super) fn layout(tables: &[Vec<u8>]) -> (FakeMemory, Vec<u64>) {
         let mut data = Vec::new();
         let mut addrs = Vec::new();
         for t in tables {
@@ -684,6 +724,7 @@ mod tests {
         assert_eq!(
             Madt::parse(&table(b"APIC", &body)),
             Err(Error::TooMany {
+                table: Signature(*b"APIC"),
                 what: "CPUs",
                 limit: MAX_CPUS
             })

@@ -6,9 +6,10 @@
 //! - [`multiboot2`]: the boot loader's information block (memory map, command
 //!   line, modules, ACPI RSDP), parsed from a byte slice and checked as hostile
 //!   input.
-//! - [`acpi`]: RSDP, RSDT/XSDT, MADT (local APIC, x2APIC and I/O APIC entries)
-//!   and the FADT/DSDT facts needed for ACPI S5 power-off, read through the
-//!   narrow [`acpi::PhysMemory`] trait.
+//! - [`acpi`]: RSDP, RSDT/XSDT, MADT (local APIC, x2APIC and I/O APIC entries),
+//!   the FADT/DSDT facts needed for ACPI S5 power-off and, in [`acpi::numa`],
+//!   the SRAT and SLIT (NUMA domains and distances), read through the narrow
+//!   [`acpi::PhysMemory`] trait.
 //! - [`vmx`]: the VMX capability MSRs and what they allow (EPT, VPID,
 //!   unrestricted guest), read through [`vmx::MsrRead`].
 //! - [`cmdline`]: the hypervisor command line.
