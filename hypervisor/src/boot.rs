@@ -14,7 +14,7 @@ use crate::selftest::Selftest;
 use alloc::vec::Vec;
 use atoll_cluster::config::ClusterConfig;
 use atoll_cluster::plan::Plan;
-use atoll_cluster::topology::{Cpu, CpuIndex, DomainId, PhysRange, Topology};
+use atoll_cluster::topology::{Cpu, CpuIndex, DomainId, DomainMemory, PhysRange, Topology};
 use atoll_platform::acpi::{Madt, PhysMemory, SoftOff, Tables};
 use atoll_platform::cmdline::Cmdline;
 use atoll_platform::event::Hex;
@@ -116,7 +116,16 @@ fn discover_topology(
     boot_info: &[u8],
     soft_off: Option<SoftOff>,
 ) -> Topology {
-    let _ = tables;
+    let srat = tables.srat().unwrap_or_else(|e| fatal("acpi", e, soft_off));
+    let slit = tables.slit().unwrap_or_else(|e| fatal("acpi", e, soft_off));
+    // The SRAT may list CPUs the MADT does not enable: join by APIC ID. A CPU
+    // the SRAT does not place (or no SRAT at all) is in domain 0.
+    let domain_of = |apic_id: u32| {
+        srat.iter()
+            .flat_map(|s| &s.cpus)
+            .find(|a| a.apic_id == apic_id)
+            .map_or(DomainId(0), |a| DomainId(a.domain.0))
+    };
     let cpus: Vec<Cpu> = madt
         .cpus
         .iter()
@@ -124,9 +133,20 @@ fn discover_topology(
         .map(|(i, c)| Cpu {
             index: CpuIndex(i as u32),
             apic_id: c.apic_id,
-            domain: DomainId(0),
+            domain: domain_of(c.apic_id),
         })
         .collect();
+    // Hot-pluggable ranges are where memory may appear later, not RAM.
+    let domain_memory: Vec<DomainMemory> = srat
+        .iter()
+        .flat_map(|s| &s.memory)
+        .filter(|m| !m.hot_pluggable)
+        .map(|m| DomainMemory {
+            range: PhysRange::new(m.base.0, m.len),
+            domain: DomainId(m.domain.0),
+        })
+        .collect();
+    report_numa(&cpus, &domain_memory, slit.as_ref().map(|s| s.localities()));
     if let Some(cpu) = cpus.iter().find(|c| c.apic_id > MAX_XAPIC_ID) {
         fatal(
             "topology",
@@ -155,11 +175,32 @@ fn discover_topology(
             .find(|c| c.apic_id == boot_apic_id)
             .map(|c| c.index),
         cpus,
-        domain_memory: Vec::new(),
-        distances: None,
+        domain_memory,
+        distances: slit.map(|s| s.matrix().to_vec()),
         ram,
         reserved,
     }
+}
+
+/// Reports the NUMA domains found (`numa` event).
+fn report_numa(cpus: &[Cpu], memory: &[DomainMemory], slit_localities: Option<usize>) {
+    let domains: alloc::collections::BTreeSet<u32> = cpus
+        .iter()
+        .map(|c| c.domain.0)
+        .chain(memory.iter().map(|m| m.domain.0))
+        .collect();
+    let ranges: Vec<atoll_platform::event::HexRange> = memory
+        .iter()
+        .map(|m| atoll_platform::event::HexRange(m.range.start.0, m.range.end()))
+        .collect();
+    let range_domains: Vec<u32> = memory.iter().map(|m| m.domain.0).collect();
+    console::event("numa", |e| {
+        e.field("srat", !memory.is_empty())
+            .field("domains", domains.len())
+            .field("ranges", ranges.as_slice())
+            .field("range_domains", range_domains.as_slice())
+            .field("slit_localities", slit_localities)
+    });
 }
 
 /// The highest APIC ID xAPIC mode can address (255 is the broadcast ID).
