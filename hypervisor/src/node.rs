@@ -85,6 +85,9 @@ pub fn start_cluster(boot: &'static BootState) -> ! {
         .map(|node| &*alloc::boxed::Box::leak(alloc::boxed::Box::new(NodeStart { boot, node })))
         .collect();
     arch::heap::seal_boot_heap();
+    // Read the APIC base now: every node maps the page, and the first read
+    // fills a static, which only part 1 may write.
+    apic::base();
     let boot_node = usize::from(boot.plan.boot_node.0);
     for (node, start) in boot.plan.nodes.iter().zip(&starts) {
         if start.node != boot_node {

@@ -373,12 +373,9 @@ fn isolation_attacker(plan: &Plan) -> Option<usize> {
 fn attack(node: &Node) {
     let plan = &node.boot.plan;
     let victim = usize::from(plan.boot_node.0);
-    let Some(target) = plan.nodes.get(victim).and_then(|n| n.memory.last()) else {
+    let Some(addr) = plan.nodes.get(victim).and_then(unused_word) else {
         return;
     };
-    // The last word of the victim's last range: guest memory, never kernel
-    // memory, and unused at this stage.
-    let addr = target.end() - 8;
     console::event("isolation_probe", |e| {
         e.field("node", node.index)
             .field("target", victim)
@@ -396,6 +393,17 @@ fn attack(node: &Node) {
             ),
         )
     });
+}
+
+/// A word of `node`'s memory outside its kernel memory: memory the node
+/// does not use yet, so even a broken isolation would corrupt nothing live.
+fn unused_word(node: &atoll_cluster::plan::NodePlan) -> Option<u64> {
+    let kernel = node.kernel_memory;
+    node.memory.iter().find_map(|range| {
+        [range.end() - 8, range.start.0]
+            .into_iter()
+            .find(|&addr| !(kernel.start.0 <= addr && addr < kernel.end()))
+    })
 }
 
 /// The boot node's side: wait for the fault, then show its heartbeat still
