@@ -372,7 +372,7 @@ impl Display for UnknownSelftest<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "unknown self-test '{}'; known self-tests: panic exception ipi isolation lock",
+            "unknown self-test '{}'; known self-tests: panic exception ipi isolation lock overflow",
             self.0
         )
     }

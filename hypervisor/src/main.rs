@@ -25,6 +25,7 @@ extern "C" fn atoll_main(magic: u32, boot_info_addr: u64) -> ! {
     arch::percpu::clear();
     arch::heap::init();
     console::init();
+    arch::gdt::load_boot_tables();
     arch::idt::init();
     arch::pic::disable();
     // SAFETY: the boot identity map is active (entry.rs), the address is the

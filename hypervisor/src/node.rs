@@ -22,11 +22,12 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use atoll_cluster::plan::{Access, NodePlan, Plan};
 use atoll_platform::acpi::SoftOff;
 use atoll_platform::event::HexRange;
-use atoll_platform::paging::{Flags, MapError, PageTables};
+use atoll_platform::paging::{Flags, MapError, PageTables, TableMemory};
 use spin::{Mutex, Once};
 
+use crate::arch::gdt::CpuTables;
 use crate::arch::heap::NodeHeap;
-use crate::arch::kmem::{FIRST_STACK_BYTES, KernelMemory, STACK_BYTES};
+use crate::arch::kmem::{GUARD_BYTES, IST_STACK_BYTES, KernelLayout, KernelMemory};
 use crate::arch::percpu::{self, PerCpu};
 use crate::arch::status::{self, NodeState, StatusPage};
 use crate::arch::trampoline::{StartArgs, Trampoline};
@@ -58,8 +59,10 @@ pub struct Node {
     /// The node's PML4 (CR3 of each of its CPUs).
     pub page_root: u64,
     pub status: &'static StatusPage,
-    /// Kernel memory for per-CPU blocks and stacks of CPUs still to start.
+    /// Kernel memory for per-CPU blocks and tables of CPUs still to start.
     pub kmem: Mutex<KernelMemory>,
+    /// Where the CPUs' stacks and guard pages are.
+    pub layout: KernelLayout,
     /// Set by the first CPU once every CPU of the node is up.
     pub all_up: AtomicBool,
     /// Notifications taken from doorbells, per sending node, waiting to be
@@ -216,17 +219,21 @@ fn build_node(
     plan: &NodePlan,
 ) -> Result<&'static Node, MapError> {
     let kernel = plan.kernel_memory;
-    let stack_bottom = kernel.end() - FIRST_STACK_BYTES;
-    let heap_start = (kernel.start.0 + (stack_bottom - kernel.start.0) / 2) & !0xfff;
+    let no_room = MapError::BadRange {
+        start: kernel.start.0,
+        len: kernel.len,
+    };
+    let layout = KernelLayout::new(kernel.start.0, kernel.end(), plan.cpus.len()).ok_or(no_room)?;
     // SAFETY: kernel memory is this node's alone (the plan keeps node memory
     // disjoint), identity-mapped by the boot tables, and nothing else runs
-    // in it; the arrival stack above `stack_bottom` is left out.
-    let mut kmem = unsafe { KernelMemory::new(kernel.start.0, heap_start) };
-    let root = build_tables(&mut kmem, boot, index)?;
+    // in it; the bump range is disjoint from the heap and the stacks.
+    let mut kmem = unsafe { KernelMemory::new(layout.bump.0, layout.bump.1) };
+    let root = build_tables(&mut kmem, boot, index, &layout)?;
     let status = status::page(index).ok_or(MapError::OutOfFrames)?;
-    // SAFETY: [heap_start, stack_bottom) is node kernel memory that the bump
-    // allocator above does not hand out.
-    let heap = unsafe { NodeHeap::new(heap_start, stack_bottom - heap_start) };
+    let (heap_start, heap_end) = layout.heap;
+    // SAFETY: the heap range is node kernel memory that the bump allocator
+    // and the stacks do not use.
+    let heap = unsafe { NodeHeap::new(heap_start, heap_end - heap_start) };
     let node = kmem
         .place(Node {
             index,
@@ -236,6 +243,7 @@ fn build_node(
             page_root: root,
             status,
             kmem: Mutex::new(KernelMemory::empty()),
+            layout,
             all_up: AtomicBool::new(false),
             pending: [const { AtomicU64::new(0) }; status::MAX_NODES],
             test: selftest::NodeTest::new(),
@@ -255,7 +263,12 @@ fn build_node(
 }
 
 /// Maps what node `index` may touch, and nothing else.
-fn build_tables(kmem: &mut KernelMemory, boot: &BootState, index: usize) -> Result<u64, MapError> {
+fn build_tables(
+    kmem: &mut KernelMemory,
+    boot: &BootState,
+    index: usize,
+    layout: &KernelLayout,
+) -> Result<u64, MapError> {
     let plan = &boot.plan;
     let me = plan.nodes.get(index).ok_or(MapError::OutOfFrames)?;
     let mut tables = PageTables::new(kmem)?;
@@ -282,7 +295,7 @@ fn build_tables(kmem: &mut KernelMemory, boot: &BootState, index: usize) -> Resu
         }
     }
     for range in &me.memory {
-        tables.identity_map(range.start.0, range.len, Flags::READ_WRITE)?;
+        map_around(&mut tables, (range.start.0, range.end()), layout)?;
     }
     tables.identity_map(me.trampoline.start.0, me.trampoline.len, Flags::READ_WRITE)?;
     for &(channel, access) in &me.channels {
@@ -308,8 +321,43 @@ fn build_tables(kmem: &mut KernelMemory, boot: &BootState, index: usize) -> Resu
     Ok(tables.root())
 }
 
-/// Per-CPU set-up shared by first and other CPUs, on the node's tables.
+/// Maps `[start, end)` read-write, leaving out the stacks' guard pages.
+fn map_around<M: TableMemory>(
+    tables: &mut PageTables<M>,
+    (start, end): (u64, u64),
+    layout: &KernelLayout,
+) -> Result<(), MapError> {
+    let mut from = start;
+    for guard in layout.guards().filter(|&g| start <= g && g < end) {
+        if guard > from {
+            tables.identity_map(from, guard - from, Flags::READ_WRITE)?;
+        }
+        from = guard + GUARD_BYTES;
+    }
+    if end > from {
+        tables.identity_map(from, end - from, Flags::READ_WRITE)?;
+    }
+    Ok(())
+}
+
+/// Per-CPU set-up shared by first and other CPUs, on the node's tables:
+/// own GDT and TSS (IST stacks), IDT, local APIC and its tick.
 fn cpu_init(node: &Node, slot: usize) {
+    let tables = {
+        let mut kmem = node.kmem.lock();
+        let double_fault = kmem.stack(IST_STACK_BYTES);
+        let nmi = kmem.stack(IST_STACK_BYTES);
+        double_fault
+            .zip(nmi)
+            .and_then(|(df, nmi)| kmem.place(CpuTables::new(df, nmi)))
+    };
+    match tables {
+        Some(tables) => tables.load(),
+        None => log::error!(
+            "node {}: no kernel memory for CPU tables; no IST stacks",
+            node.index
+        ),
+    }
     idt::init();
     apic::init_local();
     apic::start_periodic_timer(idt::TIMER_VECTOR, TICK_BUS_CYCLES);
@@ -333,9 +381,8 @@ fn start_other_cpus(node: &'static Node, plan: &NodePlan) {
     for (slot, cpu) in plan.cpus.iter().enumerate().skip(1) {
         let prepared = {
             let mut kmem = node.kmem.lock();
-            let stack = kmem.stack(STACK_BYTES);
             let block = kmem.place(percpu::new_block(cpu.index.0, cpu.apic_id, slot, node));
-            stack.zip(block)
+            node.layout.stack_top(slot).zip(block)
         };
         let Some((stack_top, block)) = prepared else {
             log::error!(

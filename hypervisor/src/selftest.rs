@@ -11,6 +11,9 @@
 //!   and the boot node's heartbeat keeps advancing (`heartbeat`).
 //! - `lock`: every CPU of every node takes its node's big lock many times;
 //!   each node reports its lock counters (`lock_stats`).
+//! - `overflow`: the boot node's first CPU overflows its stack into the guard
+//!   page below it; the double fault must be reported (a `panic` naming
+//!   `#DF`), not reset the machine.
 //!
 //! Cross-node coordination goes only through the status board, channels and
 //! doorbells, like any node-to-node traffic.
@@ -34,6 +37,7 @@ pub enum Selftest {
     Ipi,
     Isolation,
     Lock,
+    Overflow,
 }
 
 impl Selftest {
@@ -43,6 +47,7 @@ impl Selftest {
             "ipi" => Some(Selftest::Ipi),
             "isolation" => Some(Selftest::Isolation),
             "lock" => Some(Selftest::Lock),
+            "overflow" => Some(Selftest::Overflow),
             _ => None,
         }
     }
@@ -92,7 +97,7 @@ pub fn first_cpu_role(node: &'static Node) -> ! {
                 attack(node);
             }
         }
-        Selftest::None => {}
+        Selftest::None | Selftest::Overflow => {}
     }
     serve_forever(node)
 }
@@ -126,7 +131,19 @@ pub fn coordinate(node: &'static Node) -> u8 {
             u8::from(!(ok && wait_all_done(node)))
         }
         Selftest::Isolation => u8::from(!watch_isolation(node)),
+        Selftest::Overflow => overflow_stack(node.index as u64),
     }
+}
+
+/// Recurses until the stack runs into its guard page: the page fault cannot
+/// push its frame there, so the CPU raises a double fault, which runs on its
+/// IST stack and is reported as a panic (`#DF`).
+fn overflow_stack(depth: u64) -> ! {
+    let frame = core::hint::black_box([depth; 64]);
+    if core::hint::black_box(frame[0]) == u64::MAX {
+        cpu::halt_forever();
+    }
+    overflow_stack(depth + 1)
 }
 
 /// Answers pings and takes signals until the machine powers off.

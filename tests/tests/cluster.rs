@@ -55,7 +55,10 @@ fn assert_nodes_consistent(out: &RunOutcome) -> Vec<Event> {
     }
     ranges.sort();
     for pair in ranges.windows(2) {
-        assert!(pair[0].1 <= pair[1].0, "node memory overlaps: {pair:?}\n{why}");
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "node memory overlaps: {pair:?}\n{why}"
+        );
     }
     let cpu_up: BTreeSet<u64> = out
         .events_named("cpu_up")
@@ -225,7 +228,10 @@ fn numa_config_takes_each_node_memory_from_its_own_domain() {
         );
         let (lo, hi) = domain_ram[i];
         for (s, e) in node.ranges("mem").unwrap() {
-            assert!(lo <= s && e <= hi, "node {i} memory {s:#x}-{e:#x} outside its domain\n{why}");
+            assert!(
+                lo <= s && e <= hi,
+                "node {i} memory {s:#x}-{e:#x} outside its domain\n{why}"
+            );
         }
     }
 }
@@ -240,11 +246,20 @@ fn config_that_does_not_fit_the_machine_names_the_key_and_powers_off() {
     let why = out.diagnostics();
     let errors = out.events_named("error");
     assert!(!errors.is_empty(), "{why}");
-    assert!(errors.iter().all(|e| e.str("kind") == Some("config")), "{why}");
+    assert!(
+        errors.iter().all(|e| e.str("kind") == Some("config")),
+        "{why}"
+    );
     let msg = errors[0].str("msg").unwrap();
-    assert!(msg.starts_with("cluster.toml:"), "file:line:col first: {msg}\n{why}");
+    assert!(
+        msg.starts_with("cluster.toml:"),
+        "file:line:col first: {msg}\n{why}"
+    );
     assert!(msg.contains("CPU 2"), "{why}");
-    assert!(matches!(out.ending, Ending::PoweredOff { status: 1 }), "{why}");
+    assert!(
+        matches!(out.ending, Ending::PoweredOff { status: 1 }),
+        "{why}"
+    );
     assert!(out.events_named("node_up").is_empty(), "{why}");
 }
 
@@ -262,5 +277,21 @@ fn invalid_config_is_reported_at_boot_with_its_location() {
     let msg = error.str("msg").unwrap();
     assert!(msg.starts_with("cluster.toml:5:1:"), "{msg}\n{why}");
     assert!(msg.contains("frobnicate"), "{why}");
-    assert!(matches!(out.ending, Ending::PoweredOff { status: 1 }), "{why}");
+    assert!(
+        matches!(out.ending, Ending::PoweredOff { status: 1 }),
+        "{why}"
+    );
+}
+
+#[test]
+fn stack_overflow_hits_the_guard_page_and_is_reported_as_a_double_fault() {
+    let mut spec = spec();
+    spec.emulator = Emulator::Qemu;
+    spec.cmdline = "selftest=overflow".into();
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    let panic = out.event("panic").expect("a panic event, not a reset");
+    let msg = panic.str("msg").unwrap_or_default();
+    assert!(msg.starts_with("CPU exception #DF (vector 8)"), "{why}");
+    assert!(matches!(out.ending, Ending::Panic { .. }), "{why}");
 }

@@ -210,6 +210,10 @@ fn build() -> [Gate; 256] {
     for (gate, stub) in idt.iter_mut().zip(exceptions) {
         *gate = Gate::interrupt(stub);
     }
+    // Known-good stacks for the two exceptions that must work on a broken
+    // one (each CPU's TSS provides them, gdt.rs).
+    idt[8].ist = super::gdt::IST_DOUBLE_FAULT;
+    idt[2].ist = super::gdt::IST_NMI;
     for (vector, stub) in IRQ_VECTORS.into_iter().zip(irqs) {
         idt[usize::from(vector)] = Gate::interrupt(stub);
     }

@@ -6,6 +6,7 @@ pub mod apic;
 pub mod biglock;
 pub mod cpu;
 pub mod entry;
+pub mod gdt;
 pub mod heap;
 pub mod idt;
 pub mod image;
