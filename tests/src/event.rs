@@ -68,7 +68,11 @@ impl Event {
 
     /// An array-of-integers field.
     pub fn u64_list(&self, key: &str) -> Option<Vec<u64>> {
-        self.get(key)?.as_array()?.iter().map(Value::as_u64).collect()
+        self.get(key)?
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect()
     }
 
     /// An array of `"0xSTART-0xEND"` range strings, as `(start, end)` pairs.
