@@ -26,6 +26,18 @@ pub struct Location {
     pub span: Range<usize>,
 }
 
+impl Location {
+    /// Line 1, column 1, no key: for problems of the file as a whole.
+    pub fn start_of_file() -> Self {
+        Self {
+            key: String::new(),
+            line: 1,
+            column: 1,
+            span: 0..0,
+        }
+    }
+}
+
 /// A value and where it was written.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Located<T> {
