@@ -3,11 +3,26 @@
 //!
 //! The plan is the *global boot state*: part 1 writes it once, makes it
 //! read-only, and each node's part 2 receives only its own [`NodePlan`].
+//!
+//! [`plan`] checks the config against the machine (CPUs and NUMA domains
+//! that exist, enough CPUs and memory) and reports every mismatch at the
+//! config key that asked for it. Its rules are in the `cpus` and `memory`
+//! submodules and in this crate's `DESIGN.md`; the boot axioms it
+//! guarantees are property-tested in `tests/properties.rs`.
 
+mod cpus;
+mod fmt;
+mod memory;
+mod ranges;
+
+pub use memory::{KERNEL_ALIGN, TRAMPOLINE_END, TRAMPOLINE_FIRST};
+
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::topology::{Cpu, DomainId, PhysRange};
+use crate::config::{ClusterConfig, ConfigError, CpuSelection, ErrorKind, Location};
+use crate::topology::{Cpu, DomainId, PhysRange, Topology};
 
 /// A node's number: its position in the config's `[[node]]` list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,4 +91,200 @@ pub struct Plan {
     pub boot_node: NodeId,
     pub channels: Vec<ChannelPlan>,
     pub signals: Vec<SignalPlan>,
+}
+
+impl Plan {
+    pub fn node(&self, id: NodeId) -> Option<&NodePlan> {
+        self.nodes.get(usize::from(id.0))
+    }
+}
+
+impl NodePlan {
+    /// Bytes of memory the node owns, kernel memory included.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.iter().fold(0, |t, r| t.saturating_add(r.len))
+    }
+}
+
+impl Access {
+    /// As the config writes it: `"r"` or `"rw"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "r",
+            Access::ReadWrite => "rw",
+        }
+    }
+}
+
+/// Errors found while planning, reported against the config's file.
+pub(crate) struct Problems<'c> {
+    file: &'c str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'c> Problems<'c> {
+    fn new(file: &'c str) -> Self {
+        Self {
+            file,
+            errors: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, at: &Location, kind: ErrorKind, message: String, fix: String) {
+        self.errors
+            .push(ConfigError::new(self.file, at, kind, message, fix));
+    }
+
+    /// A topology that breaks its own invariants: a discovery bug, which
+    /// no config can fix, reported at the start of the file.
+    fn topology(&mut self, message: String) {
+        self.error(
+            &Location::start_of_file(),
+            ErrorKind::Topology,
+            message,
+            "the machine description is inconsistent; report this with the boot log".into(),
+        );
+    }
+
+    fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    fn into_sorted(mut self) -> Vec<ConfigError> {
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        self.errors
+    }
+}
+
+/// Plans `config` on the machine `topology`: which CPUs and memory each
+/// node gets, where channels, doorbells and trampolines go.
+///
+/// Pure and deterministic: the same inputs give the same plan. Every error
+/// points at the config key that cannot be honoured and says how much was
+/// asked and how much there is.
+pub fn plan(config: &ClusterConfig, topology: &Topology) -> Result<Plan, Vec<ConfigError>> {
+    let mut problems = Problems::new(&config.file);
+    check_topology(topology, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems.into_sorted());
+    }
+    let Some(assignment) = cpus::assign(config, topology, &mut problems) else {
+        return Err(problems.into_sorted());
+    };
+    let domains: Vec<Option<DomainId>> = config
+        .nodes
+        .iter()
+        .zip(&assignment.cpus)
+        .map(|(node, cpus)| node_domain(topology, &node.cpus.value, cpus))
+        .collect();
+    let signals: Vec<memory::SignalAt<'_>> = config
+        .signals()
+        .into_iter()
+        .filter_map(|signal| {
+            let first = config
+                .ipis
+                .iter()
+                .find(|i| i.from.value == signal.from && i.to.value == signal.to)?;
+            Some(memory::SignalAt {
+                signal,
+                at: &first.at,
+            })
+        })
+        .collect();
+    let Some(placement) = memory::place(config, topology, &domains, &signals, &mut problems) else {
+        return Err(problems.into_sorted());
+    };
+
+    let channels: Vec<ChannelPlan> = config
+        .channels
+        .iter()
+        .zip(placement.channels)
+        .map(|(c, range)| ChannelPlan {
+            name: c.name.value.clone(),
+            range,
+            grants: c
+                .access
+                .iter()
+                .map(|g| (g.node.value, g.access.value))
+                .collect(),
+        })
+        .collect();
+    let nodes: Vec<NodePlan> = config
+        .nodes
+        .iter()
+        .zip(assignment.cpus)
+        .zip(domains)
+        .zip(placement.nodes)
+        .map(|(((node, cpus), domain), mem)| NodePlan {
+            id: node.id,
+            name: node.name.value.clone(),
+            cpus,
+            domain,
+            memory: mem.memory,
+            kernel_memory: mem.kernel,
+            trampoline: mem.trampoline,
+            channels: channels
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    c.grants
+                        .iter()
+                        .find(|(n, _)| *n == node.id)
+                        .map(|(_, a)| (i, *a))
+                })
+                .collect(),
+        })
+        .collect();
+    let signals = signals
+        .iter()
+        .zip(placement.doorbells)
+        .map(|(s, doorbell)| SignalPlan {
+            from: s.signal.from,
+            to: s.signal.to,
+            notifications: s.signal.notifications,
+            doorbell,
+        })
+        .collect();
+    Ok(Plan {
+        nodes,
+        boot_node: assignment.boot_node,
+        channels,
+        signals,
+    })
+}
+
+/// The topology's own invariants, which the planner relies on.
+fn check_topology(topology: &Topology, problems: &mut Problems<'_>) {
+    if topology.cpus.is_empty() {
+        problems.topology("the machine description has no CPUs".into());
+    }
+    for (i, cpu) in topology.cpus.iter().enumerate() {
+        if usize::try_from(cpu.index.0).ok() != Some(i) {
+            problems.topology(format!(
+                "the machine description lists CPU {} in position {i}",
+                cpu.index.0
+            ));
+            return;
+        }
+    }
+}
+
+/// The domain a node's memory comes from: the one domain all its CPUs are
+/// in, when the platform describes that domain's memory (SRAT). A node
+/// whose CPUs span domains, or on a machine without an SRAT, takes memory
+/// from anywhere.
+fn node_domain(topology: &Topology, selection: &CpuSelection, cpus: &[Cpu]) -> Option<DomainId> {
+    let first = cpus.first()?.domain;
+    let one_domain = cpus.iter().all(|c| c.domain == first);
+    let has_memory = topology
+        .domain_memory
+        .iter()
+        .any(|m| m.domain == first && m.range.len > 0);
+    let domain = (one_domain && has_memory).then_some(first);
+    match selection {
+        // `numa = K` asked for domain K's memory; the CPU check made sure K
+        // has memory when the machine has an SRAT.
+        CpuSelection::Numa(k) if topology.has_srat() => Some(*k),
+        _ => domain,
+    }
 }

@@ -5,6 +5,10 @@
 //! (a [`CpuIndex`]) is what a config's `cpus = [..]` lists. The APIC ID is
 //! what the hardware uses to address an IPI.
 
+mod spec;
+
+pub use spec::SpecError;
+
 use alloc::vec::Vec;
 use atoll_platform::HostPhysAddr;
 
@@ -78,4 +82,54 @@ pub struct Topology {
     /// Memory nothing may be planned into: the hypervisor image, boot modules,
     /// the multiboot2 information, the boot CPU's page tables and stack.
     pub reserved: Vec<PhysRange>,
+}
+
+impl Topology {
+    /// The boot CPU: [`Topology::boot_cpu`], or CPU 0 when unknown.
+    pub fn boot_cpu_or_default(&self) -> CpuIndex {
+        self.boot_cpu.unwrap_or(CpuIndex(0))
+    }
+
+    /// Whether the platform described its NUMA memory (an SRAT). Without
+    /// one, all RAM is one domain and no node is tied to a domain.
+    pub fn has_srat(&self) -> bool {
+        !self.domain_memory.is_empty()
+    }
+
+    pub fn cpu(&self, index: CpuIndex) -> Option<&Cpu> {
+        self.cpus.get(usize::try_from(index.0).ok()?)
+    }
+
+    /// Every domain that has a CPU or memory, sorted, each once.
+    pub fn domains(&self) -> Vec<DomainId> {
+        let mut domains: Vec<DomainId> = self
+            .cpus
+            .iter()
+            .map(|c| c.domain)
+            .chain(self.domain_memory.iter().map(|m| m.domain))
+            .collect();
+        domains.sort_unstable();
+        domains.dedup();
+        domains
+    }
+
+    /// A synthetic machine for tools and tests, from a spec such as
+    /// `cpus=8,numa=2,mem-mib=4096`:
+    ///
+    /// - `cpus=N` (1 to 4096, required): CPUs 0..N, APIC ID = index.
+    /// - `numa=D` (1 to `cpus`, default 1): CPUs split evenly over D domains
+    ///   in index order (CPU i is in domain `i * D / N`).
+    /// - `mem-mib=M` (alias `ram-mib`; 2 to 2^24, required): RAM is the
+    ///   PC's low memory `0..0x9f000` plus `1 MiB..M MiB`. With D > 1 the
+    ///   machine has an SRAT: `1 MiB..M MiB` is split evenly over the
+    ///   domains at MiB boundaries and low memory is in domain 0. With D = 1
+    ///   there is no SRAT (`domain_memory` is empty), as on a machine or
+    ///   emulator without NUMA tables.
+    /// - `boot-cpu=B` (default 0): the CPU that runs part 1 of the boot.
+    ///
+    /// Reserved: the first page (real-mode IVT and BIOS data) and
+    /// `0x200000..0x600000`, where the hypervisor image is loaded.
+    pub fn from_spec(spec: &str) -> Result<Topology, SpecError> {
+        spec::parse(spec)
+    }
 }

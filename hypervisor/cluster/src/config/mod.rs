@@ -1,0 +1,257 @@
+//! The cluster config language: a TOML file that assigns the machine's CPUs
+//! and memory to nodes, declares shared-memory channels and IPI rights
+//! between them, and (from the next stage on) the VMs each node runs.
+//!
+//! [`ClusterConfig::parse`] checks everything that can be checked without the
+//! hardware and returns a typed model in which every value keeps its
+//! [`Location`]; the planner ([`crate::plan::plan`]) then checks the model
+//! against the machine and reports hardware mismatches at the same
+//! locations. The language reference is in this crate's `DESIGN.md`.
+//!
+//! ```toml
+//! [[node]]
+//! name = "db"
+//! cpus = [0, 1]
+//! mem_mib = 256
+//!
+//! [[node]]
+//! name = "log"
+//! count = 1
+//! mem_mib = 64
+//!
+//! [[channel]]
+//! name = "wal"
+//! size_kib = 64
+//! access = { db = "rw", log = "r" }
+//!
+//! [[ipi]]
+//! from = "db"
+//! to = "log"
+//! notifications = [0]
+//! ```
+
+mod error;
+mod parse;
+mod read;
+
+pub use error::{ConfigError, ErrorKind, Located, Location};
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::plan::{Access, NodeId};
+use crate::topology::{CpuIndex, DomainId};
+
+/// Kernel memory of a node that does not set `kernel_mib`: node heap, page
+/// tables, per-CPU blocks and stacks fit comfortably for the CPU counts of
+/// today's machines.
+pub const DEFAULT_KERNEL_MIB: u64 = 8;
+/// Smallest kernel memory: one 2 MiB block.
+pub const MIN_KERNEL_MIB: u64 = 2;
+/// Largest `mem_mib` (16 TiB): keeps every size in bytes far from `u64`
+/// overflow.
+pub const MAX_MEM_MIB: u64 = 1 << 24;
+/// Most `[[node]]` tables a config may have (node IDs are 16 bits wide).
+pub const MAX_NODES: usize = 4096;
+/// Notifications per ordered node pair: the bits of the doorbell word.
+pub const NOTIFICATIONS: u8 = 64;
+/// Longest node, channel or VM name (they appear in events and tables).
+pub const MAX_NAME_LEN: usize = 32;
+
+/// A whole cluster config, checked for everything the hardware does not
+/// decide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The file name given to [`ClusterConfig::parse`]; errors name it.
+    pub file: String,
+    /// In file order: `nodes[i].id == NodeId(i)`. Never empty.
+    pub nodes: Vec<NodeConfig>,
+    pub channels: Vec<ChannelConfig>,
+    /// As written; [`ClusterConfig::signals`] merges them per node pair.
+    pub ipis: Vec<IpiConfig>,
+    pub vms: Vec<VmConfig>,
+}
+
+/// One `[[node]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Unique, 1 to [`MAX_NAME_LEN`] characters of `a-z`, `0-9`, `_`, `-`.
+    pub name: Located<String>,
+    /// Which CPUs; located at the `cpus`, `numa` or `count` value.
+    pub cpus: Located<CpuSelection>,
+    /// All memory of the node in MiB, kernel memory included.
+    pub mem_mib: Located<u64>,
+    /// `kernel_mib` when the file sets it.
+    pub kernel_mib: Option<Located<u64>>,
+    /// The table itself (its `[[node]]` header).
+    pub at: Location,
+}
+
+impl NodeConfig {
+    /// Kernel memory in MiB: `kernel_mib`, or [`DEFAULT_KERNEL_MIB`].
+    pub fn kernel_mib(&self) -> u64 {
+        self.kernel_mib
+            .as_ref()
+            .map_or(DEFAULT_KERNEL_MIB, |k| k.value)
+    }
+
+    /// Where the kernel memory size comes from: `kernel_mib` if set, else
+    /// `mem_mib` (the default applies to it).
+    pub fn kernel_at(&self) -> &Location {
+        self.kernel_mib.as_ref().map_or(&self.mem_mib.at, |k| &k.at)
+    }
+}
+
+/// How a node chooses its CPUs: exactly one of `cpus`, `numa`, `count`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpuSelection {
+    /// `cpus = [..]`: these CPUs (MADT order of enabled CPUs), non-empty,
+    /// without duplicates, none shared with another node's list.
+    List(Vec<Located<CpuIndex>>),
+    /// `numa = K`: every CPU of NUMA domain K; memory from domain K.
+    Numa(DomainId),
+    /// `count = N`: N CPUs the planner picks (N >= 1).
+    Count(u32),
+}
+
+/// One `[[channel]]`: memory shared by two or more nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    pub name: Located<String>,
+    /// A multiple of 4 (whole 4 KiB pages), at least 4.
+    pub size_kib: Located<u64>,
+    /// In file order; at least two nodes, each once, at least one `rw`.
+    pub access: Vec<ChannelGrant>,
+    pub at: Location,
+}
+
+impl ChannelConfig {
+    pub fn size_bytes(&self) -> u64 {
+        self.size_kib.value.saturating_mul(1024)
+    }
+}
+
+/// One `node = "r" | "rw"` entry of a channel's `access`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelGrant {
+    /// Located at the node name (the key).
+    pub node: Located<NodeId>,
+    /// Located at the `"r"` / `"rw"` value.
+    pub access: Located<Access>,
+}
+
+/// One `[[ipi]]`: node `from` may raise `notifications` in node `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpiConfig {
+    pub from: Located<NodeId>,
+    pub to: Located<NodeId>,
+    /// Non-empty, each in 0..64, no notification granted twice for the same
+    /// ordered pair (across all `[[ipi]]` tables of that pair).
+    pub notifications: Vec<Located<u8>>,
+    pub at: Location,
+}
+
+impl IpiConfig {
+    /// The notifications as a bit mask (bit n = notification n).
+    pub fn mask(&self) -> u64 {
+        self.notifications.iter().fold(0, |m, n| {
+            m | 1u64.checked_shl(u32::from(n.value)).unwrap_or(0)
+        })
+    }
+}
+
+/// A VM's fate when it crashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnCrash {
+    #[default]
+    Stop,
+    Restart,
+}
+
+/// One `[[vm]]`. Only its shape is checked at this stage; fitting it into
+/// its node (vCPUs on the node's CPUs, memory within the node's guest
+/// memory) is the VM loader's job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    pub name: Located<String>,
+    /// The node the VM lives in.
+    pub node: Located<NodeId>,
+    /// At least 1.
+    pub vcpus: Located<u32>,
+    /// At least 1.
+    pub mem_mib: Located<u64>,
+    /// Path of the guest kernel image, non-empty.
+    pub kernel: Located<String>,
+    pub initrd: Option<Located<String>>,
+    pub cmdline: Option<Located<String>>,
+    pub modules: Vec<Located<String>>,
+    pub devices: Vec<Located<String>>,
+    /// `pin[i]` is the CPU vCPU i runs on; empty when not pinned.
+    pub pin: Vec<Located<CpuIndex>>,
+    /// `on_crash` when the file sets it.
+    pub on_crash: Option<Located<OnCrash>>,
+    pub at: Location,
+}
+
+impl VmConfig {
+    /// `on_crash`, or [`OnCrash::Stop`].
+    pub fn on_crash(&self) -> OnCrash {
+        self.on_crash.as_ref().map(|o| o.value).unwrap_or_default()
+    }
+}
+
+/// The IPI rights of one ordered node pair, merged over its `[[ipi]]` tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// Bit n set: `from` may raise notification n in `to`.
+    pub notifications: u64,
+}
+
+impl ClusterConfig {
+    /// Parses and checks a config. `file_name` is only used in errors.
+    ///
+    /// Returns every error found, sorted by position. A TOML syntax error
+    /// stops the checks (the rest of the document is unreliable); any
+    /// other error lets the remaining checks run.
+    pub fn parse(file_name: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigError>> {
+        parse::parse(file_name, text)
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.nodes.get(usize::from(id.0))
+    }
+
+    /// The node named `name`.
+    pub fn node_id(&self, name: &str) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .find(|n| n.name.value == name)
+            .map(|n| n.id)
+    }
+
+    /// The node's name, or `?` for an ID outside the config.
+    pub fn node_name(&self, id: NodeId) -> &str {
+        self.node(id).map_or("?", |n| n.name.value.as_str())
+    }
+
+    /// IPI rights per ordered node pair: several `[[ipi]]` tables for the
+    /// same `from`/`to` merge into one entry. Ordered by first appearance.
+    pub fn signals(&self) -> Vec<Signal> {
+        let mut out: Vec<Signal> = Vec::new();
+        for ipi in &self.ipis {
+            let (from, to) = (ipi.from.value, ipi.to.value);
+            match out.iter_mut().find(|s| s.from == from && s.to == to) {
+                Some(s) => s.notifications |= ipi.mask(),
+                None => out.push(Signal {
+                    from,
+                    to,
+                    notifications: ipi.mask(),
+                }),
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,378 @@
+//! Typed reading of the parsed TOML document, reporting every mistake with
+//! its location instead of stopping at the first.
+//!
+//! The document comes from `toml`'s span-keeping parser ([`DeTable`]): each
+//! key and value carries its byte range, which [`SourceMap`] turns into line
+//! and column. Tables are read in source order (the parser's map is sorted by
+//! key), so errors and grant lists follow the file.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use toml::Spanned;
+use toml::de::{DeString, DeTable, DeValue};
+
+use super::error::{ConfigError, ErrorKind, Located, Location, SourceMap};
+
+/// A key the language has, with an example and a description used in fixes.
+pub(crate) struct Key {
+    pub name: &'static str,
+    /// A complete line, e.g. `cpus = [0, 1]`.
+    pub example: &'static str,
+    /// What the key means, for the "add it" fix of a missing key.
+    pub meaning: &'static str,
+}
+
+/// A kind of table (`[[node]]`, ...) and the keys it may hold.
+pub(crate) struct Section {
+    /// How the table is written, e.g. `[[node]]`.
+    pub header: &'static str,
+    pub keys: &'static [Key],
+}
+
+impl Section {
+    pub(crate) fn key(&self, name: &str) -> Option<&'static Key> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+}
+
+/// A table being read.
+pub(crate) struct Table<'t, 'i> {
+    /// Key path of the table, e.g. `node[1]`.
+    pub path: String,
+    /// Where the table starts: its `[[node]]` header or its `{`.
+    pub at: Location,
+    entries: Vec<(&'t Spanned<DeString<'i>>, &'t Spanned<DeValue<'i>>)>,
+}
+
+/// One value being read, with its key path and location.
+#[derive(Clone)]
+pub(crate) struct Field<'t, 'i> {
+    pub at: Location,
+    pub value: &'t DeValue<'i>,
+    /// The example of the key this value belongs to, for fixes.
+    pub example: &'static str,
+}
+
+pub(crate) struct Reader<'s> {
+    pub file: &'s str,
+    map: SourceMap<'s>,
+    pub errors: Vec<ConfigError>,
+}
+
+impl<'s> Reader<'s> {
+    pub(crate) fn new(file: &'s str, text: &'s str) -> Self {
+        Self {
+            file,
+            map: SourceMap::new(text),
+            errors: Vec::new(),
+        }
+    }
+
+    pub(crate) fn locate(&self, key: String, span: Range<usize>) -> Location {
+        self.map.locate(key, span)
+    }
+
+    pub(crate) fn report(&mut self, at: &Location, kind: ErrorKind, message: String, fix: String) {
+        self.errors
+            .push(ConfigError::new(self.file, at, kind, message, fix));
+    }
+
+    /// Opens `value` as a table of `section`, reporting a wrong type and
+    /// every key `section` does not have.
+    pub(crate) fn table<'t, 'i>(
+        &mut self,
+        path: String,
+        value: &'t Spanned<DeValue<'i>>,
+        section: &Section,
+    ) -> Option<Table<'t, 'i>> {
+        let at = self.locate(path.clone(), value.span());
+        let DeValue::Table(table) = value.get_ref() else {
+            self.report(
+                &at,
+                ErrorKind::WrongType,
+                format!(
+                    "{path} must be a table, not {}",
+                    article(value.get_ref().type_str())
+                ),
+                format!("write {} followed by its keys", section.header),
+            );
+            return None;
+        };
+        let entries = sorted_entries(table);
+        for (key, _) in &entries {
+            let name: &str = key.get_ref();
+            if section.key(name).is_none() {
+                let key_at = self.locate(format!("{path}.{name}"), key.span());
+                let names: Vec<&str> = section.keys.iter().map(|k| k.name).collect();
+                self.report(
+                    &key_at,
+                    ErrorKind::UnknownKey,
+                    format!("unknown key '{name}' in {path}"),
+                    suggest(name, &names, &format!("the keys of {}", section.header)),
+                );
+            }
+        }
+        Some(Table { path, at, entries })
+    }
+
+    /// The value of `key` in `table`, if present.
+    pub(crate) fn optional<'t, 'i>(
+        &self,
+        table: &Table<'t, 'i>,
+        key: &'static Key,
+    ) -> Option<Field<'t, 'i>> {
+        table
+            .entries
+            .iter()
+            .find(|(k, _)| k.get_ref() == key.name)
+            .map(|(_, v)| Field {
+                at: self.locate(format!("{}.{}", table.path, key.name), v.span()),
+                value: v.get_ref(),
+                example: key.example,
+            })
+    }
+
+    /// The value of `key` in `table`; reports it missing at the table's start.
+    pub(crate) fn required<'t, 'i>(
+        &mut self,
+        table: &Table<'t, 'i>,
+        key: &'static Key,
+        owner: &str,
+    ) -> Option<Field<'t, 'i>> {
+        let field = self.optional(table, key);
+        if field.is_none() {
+            let mut at = table.at.clone();
+            at.key = format!("{}.{}", table.path, key.name);
+            self.report(
+                &at,
+                ErrorKind::Missing,
+                format!("{owner} has no {}", key.name),
+                format!("add `{}` ({})", key.example, key.meaning),
+            );
+        }
+        field
+    }
+
+    fn wrong_type(&mut self, field: &Field<'_, '_>, expected: &str) {
+        self.report(
+            &field.at,
+            ErrorKind::WrongType,
+            format!(
+                "{} must be {expected}, not {}",
+                field.at.key,
+                article(field.value.type_str())
+            ),
+            format!("write it like `{}`", field.example),
+        );
+    }
+
+    pub(crate) fn string(&mut self, field: &Field<'_, '_>) -> Option<Located<String>> {
+        match field.value {
+            DeValue::String(s) => Some(Located::new(s.to_string(), field.at.clone())),
+            _ => {
+                self.wrong_type(field, "a string");
+                None
+            }
+        }
+    }
+
+    /// A non-negative integer.
+    pub(crate) fn integer(&mut self, field: &Field<'_, '_>) -> Option<Located<u64>> {
+        let DeValue::Integer(int) = field.value else {
+            self.wrong_type(field, "an integer");
+            return None;
+        };
+        match i128::from_str_radix(int.as_str(), int.radix()) {
+            Ok(n) if n < 0 => {
+                self.report(
+                    &field.at,
+                    ErrorKind::BadValue,
+                    format!("{} is {n}, but it cannot be negative", field.at.key),
+                    format!("write a number of at least 0, like `{}`", field.example),
+                );
+                None
+            }
+            Ok(n) => match u64::try_from(n) {
+                Ok(n) => Some(Located::new(n, field.at.clone())),
+                Err(_) => {
+                    self.too_large(field);
+                    None
+                }
+            },
+            Err(_) => {
+                self.too_large(field);
+                None
+            }
+        }
+    }
+
+    fn too_large(&mut self, field: &Field<'_, '_>) {
+        self.report(
+            &field.at,
+            ErrorKind::BadValue,
+            format!("{} is too large", field.at.key),
+            format!("write a smaller number, like `{}`", field.example),
+        );
+    }
+
+    /// The elements of an array, each with its own key path `key[i]`.
+    pub(crate) fn array<'t, 'i>(&mut self, field: &Field<'t, 'i>) -> Option<Vec<Field<'t, 'i>>> {
+        let DeValue::Array(array) = field.value else {
+            self.wrong_type(field, "an array");
+            return None;
+        };
+        Some(
+            array
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Field {
+                    at: self.locate(format!("{}[{i}]", field.at.key), v.span()),
+                    value: v.get_ref(),
+                    example: field.example,
+                })
+                .collect(),
+        )
+    }
+
+    /// An array of strings.
+    pub(crate) fn strings(&mut self, field: &Field<'_, '_>) -> Option<Vec<Located<String>>> {
+        let items = self.array(field)?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in &items {
+            match self.string(item) {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A table whose keys the caller interprets (e.g. `access`); entries in
+    /// source order, each with the location of its key and of its value.
+    pub(crate) fn map<'t, 'i>(
+        &mut self,
+        field: &Field<'t, 'i>,
+    ) -> Option<Vec<(Located<String>, Field<'t, 'i>)>> {
+        let DeValue::Table(table) = field.value else {
+            self.wrong_type(field, "a table");
+            return None;
+        };
+        Some(
+            sorted_entries(table)
+                .into_iter()
+                .map(|(k, v)| {
+                    let path = format!("{}.{}", field.at.key, k.get_ref());
+                    let key =
+                        Located::new(k.get_ref().to_string(), self.locate(path.clone(), k.span()));
+                    let value = Field {
+                        at: self.locate(path, v.span()),
+                        value: v.get_ref(),
+                        example: field.example,
+                    };
+                    (key, value)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A table's entries in source order.
+pub(crate) fn sorted_entries<'t, 'i>(
+    table: &'t DeTable<'i>,
+) -> Vec<(&'t Spanned<DeString<'i>>, &'t Spanned<DeValue<'i>>)> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    entries
+}
+
+/// "a string", "an integer", ...
+pub(crate) fn article(type_name: &str) -> String {
+    match type_name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {type_name}"),
+        _ => format!("a {type_name}"),
+    }
+}
+
+/// A fix for an unknown word: "did you mean 'x'? " when one of `known` is
+/// close, then the list of known words.
+pub(crate) fn suggest(word: &str, known: &[&str], list_intro: &str) -> String {
+    let close = known
+        .iter()
+        .map(|k| (edit_distance(word, k), *k))
+        .filter(|&(d, k)| d <= 2 && d < k.len())
+        .min_by_key(|&(d, _)| d);
+    let list = join_quoted(known);
+    match close {
+        Some((_, k)) => format!("did you mean '{k}'? {list_intro} are {list}"),
+        None => format!("{list_intro} are {list}"),
+    }
+}
+
+/// `'a', 'b' and 'c'`.
+pub(crate) fn join_quoted(words: &[&str]) -> String {
+    let mut out = String::new();
+    for (i, w) in words.iter().enumerate() {
+        if i > 0 {
+            out.push_str(if i + 1 == words.len() { " and " } else { ", " });
+        }
+        out.push('\'');
+        out.push_str(w);
+        out.push('\'');
+    }
+    out
+}
+
+/// Levenshtein distance, for "did you mean" (inputs are short key names).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = Vec::with_capacity(b.len() + 1);
+        cur.push(i + 1);
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev
+                .get(j)
+                .copied()
+                .unwrap_or(usize::MAX)
+                .saturating_add(usize::from(ca != *cb));
+            let delete = prev
+                .get(j + 1)
+                .copied()
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
+            let insert = cur.get(j).copied().unwrap_or(usize::MAX).saturating_add(1);
+            cur.push(substitute.min(delete).min(insert));
+        }
+        prev = cur;
+    }
+    prev.last().copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("cpus", "cpus"), 0);
+        assert_eq!(edit_distance("cpu", "cpus"), 1);
+        assert_eq!(edit_distance("mem", "mem_mib"), 4);
+        assert_eq!(edit_distance("", "ab"), 2);
+    }
+
+    #[test]
+    fn suggest_names_a_close_key_and_lists_all() {
+        assert_eq!(
+            suggest("cpu", &["name", "cpus"], "the keys of [[node]]"),
+            "did you mean 'cpus'? the keys of [[node]] are 'name' and 'cpus'"
+        );
+        assert_eq!(
+            suggest("zzzzzz", &["a", "b", "c"], "the keys"),
+            "the keys are 'a', 'b' and 'c'"
+        );
+    }
+}
