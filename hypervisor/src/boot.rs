@@ -226,6 +226,23 @@ fn report_plan(plan: &Plan) {
             node.kernel_memory.end()
         );
     }
+    for channel in &plan.channels {
+        log::info!(
+            "channel '{}': {:#x}-{:#x}",
+            channel.name,
+            channel.range.start.0,
+            channel.range.end()
+        );
+    }
+    for signal in &plan.signals {
+        log::info!(
+            "signal node {} -> node {}: notifications {:#x}, doorbell {:#x}",
+            signal.from.0,
+            signal.to.0,
+            signal.notifications,
+            signal.doorbell.start.0
+        );
+    }
 }
 
 /// Reports every config error (each as an `error` event with kind

@@ -87,6 +87,7 @@ pub fn start_cluster(boot: &'static BootState) -> ! {
     let starts: Vec<&'static NodeStart> = (0..boot.plan.nodes.len())
         .map(|node| &*alloc::boxed::Box::leak(alloc::boxed::Box::new(NodeStart { boot, node })))
         .collect();
+    clear_shared_memory(&boot.plan);
     arch::heap::seal_boot_heap();
     // Read the APIC base now: every node maps the page, and the first read
     // fills a static, which only part 1 may write.
@@ -110,6 +111,18 @@ pub fn start_cluster(boot: &'static BootState) -> ! {
             node_main,
             *start as *const NodeStart as u64,
         )
+    }
+}
+
+/// Zeroes every channel and doorbell: a doorbell left non-zero by firmware
+/// would look rung forever (and so never send its IPI).
+fn clear_shared_memory(plan: &Plan) {
+    let channels = plan.channels.iter().map(|c| c.range);
+    let doorbells = plan.signals.iter().map(|s| s.doorbell);
+    for range in channels.chain(doorbells) {
+        // SAFETY: part 1, boot identity map (extended to all RAM); the
+        // planner keeps channels and doorbells apart from everything else.
+        unsafe { arch::sharedmem::zero(range.start.0, range.len) };
     }
 }
 

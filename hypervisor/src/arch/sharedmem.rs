@@ -32,3 +32,16 @@ pub unsafe fn stray_write(addr: u64, value: u64) {
     // before anything is written.
     unsafe { core::ptr::write_volatile(addr as *mut u64, value) }
 }
+
+/// Zeroes a channel or doorbell before any node maps it, so nodes start
+/// from a known state (firmware and the boot loader leave RAM as it was).
+///
+/// # Safety
+/// Part 1 only (no node runs yet), with the boot identity map covering the
+/// range, and the range must be planned shared memory that nothing else
+/// uses.
+pub unsafe fn zero(start: u64, len: u64) {
+    // SAFETY: per the contract, nothing else uses the range and it is
+    // mapped writable by the boot tables.
+    unsafe { core::ptr::write_bytes(start as *mut u8, 0, len as usize) }
+}
