@@ -90,21 +90,13 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
     let tsc_per_us = arch::time::calibrate();
     log::info!("TSC: {tsc_per_us} ticks per microsecond");
     let ram_end = topology.ram.iter().map(PhysRange::end).max().unwrap_or(0);
-    arch::paging::extend_boot_map(ram_end, boot_page);
+    arch::paging::extend_boot_map(ram_end, arch::heap::boot_page);
     let boot = alloc::boxed::Box::leak(alloc::boxed::Box::new(BootState {
         plan,
         soft_off,
         selftest,
     }));
     node::start_cluster(boot)
-}
-
-/// A zeroed 4 KiB page from the boot heap (for boot page tables).
-fn boot_page() -> Option<u64> {
-    let layout = core::alloc::Layout::from_size_align(4096, 4096).ok()?;
-    // SAFETY: the layout has a non-zero size.
-    let page = unsafe { alloc::alloc::alloc_zeroed(layout) };
-    (!page.is_null()).then_some(page as u64)
 }
 
 /// The machine as the planner sees it.

@@ -1,7 +1,7 @@
 //! The Atoll hypervisor binary.
 //!
 //! GRUB loads it through multiboot2; `arch::entry` switches to 64-bit mode
-//! and calls [`atoll_main`], which hands over to [`boot::run`]. See
+//! and calls [`start`], which hands over to [`boot::run`]. See
 //! `hypervisor/DESIGN.md` for the boot flow and the arch/logic split.
 #![no_std]
 #![no_main]
@@ -18,26 +18,16 @@ use atoll_platform::event::Event;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
 
-/// The Rust entry point, called by the boot code in 64-bit mode with the
-/// multiboot2 magic (EAX at entry) and the boot information address (EBX).
-#[unsafe(no_mangle)]
-extern "C" fn atoll_main(magic: u32, boot_info_addr: u64) -> ! {
+/// The boot CPU's first Rust code (from `arch::entry`, with the boot
+/// information GRUB passed): set up the CPU and console, then boot part 1.
+fn start(magic: u32, boot_info: &'static [u8], memory: &arch::phys::BootMemory) -> ! {
     arch::percpu::clear();
     arch::heap::init();
     console::init();
     arch::gdt::load_boot_tables();
     arch::idt::init();
     arch::pic::disable();
-    // SAFETY: the boot identity map is active (entry.rs), the address is the
-    // one GRUB passed, and nothing in Atoll writes to the boot information,
-    // the firmware tables or the boot modules.
-    let (boot_info, memory) = unsafe {
-        (
-            arch::boot_info_bytes(boot_info_addr),
-            arch::phys::BootMemory::new(),
-        )
-    };
-    boot::run(magic, boot_info, &memory)
+    boot::run(magic, boot_info, memory)
 }
 
 #[panic_handler]

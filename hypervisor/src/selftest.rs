@@ -53,6 +53,9 @@ impl Selftest {
     }
 }
 
+/// The part of a channel the `ipi` test uses: four words on separate
+/// 64-byte lines.
+const PING_BYTES: u64 = 256;
 /// Round trips per direction in the `ipi` test.
 const IPI_ROUNDS: u64 = 16;
 /// Lock acquisitions per CPU in the `lock` test.
@@ -190,18 +193,14 @@ fn report_timeout(node: &Node, what: &str) {
 pub fn take_doorbells(node: &Node) {
     let me = NodeId(node.index as u16);
     for signal in node.boot.plan.signals.iter().filter(|s| s.to == me) {
-        let bits = doorbell(signal.doorbell.start.0).take();
+        let Some(word) = sharedmem::doorbell_word(node.index, signal) else {
+            continue;
+        };
+        let bits = Doorbell::new(word).take();
         if let Some(pending) = node.pending.get(usize::from(signal.from.0)) {
             pending.fetch_or(bits, Ordering::AcqRel);
         }
     }
-}
-
-fn doorbell(page: u64) -> Doorbell<'static> {
-    // SAFETY: doorbell pages of signals naming this node are mapped
-    // read-write in its tables (node.rs build_tables) for its lifetime.
-    let words = unsafe { sharedmem::words(page, 8) };
-    Doorbell::new(&words[0])
 }
 
 /// Raises `notification` in node `to`, if this node holds the capability.
@@ -216,7 +215,8 @@ fn signal(node: &Node, to: usize, notification: u32) -> Result<(), &'static str>
         .ok_or("no IPI capability for that node")?;
     let bit = atoll_cluster::doorbell::check(cap.notifications, notification)
         .map_err(|_| "notification not allowed by the capability")?;
-    if doorbell(cap.doorbell.start.0).raise(bit) {
+    let word = sharedmem::doorbell_word(node.index, cap).ok_or("doorbell not mapped")?;
+    if Doorbell::new(word).raise(bit) {
         let target = plan
             .nodes
             .get(to)
@@ -274,7 +274,7 @@ fn ping_peers(node: &Node) -> Vec<Peer> {
                     .grants
                     .iter()
                     .any(|&(n, a)| usize::from(n.0) == peer && a == Access::ReadWrite);
-            (both_rw && ch.range.len >= 256).then_some(ch.range)
+            both_rw.then_some(c)
         });
         let cap = |from: usize, to: usize| {
             plan.signals
@@ -283,10 +283,8 @@ fn ping_peers(node: &Node) -> Vec<Peer> {
                 .map(|s| s.notifications)
                 .filter(|&bits| bits != 0)
         };
-        if let (Some(range), Some(out), Some(_)) = (shared, cap(me, peer), cap(peer, me)) {
-            // SAFETY: the channel is mapped read-write in this node's tables
-            // (it holds a read-write grant) for the node's lifetime.
-            let words = unsafe { sharedmem::words(range.start.0, 256) };
+        let words = shared.and_then(|c| sharedmem::channel_words(plan, me, c, PING_BYTES));
+        if let (Some(words), Some(out), Some(_)) = (words, cap(me, peer), cap(peer, me)) {
             peers.push(Peer {
                 node: peer,
                 words,
@@ -398,9 +396,13 @@ fn attack(node: &Node) {
             .field("target", victim)
             .field("addr", atoll_platform::event::Hex(addr))
     });
-    // SAFETY: the isolation self-test's deliberate stray write; the page
-    // tables must turn it into a page fault (see `sharedmem::stray_write`).
-    unsafe { sharedmem::stray_write(addr, 0xdead_beef) };
+    if !sharedmem::write_into_other_node(plan, node.index, addr) {
+        log::error!(
+            "node {}: no probe address in node {victim}'s memory",
+            node.index
+        );
+        return;
+    }
     console::event("error", |e| {
         e.field("kind", "isolation_broken").field(
             "msg",

@@ -179,3 +179,19 @@ boot_stack_top:
 "#,
     options(att_syntax)
 );
+
+/// The Rust entry point, called by the code above in 64-bit mode with the
+/// multiboot2 magic (EAX at entry) and the boot information address (EBX).
+#[unsafe(no_mangle)]
+extern "C" fn atoll_main(magic: u32, boot_info_addr: u64) -> ! {
+    // SAFETY: the boot identity map is active (above), the address is the
+    // one GRUB passed, and nothing in Atoll writes to the boot information,
+    // the firmware tables or the boot modules.
+    let (boot_info, memory) = unsafe {
+        (
+            super::boot_info_bytes(boot_info_addr),
+            super::phys::BootMemory::new(),
+        )
+    };
+    crate::start(magic, boot_info, &memory)
+}

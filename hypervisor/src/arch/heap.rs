@@ -62,6 +62,15 @@ pub fn init() {
     }
 }
 
+/// A zeroed, page-aligned 4 KiB page from the boot heap, kept for good
+/// (part 1's page tables for RAM above 4 GiB).
+pub fn boot_page() -> Option<u64> {
+    let layout = Layout::from_size_align(4096, 4096).ok()?;
+    // SAFETY: the layout has a non-zero size; the page is never freed.
+    let page = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    (!page.is_null()).then_some(page as u64)
+}
+
 /// Ends part 1: from now on nothing writes the boot heap.
 pub fn seal_boot_heap() {
     BOOT_HEAP_SEALED.store(true, Ordering::SeqCst);

@@ -11,6 +11,7 @@ pub mod heap;
 pub mod idt;
 pub mod image;
 pub mod kmem;
+pub mod nodeboot;
 pub mod paging;
 pub mod percpu;
 pub mod phys;

@@ -1,0 +1,338 @@
+//! Node bring-up mechanics: the hardware half of boot part 1's hand-over
+//! and of part 2 (thesis 4.5.3 steps 2-3). `node.rs` decides; this module
+//! touches memory by physical address, starts CPUs and switches stacks and
+//! page tables.
+//!
+//! Everything here trusts the plan's boot axioms, which the planner checks
+//! and its property tests pin: node memory (kernel memory included), the
+//! trampoline pages, channels and doorbells are pairwise disjoint, inside
+//! RAM, and clear of the image and boot modules. So a node may use its own
+//! ranges as it likes without aliasing anything else.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use atoll_cluster::plan::{Access, NodePlan, Plan};
+use atoll_platform::paging::{Flags, MapError, PageTables, TableMemory};
+use spin::{Mutex, Once};
+
+use super::gdt::CpuTables;
+use super::heap::NodeHeap;
+use super::kmem::{GUARD_BYTES, IST_STACK_BYTES, KernelLayout, KernelMemory};
+use super::percpu::{self, PerCpu};
+use super::status;
+use super::trampoline::{StartArgs, Trampoline};
+use super::{apic, image, paging, sharedmem, time};
+use crate::console;
+use crate::node::{BootState, Node, NodeStart};
+use crate::selftest;
+
+/// How long a starting CPU has to leave the trampoline.
+const CPU_START_TIMEOUT_MS: u32 = 500;
+
+/// Part 1: turns the boot CPU into the boot node's first CPU, on the
+/// node's arrival stack (the top of its kernel memory).
+pub fn enter_boot_node(plan: &NodePlan, start: &'static NodeStart) -> ! {
+    // SAFETY: the top FIRST_STACK_BYTES of a node's kernel memory are its
+    // first CPU's arrival stack (kmem.rs layout), used by nothing else; the
+    // boot identity map covers all RAM; `node_entry` never returns.
+    unsafe {
+        paging::run_on_stack(
+            plan.kernel_memory.end(),
+            node_entry,
+            start as *const NodeStart as u64,
+        )
+    }
+}
+
+/// Where a node's first CPU enters part 2 (from the trampoline, or from
+/// `enter_boot_node`). `arg` is a `&'static NodeStart`.
+extern "C" fn node_entry(arg: u64) -> ! {
+    // SAFETY: part 1 passes the address of a leaked NodeStart in the boot
+    // heap, which every node maps read-only for good.
+    let start = unsafe { &*(arg as *const NodeStart) };
+    crate::node::node_main(start)
+}
+
+/// Where every other CPU enters, from the trampoline. `arg` is the CPU's
+/// PerCpu, which its node's first CPU placed in node kernel memory.
+extern "C" fn ap_entry(arg: u64) -> ! {
+    percpu::clear();
+    // SAFETY: the first CPU placed a fresh PerCpu for this CPU alone in node
+    // kernel memory and does not touch it afterwards.
+    let block = unsafe { &mut *(arg as *mut PerCpu) };
+    let node = block.node;
+    let slot = block.slot;
+    percpu::install(block);
+    // SAFETY: the node's tables (built by `build_node`) map the image, the
+    // node's memory (this stack and the PerCpu block) and everything this
+    // CPU touches, at the same physical addresses.
+    unsafe { paging::activate(node.page_root) };
+    crate::node::ap_main(node, slot)
+}
+
+/// Gives this CPU its own GDT and TSS with IST stacks from node memory.
+pub fn load_cpu_tables(node: &Node) {
+    let tables = {
+        let mut kmem = node.kmem.lock();
+        let double_fault = kmem.stack(IST_STACK_BYTES);
+        let nmi = kmem.stack(IST_STACK_BYTES);
+        double_fault
+            .zip(nmi)
+            .and_then(|(df, nmi)| kmem.place(CpuTables::new(df, nmi)))
+    };
+    match tables {
+        Some(tables) => tables.load(),
+        None => log::error!(
+            "node {}: no kernel memory for CPU tables; no IST stacks",
+            node.index
+        ),
+    }
+}
+
+/// Part 1: zeroes every channel and doorbell: a doorbell left non-zero by firmware
+/// would look rung forever (and so never send its IPI).
+pub fn clear_shared_memory(plan: &Plan) {
+    let channels = plan.channels.iter().map(|c| c.range);
+    let doorbells = plan.signals.iter().map(|s| s.doorbell);
+    for range in channels.chain(doorbells) {
+        // SAFETY: part 1, boot identity map (extended to all RAM); the
+        // planner keeps channels and doorbells apart from everything else.
+        unsafe { sharedmem::zero(range.start.0, range.len) };
+    }
+}
+
+/// Why a CPU did not start.
+#[derive(Debug)]
+pub struct CpuStartError {
+    node: alloc::string::String,
+    cpu: u32,
+    apic_id: u32,
+    reason: &'static str,
+}
+
+impl core::fmt::Display for CpuStartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "CPU {} (APIC ID {}) of node '{}' did not start: {}",
+            self.cpu, self.apic_id, self.node, self.reason
+        )
+    }
+}
+
+/// Sends INIT-SIPI-SIPI to `node`'s first CPU through its trampoline page.
+pub fn start_first_cpu(node: &NodePlan, start: &'static NodeStart) -> Result<(), CpuStartError> {
+    // SAFETY: the trampoline page belongs to this node, which has no CPU
+    // running yet; the boot identity map covers it.
+    let trampoline = unsafe { Trampoline::install(node.trampoline.start.0) };
+    let args = StartArgs {
+        stack_top: node.kernel_memory.end(),
+        main: node_entry,
+        arg: start as *const NodeStart as u64,
+    };
+    let (cpu, apic_id) = node.cpus.first().map_or((0, 0), |c| (c.index.0, c.apic_id));
+    start_cpu(&trampoline, &args, &node.name, cpu, apic_id)
+}
+
+/// Starts one CPU through `trampoline` and waits until it has left it.
+fn start_cpu(
+    trampoline: &Trampoline,
+    args: &StartArgs,
+    node: &str,
+    cpu: u32,
+    apic_id: u32,
+) -> Result<(), CpuStartError> {
+    let fail = |reason| CpuStartError {
+        node: node.into(),
+        cpu,
+        apic_id,
+        reason,
+    };
+    trampoline.prepare(args);
+    // The new CPU must see the trampoline and its data before it runs them
+    // (thesis 5.3: a fence before each CPU start publishes part 1's writes).
+    core::sync::atomic::fence(Ordering::SeqCst);
+    apic::start_cpu(apic_id, trampoline.vector())
+        .map_err(|_| fail("the local APIC did not accept the start-up IPI"))?;
+    for _ in 0..CPU_START_TIMEOUT_MS {
+        if trampoline.has_started() {
+            return Ok(());
+        }
+        time::delay_us(1000);
+    }
+    Err(fail(
+        "it did not reach the trampoline's 64-bit code within 500 ms",
+    ))
+}
+
+/// Builds the node's page tables and `Node` record in its kernel memory and
+/// installs the first CPU's per-CPU block; returns with the node's tables
+/// active.
+pub fn build_node(
+    boot: &'static BootState,
+    index: usize,
+    plan: &NodePlan,
+) -> Result<&'static Node, MapError> {
+    let kernel = plan.kernel_memory;
+    let no_room = MapError::BadRange {
+        start: kernel.start.0,
+        len: kernel.len,
+    };
+    let layout = KernelLayout::new(kernel.start.0, kernel.end(), plan.cpus.len()).ok_or(no_room)?;
+    // SAFETY: kernel memory is this node's alone (the plan keeps node memory
+    // disjoint), identity-mapped by the boot tables, and nothing else runs
+    // in it; the bump range is disjoint from the heap and the stacks.
+    let mut kmem = unsafe { KernelMemory::new(layout.bump.0, layout.bump.1) };
+    let root = build_tables(&mut kmem, boot, index, &layout)?;
+    let status = status::page(index).ok_or(MapError::OutOfFrames)?;
+    let (heap_start, heap_end) = layout.heap;
+    // SAFETY: the heap range is node kernel memory that the bump allocator
+    // and the stacks do not use.
+    let heap = unsafe { NodeHeap::new(heap_start, heap_end - heap_start) };
+    let node = kmem
+        .place(Node {
+            index,
+            boot,
+            heap,
+            plan: Once::new(),
+            page_root: root,
+            status,
+            kmem: Mutex::new(KernelMemory::empty()),
+            layout,
+            all_up: AtomicBool::new(false),
+            pending: [const { AtomicU64::new(0) }; status::MAX_NODES],
+            test: selftest::NodeTest::new(),
+        })
+        .ok_or(MapError::OutOfFrames)?;
+    let cpu0 = plan.cpus.first().map_or((0, 0), |c| (c.index.0, c.apic_id));
+    let block = kmem
+        .place(percpu::new_block(cpu0.0, cpu0.1, 0, node))
+        .ok_or(MapError::OutOfFrames)?;
+    *node.kmem.lock() = kmem;
+    percpu::install(block);
+    // SAFETY: the node tables map the image (code executable), this node's
+    // kernel memory (which holds the current stack) and everything part 2
+    // touches next, all at their physical addresses.
+    unsafe { paging::activate(root) };
+    Ok(node)
+}
+
+/// Maps what node `index` may touch, and nothing else.
+fn build_tables(
+    kmem: &mut KernelMemory,
+    boot: &BootState,
+    index: usize,
+    layout: &KernelLayout,
+) -> Result<u64, MapError> {
+    let plan = &boot.plan;
+    let me = plan.nodes.get(index).ok_or(MapError::OutOfFrames)?;
+    let mut tables = PageTables::new(kmem)?;
+    let img = image::layout();
+    let ((board_start, board_end), own_status) = status::layout(index);
+    let own_status = own_status.ok_or(MapError::OutOfFrames)?;
+    // The image: the multiboot2 header page and data read-only, code
+    // executable, `.shared` writable, the status board read-only except the
+    // node's own page.
+    let pieces = [
+        (img.start, img.text.0, Flags::READ_ONLY),
+        (img.text.0, img.text.1, Flags::CODE),
+        (img.text.1, img.shared.0, Flags::READ_ONLY),
+        (img.shared.0, img.shared.1, Flags::READ_WRITE),
+        (img.shared.1, board_start, Flags::READ_ONLY),
+        (board_start, own_status, Flags::READ_ONLY),
+        (own_status, own_status + 4096, Flags::READ_WRITE),
+        (own_status + 4096, board_end, Flags::READ_ONLY),
+        (board_end, img.end, Flags::READ_ONLY),
+    ];
+    for (start, end, flags) in pieces {
+        if end > start {
+            tables.identity_map(start, end - start, flags)?;
+        }
+    }
+    for range in &me.memory {
+        map_around(&mut tables, (range.start.0, range.end()), layout)?;
+    }
+    tables.identity_map(me.trampoline.start.0, me.trampoline.len, Flags::READ_WRITE)?;
+    for &(channel, access) in &me.channels {
+        let Some(ch) = plan.channels.get(channel) else {
+            continue;
+        };
+        let flags = match access {
+            Access::Read => Flags::READ_ONLY,
+            Access::ReadWrite => Flags::READ_WRITE,
+        };
+        tables.identity_map(ch.range.start.0, ch.range.len, flags)?;
+    }
+    for signal in &plan.signals {
+        if signal.from == me.id || signal.to == me.id {
+            tables.identity_map(
+                signal.doorbell.start.0,
+                signal.doorbell.len,
+                Flags::READ_WRITE,
+            )?;
+        }
+    }
+    tables.identity_map(apic::base(), 4096, Flags::DEVICE)?;
+    Ok(tables.root())
+}
+
+/// Maps `[start, end)` read-write, leaving out the stacks' guard pages.
+fn map_around<M: TableMemory>(
+    tables: &mut PageTables<M>,
+    (start, end): (u64, u64),
+    layout: &KernelLayout,
+) -> Result<(), MapError> {
+    let mut from = start;
+    for guard in layout.guards().filter(|&g| start <= g && g < end) {
+        if guard > from {
+            tables.identity_map(from, guard - from, Flags::READ_WRITE)?;
+        }
+        from = guard + GUARD_BYTES;
+    }
+    if end > from {
+        tables.identity_map(from, end - from, Flags::READ_WRITE)?;
+    }
+    Ok(())
+}
+
+/// Starts the node's CPUs after the first, one at a time through the node's
+/// own trampoline page.
+pub fn start_other_cpus(node: &'static Node, plan: &NodePlan) {
+    // SAFETY: the trampoline page is this node's (mapped read-write in its
+    // tables) and no CPU of the node runs in it: the first CPU left it.
+    let trampoline = unsafe { Trampoline::install(plan.trampoline.start.0) };
+    for (slot, cpu) in plan.cpus.iter().enumerate().skip(1) {
+        let prepared = {
+            let mut kmem = node.kmem.lock();
+            let block = kmem.place(percpu::new_block(cpu.index.0, cpu.apic_id, slot, node));
+            node.layout.stack_top(slot).zip(block)
+        };
+        let Some((stack_top, block)) = prepared else {
+            log::error!(
+                "node '{}': no kernel memory left to start CPU {}",
+                plan.name,
+                cpu.index.0
+            );
+            break;
+        };
+        let args = StartArgs {
+            stack_top,
+            main: ap_entry,
+            arg: block as *mut PerCpu as u64,
+        };
+        if let Err(e) = start_cpu(&trampoline, &args, &plan.name, cpu.index.0, cpu.apic_id) {
+            console::event("error", |ev| {
+                ev.field("kind", "cpu_start")
+                    .field("msg", format_args!("{e}"))
+            });
+        }
+    }
+    // Wait until every started CPU has finished its own set-up.
+    let expected = plan.cpus.len() as u32;
+    for _ in 0..CPU_START_TIMEOUT_MS {
+        if node.status.cpus_up.load(Ordering::SeqCst) >= expected {
+            return;
+        }
+        time::delay_us(1000);
+    }
+}
