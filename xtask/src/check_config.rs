@@ -78,7 +78,7 @@ fn range(r: &PhysRange) -> String {
 }
 
 fn size(bytes: u64) -> String {
-    if bytes % MIB == 0 {
+    if bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{} KiB", bytes / 1024)

@@ -8,8 +8,10 @@
 //! - `check-config`: check a cluster config file, alone or planned on a
 //!   machine given as a topology spec.
 //! - `lint`: rustfmt and clippy over every crate, the bare-metal one included.
+//! - `bench`: the benchmarks (so far the cluster planner), as one table.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod check_config;
 mod progress;
 mod test;
@@ -56,6 +58,11 @@ enum Cmd {
     },
     /// rustfmt --check and clippy -D warnings over all crates.
     Lint,
+    /// Run the benchmarks (optimised host builds) and print a table.
+    Bench {
+        /// Only benchmarks whose name contains this, e.g. planner.
+        filter: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -91,6 +98,7 @@ fn main() -> ExitCode {
         Cmd::Test => test::run_all(),
         Cmd::CheckConfig { file, topology } => check_config::check(&file, topology.as_deref()),
         Cmd::Lint => lint(),
+        Cmd::Bench { filter } => bench::run(filter.as_deref()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
