@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, ErrorKind, Located, Location};
-use super::read::{Field, Key, Reader, Section, Table, sorted_entries, suggest};
+use super::read::{Field, Key, Reader, Section, Table, closest, sorted_entries, suggest};
 use super::{
     ChannelConfig, ChannelGrant, ClusterConfig, CpuSelection, DEFAULT_KERNEL_MIB, IpiConfig,
     MAX_MEM_MIB, MAX_NAME_LEN, MAX_NODES, MIN_KERNEL_MIB, NOTIFICATIONS, NodeConfig, OnCrash,
@@ -205,20 +205,23 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
             }
             None => {
                 let at = r.locate(name.to_string(), key.span());
-                let what = if value.get_ref().is_table() {
-                    "table"
-                } else {
-                    "key"
+                let is_table = match value.get_ref() {
+                    DeValue::Table(_) => true,
+                    DeValue::Array(items) => {
+                        !items.is_empty() && items.iter().all(|i| i.get_ref().is_table())
+                    }
+                    _ => false,
                 };
+                let what = if is_table { "table" } else { "key" };
+                let tables = "the top-level tables are [[node]], [[channel]], [[ipi]] and [[vm]]";
                 r.report(
                     &at,
                     ErrorKind::UnknownKey,
                     format!("unknown top-level {what} '{name}'"),
-                    suggest(
-                        name,
-                        &TOP_LEVEL,
-                        "the tables are [[node]], [[channel]], [[ipi]] and [[vm]]; their names",
-                    ),
+                    match closest(name, &TOP_LEVEL) {
+                        Some(close) => format!("did you mean [[{close}]]? {tables}"),
+                        None => tables.into(),
+                    },
                 );
             }
         }
@@ -614,6 +617,9 @@ fn read_selection(
     present.sort_by_key(|(_, f)| f.at.span.start);
     let mut present = present.into_iter();
     let Some((key, field)) = present.next() else {
+        if ["cpus", "numa", "count"].iter().any(|k| t.misspelt(k)) {
+            return None;
+        }
         let mut at = t.at.clone();
         at.key = format!("{}.cpus", t.path);
         r.report(
