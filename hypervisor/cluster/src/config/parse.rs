@@ -240,7 +240,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
     }
     let nodes = read_nodes(&mut r, &node_values);
     let names = NodeNames {
-        names: nodes.iter().map(|(name, _)| name.clone()).collect(),
+        names: nodes.iter().map(|d| d.name.clone()).collect(),
     };
     let channels: Vec<Option<ChannelConfig>> = section("channel")
         .iter()
@@ -275,7 +275,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
     let config = (|| {
         Some(ClusterConfig {
             file: file.into(),
-            nodes: nodes.into_iter().map(|(_, n)| n).collect::<Option<_>>()?,
+            nodes: nodes.into_iter().map(|d| d.node).collect::<Option<_>>()?,
             channels: channels.into_iter().collect::<Option<_>>()?,
             ipis: ipis.into_iter().collect::<Option<_>>()?,
             vms: vms.into_iter().collect::<Option<_>>()?,
@@ -386,7 +386,7 @@ fn to_u32(r: &mut Reader<'_>, n: Located<u64>, what: &str) -> Option<Located<u32
                 &n.at,
                 ErrorKind::BadValue,
                 format!("{what} {} is too large", n.value),
-                format!("{what}s go up to {}", u32::MAX),
+                format!("the largest {what} Atoll accepts is {}", u32::MAX),
             );
             None
         }
@@ -414,9 +414,14 @@ fn read_name(
     Some(name)
 }
 
-/// Each node's name (when readable, for resolving references) and the node
-/// (when fully valid).
-type NodeDraft = (Option<Located<String>>, Option<NodeConfig>);
+/// What could be read of a node: its name and CPUs (for the checks across
+/// nodes, which run even when another key of the node is wrong) and the
+/// node itself when it is fully valid.
+struct NodeDraft {
+    name: Option<Located<String>>,
+    cpus: Option<Located<CpuSelection>>,
+    node: Option<NodeConfig>,
+}
 
 fn read_nodes(r: &mut Reader<'_>, values: &[&Spanned<DeValue<'_>>]) -> Vec<NodeDraft> {
     let drafts: Vec<NodeDraft> = values
@@ -424,20 +429,20 @@ fn read_nodes(r: &mut Reader<'_>, values: &[&Spanned<DeValue<'_>>]) -> Vec<NodeD
         .enumerate()
         .map(|(i, v)| read_node(r, i, v))
         .collect();
-    check_unique_names(r, "node", drafts.iter().map(|(n, _)| n.as_ref()));
+    check_unique_names(r, "node", drafts.iter().map(|d| d.name.as_ref()));
 
     // CPUs and NUMA domains claimed by two nodes: the later claim is the
     // error, pointing back at the earlier one.
-    let name_of = |i: usize| match drafts.get(i) {
-        Some((Some(n), _)) => format!("node '{}'", n.value),
-        _ => format!("node[{i}]"),
+    let name_of = |i: usize| match drafts.get(i).and_then(|d| d.name.as_ref()) {
+        Some(n) => format!("node '{}'", n.value),
+        None => format!("node[{i}]"),
     };
     let mut cpu_owner: BTreeMap<CpuIndex, usize> = BTreeMap::new();
     let mut domain_owner: BTreeMap<DomainId, usize> = BTreeMap::new();
     let mut problems = Vec::new();
-    for (i, (_, node)) in drafts.iter().enumerate() {
-        let Some(node) = node else { continue };
-        match &node.cpus.value {
+    for (i, draft) in drafts.iter().enumerate() {
+        let Some(cpus) = &draft.cpus else { continue };
+        match &cpus.value {
             CpuSelection::List(cpus) => {
                 for cpu in cpus {
                     match cpu_owner.get(&cpu.value) {
@@ -459,7 +464,7 @@ fn read_nodes(r: &mut Reader<'_>, values: &[&Spanned<DeValue<'_>>]) -> Vec<NodeD
             }
             CpuSelection::Numa(d) => match domain_owner.get(d) {
                 Some(&first) => problems.push((
-                    node.cpus.at.clone(),
+                    cpus.at.clone(),
                     format!(
                         "NUMA domain {} is taken by {} and {}",
                         d.0,
@@ -487,7 +492,11 @@ fn read_nodes(r: &mut Reader<'_>, values: &[&Spanned<DeValue<'_>>]) -> Vec<NodeD
 fn read_node(r: &mut Reader<'_>, index: usize, value: &Spanned<DeValue<'_>>) -> NodeDraft {
     let path = format!("node[{index}]");
     let Some(t) = r.table(path.clone(), value, &NODE) else {
-        return (None, None);
+        return NodeDraft {
+            name: None,
+            cpus: None,
+            node: None,
+        };
     };
     let id = match u16::try_from(index) {
         Ok(id) if index < MAX_NODES => Some(NodeId(id)),
@@ -592,7 +601,7 @@ fn read_node(r: &mut Reader<'_>, index: usize, value: &Spanned<DeValue<'_>>) -> 
         Some(NodeConfig {
             id: id?,
             name: name.clone()?,
-            cpus: cpus?,
+            cpus: cpus.clone()?,
             mem_mib: mem_mib?,
             kernel_mib: match kernel_mib {
                 None => None,
@@ -601,7 +610,7 @@ fn read_node(r: &mut Reader<'_>, index: usize, value: &Spanned<DeValue<'_>>) -> 
             at: t.at.clone(),
         })
     })();
-    (name, node)
+    NodeDraft { name, cpus, node }
 }
 
 /// Exactly one of `cpus`, `numa`, `count`.
