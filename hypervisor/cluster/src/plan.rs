@@ -288,3 +288,6 @@ fn node_domain(topology: &Topology, selection: &CpuSelection, cpus: &[Cpu]) -> O
         _ => domain,
     }
 }
+
+#[cfg(test)]
+mod tests;
