@@ -560,7 +560,7 @@ fn read_node(r: &mut Reader<'_>, index: usize, value: &Spanned<DeValue<'_>>) -> 
                 format!(
                     "kernel memory comes in 2 MiB blocks: use {} or {}",
                     k.value - 1,
-                    k.value + 1
+                    k.value.saturating_add(1)
                 ),
             );
             ok = false;

@@ -135,6 +135,17 @@ pub(super) fn assign(
             .filter(|&s| owner.get(s).is_some_and(Option::is_none))
             .collect();
         let want = usize::try_from(count).unwrap_or(usize::MAX);
+        if want == 0 {
+            // The parser refuses `count = 0`; this guards configs built in
+            // code.
+            problems.error(
+                &node.cpus.at,
+                ErrorKind::BadValue,
+                format!("node '{}' asks for 0 CPUs", name(i)),
+                "a node needs at least one CPU: set count = 1 or more".into(),
+            );
+            continue;
+        }
         if free.len() < want {
             let held = n - free.len();
             let (message, fix) = if free.is_empty() {
@@ -168,9 +179,9 @@ pub(super) fn assign(
                 chosen.extend(
                     free.iter()
                         .filter(|&&s| s != b && domain_of(s) == d)
-                        .take(want - 1),
+                        .take(want.saturating_sub(1)),
                 );
-                let more = want - chosen.len();
+                let more = want.saturating_sub(chosen.len());
                 let rest: Vec<usize> = free
                     .iter()
                     .copied()
