@@ -229,7 +229,12 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
     let section = |name: &str| sections.get(name).cloned().unwrap_or_default();
 
     let node_values = section("node");
-    if node_values.is_empty() && !doc.iter().any(|(k, _)| k.get_ref() == "node") {
+    // `node` of the wrong type is already reported; absent or empty is not.
+    let no_nodes = match sections.get("node") {
+        Some(values) => values.is_empty(),
+        None => !doc.iter().any(|(k, _)| k.get_ref() == "node"),
+    };
+    if no_nodes {
         let at = r.locate("node".into(), 0..0);
         r.report(
             &at,

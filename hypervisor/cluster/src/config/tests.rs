@@ -252,3 +252,15 @@ fn mask_ignores_nothing_in_range() {
     };
     assert_eq!(ipi.mask(), 1 | (1 << 63));
 }
+
+#[test]
+fn an_empty_node_array_is_no_nodes() {
+    assert_eq!(
+        errors("node = []\n"),
+        [
+            "c.toml:1:1: the config has no [[node]]; add at least one [[node]] with name, cpus (or numa or count) and mem_mib"
+        ]
+    );
+    // A `node` of the wrong type is one error, not two.
+    assert_eq!(errors("node = 3\n").len(), 1);
+}
