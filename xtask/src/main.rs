@@ -5,10 +5,13 @@
 //!   exit 0 only on a clean power-off.
 //! - `test`: host tests plus emulator integration tests; ends with
 //!   `N passed, N failed`.
-//! - `check-config`: check a cluster config file.
+//! - `check-config`: check a cluster config file, alone or planned on a
+//!   machine given as a topology spec.
 //! - `lint`: rustfmt and clippy over every crate, the bare-metal one included.
+//! - `bench`: the benchmarks (so far the cluster planner), as one table.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod check_config;
 mod progress;
 mod test;
@@ -43,13 +46,23 @@ enum Cmd {
     Run(RunArgs),
     /// Run every test: host unit tests, then emulator integration tests.
     Test,
-    /// Check a cluster config file.
+    /// Check a cluster config file, and plan it on a machine if given one.
     CheckConfig {
         /// The config file.
         file: PathBuf,
+        /// A machine to plan the config on, e.g. cpus=4,numa=2,mem-mib=1024
+        /// (keys: cpus, numa, mem-mib or ram-mib, boot-cpu). Without it
+        /// the config is checked alone.
+        #[arg(long, value_name = "SPEC")]
+        topology: Option<String>,
     },
     /// rustfmt --check and clippy -D warnings over all crates.
     Lint,
+    /// Run the benchmarks (optimised host builds) and print a table.
+    Bench {
+        /// Only benchmarks whose name contains this, e.g. planner.
+        filter: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -87,8 +100,9 @@ fn main() -> ExitCode {
         Cmd::Build { debug } => build(debug).map(|_| true),
         Cmd::Run(args) => run(args),
         Cmd::Test => test::run_all(),
-        Cmd::CheckConfig { file } => check_config::check(&file),
+        Cmd::CheckConfig { file, topology } => check_config::check(&file, topology.as_deref()),
         Cmd::Lint => lint(),
+        Cmd::Bench { filter } => bench::run(filter.as_deref()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -150,7 +150,18 @@ impl<'c> Problems<'c> {
         self.errors.is_empty()
     }
 
+    /// The errors in file order. Never empty: a planning step that gives
+    /// up reports why, and this guards one that would not (a config built
+    /// in code beyond the parser's limits, say).
     fn into_sorted(mut self) -> Vec<ConfigError> {
+        if self.errors.is_empty() {
+            self.error(
+                &Location::start_of_file(),
+                ErrorKind::BadValue,
+                "the config cannot be planned".into(),
+                "check it with ClusterConfig::parse, which enforces the language's limits".into(),
+            );
+        }
         self.errors.sort_by_key(|e| (e.line, e.column));
         self.errors
     }
@@ -288,3 +299,6 @@ fn node_domain(topology: &Topology, selection: &CpuSelection, cpus: &[Cpu]) -> O
         _ => domain,
     }
 }
+
+#[cfg(test)]
+mod tests;

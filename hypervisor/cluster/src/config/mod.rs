@@ -255,3 +255,6 @@ impl ClusterConfig {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, ErrorKind, Located, Location};
-use super::read::{Field, Key, Reader, Section, Table, sorted_entries, suggest};
+use super::read::{Field, Key, Reader, Section, Table, closest, sorted_entries, suggest};
 use super::{
     ChannelConfig, ChannelGrant, ClusterConfig, CpuSelection, DEFAULT_KERNEL_MIB, IpiConfig,
     MAX_MEM_MIB, MAX_NAME_LEN, MAX_NODES, MIN_KERNEL_MIB, NOTIFICATIONS, NodeConfig, OnCrash,
@@ -205,20 +205,23 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
             }
             None => {
                 let at = r.locate(name.to_string(), key.span());
-                let what = if value.get_ref().is_table() {
-                    "table"
-                } else {
-                    "key"
+                let is_table = match value.get_ref() {
+                    DeValue::Table(_) => true,
+                    DeValue::Array(items) => {
+                        !items.is_empty() && items.iter().all(|i| i.get_ref().is_table())
+                    }
+                    _ => false,
                 };
+                let what = if is_table { "table" } else { "key" };
+                let tables = "the top-level tables are [[node]], [[channel]], [[ipi]] and [[vm]]";
                 r.report(
                     &at,
                     ErrorKind::UnknownKey,
                     format!("unknown top-level {what} '{name}'"),
-                    suggest(
-                        name,
-                        &TOP_LEVEL,
-                        "the tables are [[node]], [[channel]], [[ipi]] and [[vm]]; their names",
-                    ),
+                    match closest(name, &TOP_LEVEL) {
+                        Some(close) => format!("did you mean [[{close}]]? {tables}"),
+                        None => tables.into(),
+                    },
                 );
             }
         }
@@ -226,7 +229,12 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
     let section = |name: &str| sections.get(name).cloned().unwrap_or_default();
 
     let node_values = section("node");
-    if node_values.is_empty() && !doc.iter().any(|(k, _)| k.get_ref() == "node") {
+    // `node` of the wrong type is already reported; absent or empty is not.
+    let no_nodes = match sections.get("node") {
+        Some(values) => values.is_empty(),
+        None => !doc.iter().any(|(k, _)| k.get_ref() == "node"),
+    };
+    if no_nodes {
         let at = r.locate("node".into(), 0..0);
         r.report(
             &at,
@@ -237,7 +245,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
     }
     let nodes = read_nodes(&mut r, &node_values);
     let names = NodeNames {
-        names: nodes.iter().map(|(name, _)| name.clone()).collect(),
+        names: nodes.iter().map(|d| d.name.clone()).collect(),
     };
     let channels: Vec<Option<ChannelConfig>> = section("channel")
         .iter()
@@ -272,7 +280,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
     let config = (|| {
         Some(ClusterConfig {
             file: file.into(),
-            nodes: nodes.into_iter().map(|(_, n)| n).collect::<Option<_>>()?,
+            nodes: nodes.into_iter().map(|d| d.node).collect::<Option<_>>()?,
             channels: channels.into_iter().collect::<Option<_>>()?,
             ipis: ipis.into_iter().collect::<Option<_>>()?,
             vms: vms.into_iter().collect::<Option<_>>()?,
@@ -383,7 +391,7 @@ fn to_u32(r: &mut Reader<'_>, n: Located<u64>, what: &str) -> Option<Located<u32
                 &n.at,
                 ErrorKind::BadValue,
                 format!("{what} {} is too large", n.value),
-                format!("{what}s go up to {}", u32::MAX),
+                format!("the largest {what} Atoll accepts is {}", u32::MAX),
             );
             None
         }
@@ -411,9 +419,14 @@ fn read_name(
     Some(name)
 }
 
-/// Each node's name (when readable, for resolving references) and the node
-/// (when fully valid).
-type NodeDraft = (Option<Located<String>>, Option<NodeConfig>);
+/// What could be read of a node: its name and CPUs (for the checks across
+/// nodes, which run even when another key of the node is wrong) and the
+/// node itself when it is fully valid.
+struct NodeDraft {
+    name: Option<Located<String>>,
+    cpus: Option<Located<CpuSelection>>,
+    node: Option<NodeConfig>,
+}
 
 fn read_nodes(r: &mut Reader<'_>, values: &[&Spanned<DeValue<'_>>]) -> Vec<NodeDraft> {
     let drafts: Vec<NodeDraft> = values
@@ -421,20 +434,20 @@ fn read_nodes(r: &mut Reader<'_>, values: &[&Spanned<DeValue<'_>>]) -> Vec<NodeD
         .enumerate()
         .map(|(i, v)| read_node(r, i, v))
         .collect();
-    check_unique_names(r, "node", drafts.iter().map(|(n, _)| n.as_ref()));
+    check_unique_names(r, "node", drafts.iter().map(|d| d.name.as_ref()));
 
     // CPUs and NUMA domains claimed by two nodes: the later claim is the
     // error, pointing back at the earlier one.
-    let name_of = |i: usize| match drafts.get(i) {
-        Some((Some(n), _)) => format!("node '{}'", n.value),
-        _ => format!("node[{i}]"),
+    let name_of = |i: usize| match drafts.get(i).and_then(|d| d.name.as_ref()) {
+        Some(n) => format!("node '{}'", n.value),
+        None => format!("node[{i}]"),
     };
     let mut cpu_owner: BTreeMap<CpuIndex, usize> = BTreeMap::new();
     let mut domain_owner: BTreeMap<DomainId, usize> = BTreeMap::new();
     let mut problems = Vec::new();
-    for (i, (_, node)) in drafts.iter().enumerate() {
-        let Some(node) = node else { continue };
-        match &node.cpus.value {
+    for (i, draft) in drafts.iter().enumerate() {
+        let Some(cpus) = &draft.cpus else { continue };
+        match &cpus.value {
             CpuSelection::List(cpus) => {
                 for cpu in cpus {
                     match cpu_owner.get(&cpu.value) {
@@ -456,7 +469,7 @@ fn read_nodes(r: &mut Reader<'_>, values: &[&Spanned<DeValue<'_>>]) -> Vec<NodeD
             }
             CpuSelection::Numa(d) => match domain_owner.get(d) {
                 Some(&first) => problems.push((
-                    node.cpus.at.clone(),
+                    cpus.at.clone(),
                     format!(
                         "NUMA domain {} is taken by {} and {}",
                         d.0,
@@ -484,7 +497,11 @@ fn read_nodes(r: &mut Reader<'_>, values: &[&Spanned<DeValue<'_>>]) -> Vec<NodeD
 fn read_node(r: &mut Reader<'_>, index: usize, value: &Spanned<DeValue<'_>>) -> NodeDraft {
     let path = format!("node[{index}]");
     let Some(t) = r.table(path.clone(), value, &NODE) else {
-        return (None, None);
+        return NodeDraft {
+            name: None,
+            cpus: None,
+            node: None,
+        };
     };
     let id = match u16::try_from(index) {
         Ok(id) if index < MAX_NODES => Some(NodeId(id)),
@@ -548,7 +565,7 @@ fn read_node(r: &mut Reader<'_>, index: usize, value: &Spanned<DeValue<'_>>) -> 
                 format!(
                     "kernel memory comes in 2 MiB blocks: use {} or {}",
                     k.value - 1,
-                    k.value + 1
+                    k.value.saturating_add(1)
                 ),
             );
             ok = false;
@@ -589,7 +606,7 @@ fn read_node(r: &mut Reader<'_>, index: usize, value: &Spanned<DeValue<'_>>) -> 
         Some(NodeConfig {
             id: id?,
             name: name.clone()?,
-            cpus: cpus?,
+            cpus: cpus.clone()?,
             mem_mib: mem_mib?,
             kernel_mib: match kernel_mib {
                 None => None,
@@ -598,7 +615,7 @@ fn read_node(r: &mut Reader<'_>, index: usize, value: &Spanned<DeValue<'_>>) -> 
             at: t.at.clone(),
         })
     })();
-    (name, node)
+    NodeDraft { name, cpus, node }
 }
 
 /// Exactly one of `cpus`, `numa`, `count`.
@@ -614,6 +631,9 @@ fn read_selection(
     present.sort_by_key(|(_, f)| f.at.span.start);
     let mut present = present.into_iter();
     let Some((key, field)) = present.next() else {
+        if ["cpus", "numa", "count"].iter().any(|k| t.misspelt(k)) {
+            return None;
+        }
         let mut at = t.at.clone();
         at.key = format!("{}.cpus", t.path);
         r.report(

@@ -45,6 +45,16 @@ pub(crate) struct Table<'t, 'i> {
     /// Where the table starts: its `[[node]]` header or its `{`.
     pub at: Location,
     entries: Vec<(&'t Spanned<DeString<'i>>, &'t Spanned<DeValue<'i>>)>,
+    /// Keys the section does not have (already reported).
+    unknown: Vec<String>,
+}
+
+impl Table<'_, '_> {
+    /// Whether an unknown key looks like a misspelling of `name`: its
+    /// "did you mean" error then stands for the missing key too.
+    pub(crate) fn misspelt(&self, name: &str) -> bool {
+        self.unknown.iter().any(|u| closest(u, &[name]).is_some())
+    }
 }
 
 /// One value being read, with its key path and location.
@@ -102,9 +112,11 @@ impl<'s> Reader<'s> {
             return None;
         };
         let entries = sorted_entries(table);
+        let mut unknown = Vec::new();
         for (key, _) in &entries {
             let name: &str = key.get_ref();
             if section.key(name).is_none() {
+                unknown.push(name.to_string());
                 let key_at = self.locate(format!("{path}.{name}"), key.span());
                 let names: Vec<&str> = section.keys.iter().map(|k| k.name).collect();
                 self.report(
@@ -115,7 +127,12 @@ impl<'s> Reader<'s> {
                 );
             }
         }
-        Some(Table { path, at, entries })
+        Some(Table {
+            path,
+            at,
+            entries,
+            unknown,
+        })
     }
 
     /// The value of `key` in `table`, if present.
@@ -143,7 +160,7 @@ impl<'s> Reader<'s> {
         owner: &str,
     ) -> Option<Field<'t, 'i>> {
         let field = self.optional(table, key);
-        if field.is_none() {
+        if field.is_none() && !table.misspelt(key.name) {
             let mut at = table.at.clone();
             at.key = format!("{}.{}", table.path, key.name);
             self.report(
@@ -191,7 +208,7 @@ impl<'s> Reader<'s> {
                     &field.at,
                     ErrorKind::BadValue,
                     format!("{} is {n}, but it cannot be negative", field.at.key),
-                    format!("write a number of at least 0, like `{}`", field.example),
+                    format!("write a number like `{}`", field.example),
                 );
                 None
             }
@@ -300,16 +317,22 @@ pub(crate) fn article(type_name: &str) -> String {
 /// A fix for an unknown word: "did you mean 'x'? " when one of `known` is
 /// close, then the list of known words.
 pub(crate) fn suggest(word: &str, known: &[&str], list_intro: &str) -> String {
-    let close = known
+    let list = join_quoted(known);
+    match closest(word, known) {
+        Some(k) => format!("did you mean '{k}'? {list_intro} are {list}"),
+        None => format!("{list_intro} are {list}"),
+    }
+}
+
+/// The word of `known` that `word` is probably a misspelling of: at most
+/// two edits away, and fewer edits than the word is long.
+pub(crate) fn closest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
         .iter()
         .map(|k| (edit_distance(word, k), *k))
         .filter(|&(d, k)| d <= 2 && d < k.len())
-        .min_by_key(|&(d, _)| d);
-    let list = join_quoted(known);
-    match close {
-        Some((_, k)) => format!("did you mean '{k}'? {list_intro} are {list}"),
-        None => format!("{list_intro} are {list}"),
-    }
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
 }
 
 /// `'a', 'b' and 'c'`.

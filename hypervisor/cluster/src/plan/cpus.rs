@@ -135,6 +135,17 @@ pub(super) fn assign(
             .filter(|&s| owner.get(s).is_some_and(Option::is_none))
             .collect();
         let want = usize::try_from(count).unwrap_or(usize::MAX);
+        if want == 0 {
+            // The parser refuses `count = 0`; this guards configs built in
+            // code.
+            problems.error(
+                &node.cpus.at,
+                ErrorKind::BadValue,
+                format!("node '{}' asks for 0 CPUs", name(i)),
+                "a node needs at least one CPU: set count = 1 or more".into(),
+            );
+            continue;
+        }
         if free.len() < want {
             let held = n - free.len();
             let (message, fix) = if free.is_empty() {
@@ -168,9 +179,9 @@ pub(super) fn assign(
                 chosen.extend(
                     free.iter()
                         .filter(|&&s| s != b && domain_of(s) == d)
-                        .take(want - 1),
+                        .take(want.saturating_sub(1)),
                 );
-                let more = want - chosen.len();
+                let more = want.saturating_sub(chosen.len());
                 let rest: Vec<usize> = free
                     .iter()
                     .copied()
@@ -280,12 +291,17 @@ fn missing_domain(
     domain: DomainId,
     no_cpus: bool,
 ) -> Option<(String, String)> {
-    let with_cpus: Vec<u32> = {
-        let mut d: Vec<u32> = topology.cpus.iter().map(|c| c.domain.0).collect();
-        d.sort_unstable();
-        d.dedup();
-        d
-    };
+    let has_memory = topology
+        .domain_memory
+        .iter()
+        .any(|m| m.domain == domain && m.range.len > 0);
+    if !no_cpus && (has_memory || !topology.has_srat()) {
+        return None;
+    }
+    // The error path only: lists of domains for the message.
+    let mut with_cpus: Vec<u32> = topology.cpus.iter().map(|c| c.domain.0).collect();
+    with_cpus.sort_unstable();
+    with_cpus.dedup();
     let all: Vec<u32> = topology.domains().iter().map(|d| d.0).collect();
     let use_one = match with_cpus.as_slice() {
         [only] => format!("use numa = {only}"),
@@ -310,16 +326,9 @@ fn missing_domain(
     if no_cpus {
         return Some((format!("NUMA domain {} has no CPUs", domain.0), use_one));
     }
-    let has_memory = topology
-        .domain_memory
-        .iter()
-        .any(|m| m.domain == domain && m.range.len > 0);
-    if topology.has_srat() && !has_memory {
-        return Some((
-            format!("NUMA domain {} has no memory", domain.0),
-            "list its CPUs with cpus = [..] instead: the node's memory then comes from any domain"
-                .into(),
-        ));
-    }
-    None
+    Some((
+        format!("NUMA domain {} has no memory", domain.0),
+        "list its CPUs with cpus = [..] instead: the node's memory then comes from any domain"
+            .into(),
+    ))
 }

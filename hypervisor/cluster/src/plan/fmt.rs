@@ -41,9 +41,9 @@ pub(super) fn index_set(sorted: &[u32]) -> String {
 
 /// "64 MiB", "12 KiB" or "100 bytes", whichever is exact.
 pub(crate) fn size(bytes: u64) -> String {
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
-    } else if bytes >= 1024 && bytes % 1024 == 0 {
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
         format!("{} KiB", bytes / 1024)
     } else {
         format!("{bytes} bytes")
