@@ -37,11 +37,11 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     if arch::shared::STOPPING.swap(true, Ordering::SeqCst) {
         arch::cpu::halt_forever();
     }
-    arch::apic::nmi_all_but_self();
+    let cpu = arch::cpu::features().apic_id;
+    arch::apic::nmi_other_running_cpus(cpu);
     let (file, line) = info
         .location()
         .map_or(("<unknown>", 0), |l| (l.file(), l.line()));
-    let cpu = arch::cpu::features().apic_id;
     let mut out = console::panic_writer();
     let serial = out.serial();
     // Start on a fresh line in case the panic interrupted one.

@@ -141,6 +141,7 @@ pub fn cpu_init(node: &Node, slot: usize) {
     apic::start_periodic_timer(idt::TIMER_VECTOR, TICK_BUS_CYCLES);
     let cpu = percpu::current();
     let (index, apic_id) = cpu.map_or((0, 0), |c| (c.cpu, c.apic_id));
+    arch::shared::mark_running(apic_id);
     console::event("cpu_up", |e| {
         e.field("cpu", index)
             .field("apic_id", apic_id)

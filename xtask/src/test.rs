@@ -45,11 +45,14 @@ pub fn run_all() -> Result<bool> {
         }
     };
     let phases: [(&str, &[&str]); 2] = [
-        ("host tests", &["test"]),
+        // --no-fail-fast: a failing test binary must not hide the results
+        // of the ones after it.
+        ("host tests", &["test", "--no-fail-fast"]),
         (
             "emulator tests",
             &[
                 "test",
+                "--no-fail-fast",
                 "--package",
                 "atoll-tests",
                 "--features",

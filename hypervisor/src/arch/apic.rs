@@ -34,7 +34,6 @@ mod icr {
     pub const STARTUP: u32 = 0b110 << 8;
     pub const DELIVERY_PENDING: u32 = 1 << 12;
     pub const ASSERT: u32 = 1 << 14;
-    pub const ALL_BUT_SELF: u32 = 0b11 << 18;
 }
 
 /// The spurious-interrupt vector; SVR bit 8 enables the APIC.
@@ -112,10 +111,13 @@ pub fn send_fixed(apic_id: u32, vector: u8) -> Result<(), IpiStuck> {
     send(apic_id, icr::FIXED | icr::ASSERT | u32::from(vector))
 }
 
-/// Sends an NMI to every other CPU (the panic path's stop signal).
-pub fn nmi_all_but_self() {
-    // Best effort: there is nothing more to do on a panic if it is stuck.
-    let _ = send(0, icr::NMI | icr::ASSERT | icr::ALL_BUT_SELF);
+/// Sends an NMI to every other CPU that runs Atoll (the panic path's stop
+/// signal); CPUs never started are left alone.
+pub fn nmi_other_running_cpus(self_apic_id: u32) {
+    for apic_id in super::shared::running().filter(|&id| id != self_apic_id) {
+        // Best effort: there is nothing more to do on a panic if it is stuck.
+        let _ = send(apic_id, icr::NMI | icr::ASSERT);
+    }
 }
 
 /// Starts the CPU with `apic_id` at physical address `page << 12` in real

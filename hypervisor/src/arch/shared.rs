@@ -8,7 +8,7 @@
 //! here; node state lives in node memory.
 
 use super::serial::Serial;
-use core::sync::atomic::{AtomicBool, AtomicU32};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// Serialises whole console lines across all CPUs of all nodes.
@@ -28,3 +28,27 @@ pub static STOPPING: AtomicBool = AtomicBool::new(false);
 // SAFETY: as for CONSOLE.
 #[unsafe(link_section = ".shared")]
 pub static ISOLATION_FAULTS: AtomicU32 = AtomicU32::new(0);
+
+/// APIC IDs (0-255) of the CPUs that run Atoll, one bit each: the panic
+/// path stops exactly these. A CPU that was never started sits in
+/// wait-for-SIPI, where an NMI may wake it into firmware code (QEMU does).
+// SAFETY: as for CONSOLE.
+#[unsafe(link_section = ".shared")]
+static RUNNING: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// Records that the CPU with `apic_id` runs Atoll.
+pub fn mark_running(apic_id: u32) {
+    if let Some(word) = RUNNING.get((apic_id / 64) as usize) {
+        word.fetch_or(1 << (apic_id % 64), Ordering::SeqCst);
+    }
+}
+
+/// The APIC IDs of the running CPUs.
+pub fn running() -> impl Iterator<Item = u32> {
+    RUNNING.iter().enumerate().flat_map(|(i, word)| {
+        let bits = word.load(Ordering::SeqCst);
+        (0..64u32)
+            .filter(move |b| bits & (1 << b) != 0)
+            .map(move |b| i as u32 * 64 + b)
+    })
+}
