@@ -11,9 +11,16 @@
 //! To add one, write such a target and list it in [`SUITES`]; this command
 //! builds and runs it (`cargo bench -p PACKAGE --bench TARGET`) and
 //! tabulates its lines. Other lines pass through to the terminal.
+//!
+//! Benchmarks of the hypervisor itself boot it in an emulator with a
+//! self-test and tabulate the events it reports ([`BOOTS`]). Their figures
+//! are TSC ticks of the emulated machine: in Bochs about one per emulated
+//! instruction (path lengths, comparable between versions), in QEMU TCG the
+//! host's TSC.
 
 use anyhow::{Context, Result, bail};
-use atoll_tests::build::workspace_root;
+use atoll_tests::build::{Profile, build_hypervisor, workspace_root};
+use atoll_tests::{ConfigModule, Emulator, RunSpec};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -31,6 +38,39 @@ const SUITES: &[Suite] = &[Suite {
     what: "cluster config parser and planner on 1024 CPUs in 64 NUMA domains",
 }];
 
+/// A benchmark that boots the hypervisor with a self-test.
+struct Boot {
+    name: &'static str,
+    emulator: Emulator,
+    config: &'static str,
+    selftest: &'static str,
+    what: &'static str,
+}
+
+const BOOTS: &[Boot] = &[
+    Boot {
+        name: "ipi-bochs",
+        emulator: Emulator::Bochs,
+        config: "configs/default.toml",
+        selftest: "ipi",
+        what: "inter-node round trips (channel write + IPI capability), 2 nodes x 2 CPUs",
+    },
+    Boot {
+        name: "ipi-qemu",
+        emulator: Emulator::Qemu,
+        config: "configs/multikernel.toml",
+        selftest: "ipi",
+        what: "inter-node round trips between 4 one-CPU nodes",
+    },
+    Boot {
+        name: "lock-bochs",
+        emulator: Emulator::Bochs,
+        config: "configs/default.toml",
+        selftest: "lock",
+        what: "the node lock under all CPUs of a node",
+    },
+];
+
 /// One measurement line.
 #[derive(Debug, PartialEq, Eq)]
 struct Measurement {
@@ -41,6 +81,16 @@ struct Measurement {
 /// Runs every suite whose package, target or measurement names contain
 /// `filter`; true when all of them ran.
 pub fn run(filter: Option<&str>) -> Result<bool> {
+    let boots: Vec<&Boot> = BOOTS
+        .iter()
+        .filter(|b| filter.is_none_or(|f| b.name.contains(f)))
+        .collect();
+    let host_ok = run_suites(filter, !boots.is_empty())?;
+    let boots_ok = run_boots(&boots)?;
+    Ok(host_ok && boots_ok)
+}
+
+fn run_suites(filter: Option<&str>, others_chosen: bool) -> Result<bool> {
     let chosen: Vec<&Suite> = SUITES
         .iter()
         .filter(|s| {
@@ -49,8 +99,15 @@ pub fn run(filter: Option<&str>) -> Result<bool> {
             })
         })
         .collect();
+    if chosen.is_empty() && others_chosen {
+        return Ok(true);
+    }
     if chosen.is_empty() {
-        let names: Vec<&str> = SUITES.iter().map(|s| s.target).collect();
+        let names: Vec<&str> = SUITES
+            .iter()
+            .map(|s| s.target)
+            .chain(BOOTS.iter().map(|b| b.name))
+            .collect();
         bail!(
             "no benchmark matches '{}'; the benchmarks are {}",
             filter.unwrap_or_default(),
@@ -88,6 +145,83 @@ pub fn run(filter: Option<&str>) -> Result<bool> {
     }
     print!("{}", table(&results));
     Ok(ok)
+}
+
+/// Boots each chosen benchmark and prints its events as a table.
+fn run_boots(boots: &[&Boot]) -> Result<bool> {
+    if boots.is_empty() {
+        return Ok(true);
+    }
+    crate::ensure_packages()?;
+    let hypervisor = build_hypervisor(Profile::Release)?;
+    let mut rows = Vec::new();
+    let mut ok = true;
+    for boot in boots {
+        eprintln!("running {} ({})", boot.name, boot.what);
+        let spec = RunSpec {
+            emulator: boot.emulator,
+            cmdline: format!("selftest={}", boot.selftest),
+            config: ConfigModule::File(workspace_root().join(boot.config)),
+            ..RunSpec::new(hypervisor.clone())
+        };
+        let out = atoll_tests::run(&spec, |_| {})?;
+        if !out.success() {
+            eprintln!("{}: {}\n{}", boot.name, out.ending, out.diagnostics());
+            ok = false;
+            continue;
+        }
+        rows.extend(out.events.iter().filter_map(|e| boot_row(boot.name, e)));
+    }
+    print!("{}", boot_table(&rows));
+    Ok(ok)
+}
+
+/// One row of the boot benchmark table: what, and the cycle figures.
+fn boot_row(bench: &str, event: &atoll_tests::Event) -> Option<[String; 5]> {
+    let n = |k: &str| event.u64(k).map_or("-".into(), |v| v.to_string());
+    match event.name.as_str() {
+        "ipi_rtt" => Some([
+            format!("{bench} node {}->{}", n("from"), n("to")),
+            n("median_cycles"),
+            n("min_cycles"),
+            n("max_cycles"),
+            n("rounds"),
+        ]),
+        "lock_stats" => {
+            let per = |k: &str| {
+                let total = event.u64(k)?;
+                let count = event.u64("acquisitions").filter(|&c| c > 0)?;
+                Some((total / count).to_string())
+            };
+            Some([
+                format!("{bench} node {} ({} CPUs) hold", n("node"), n("cpus")),
+                per("hold_cycles").unwrap_or_else(|| "-".into()),
+                "-".into(),
+                n("max_hold_cycles"),
+                format!("{} ({} contended)", n("acquisitions"), n("contended")),
+            ])
+        }
+        _ => None,
+    }
+}
+
+fn boot_table(rows: &[[String; 5]]) -> String {
+    let width = rows
+        .iter()
+        .map(|r| r[0].len())
+        .chain([9])
+        .max()
+        .unwrap_or(9);
+    let mut out = format!(
+        "{:<width$}  {:>14}  {:>10}  {:>10}  {}\n",
+        "benchmark", "median cycles", "min", "max", "count"
+    );
+    for [name, median, min, max, count] in rows {
+        out.push_str(&format!(
+            "{name:<width$}  {median:>14}  {min:>10}  {max:>10}  {count}\n"
+        ));
+    }
+    out
 }
 
 /// `bench NAME key=value ...` with integer values.
@@ -151,6 +285,26 @@ mod tests {
         assert_eq!(m.fields["iterations"], 200);
         assert!(parse_line("Running benches/planner.rs").is_none());
         assert!(parse_line("bench x median_ns=fast").is_none());
+    }
+
+    #[test]
+    fn boot_events_become_rows() {
+        let rtt = atoll_tests::Event::parse(
+            "@ev {\"ev\":\"ipi_rtt\",\"from\":0,\"to\":1,\"rounds\":16,\"min_cycles\":140,\"median_cycles\":315,\"max_cycles\":605}",
+        )
+        .unwrap()
+        .unwrap();
+        let row = boot_row("ipi-bochs", &rtt).unwrap();
+        assert_eq!(row, ["ipi-bochs node 0->1", "315", "140", "605", "16"]);
+        let lock = atoll_tests::Event::parse(
+            "@ev {\"ev\":\"lock_stats\",\"node\":1,\"cpus\":2,\"acquisitions\":4000,\"contended\":10,\"hold_cycles\":80000,\"max_hold_cycles\":90}",
+        )
+        .unwrap()
+        .unwrap();
+        let row = boot_row("lock-bochs", &lock).unwrap();
+        assert_eq!(row[1], "20");
+        assert_eq!(row[4], "4000 (10 contended)");
+        assert!(boot_table(&[row]).starts_with("benchmark"));
     }
 
     #[test]

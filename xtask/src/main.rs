@@ -8,7 +8,8 @@
 //! - `check-config`: check a cluster config file, alone or planned on a
 //!   machine given as a topology spec.
 //! - `lint`: rustfmt and clippy over every crate, the bare-metal one included.
-//! - `bench`: the benchmarks (so far the cluster planner), as one table.
+//! - `bench`: the benchmarks (the cluster planner on the host; inter-node
+//!   round trips and the node lock in emulators), as tables.
 #![forbid(unsafe_code)]
 
 mod bench;
