@@ -97,15 +97,7 @@ fn selftest_panic_reports_file_and_line_and_fails_the_run() {
 
 #[test]
 fn cpu_exception_is_reported_as_a_panic() {
-    let mut spec = spec();
-    spec.emulator = Emulator::Qemu;
-    spec.cmdline = "selftest=exception".into();
-    let out = boot(&spec);
-    let why = out.diagnostics();
-    let panic = out.event("panic").expect("a panic event");
-    let msg = panic.str("msg").unwrap_or_default();
-    assert!(msg.starts_with("CPU exception #UD (vector 6)"), "{why}");
-    assert!(msg.contains("rip 0x"), "{why}");
+    common::assert_selftest_exception("exception", "CPU exception #UD (vector 6)");
 }
 
 /// Boots `spec`, expects an `error` event of `kind` whose message contains

@@ -285,13 +285,5 @@ fn invalid_config_is_reported_at_boot_with_its_location() {
 
 #[test]
 fn stack_overflow_hits_the_guard_page_and_is_reported_as_a_double_fault() {
-    let mut spec = spec();
-    spec.emulator = Emulator::Qemu;
-    spec.cmdline = "selftest=overflow".into();
-    let out = boot(&spec);
-    let why = out.diagnostics();
-    let panic = out.event("panic").expect("a panic event, not a reset");
-    let msg = panic.str("msg").unwrap_or_default();
-    assert!(msg.starts_with("CPU exception #DF (vector 8)"), "{why}");
-    assert!(matches!(out.ending, Ending::Panic { .. }), "{why}");
+    common::assert_selftest_exception("overflow", "CPU exception #DF (vector 8)");
 }

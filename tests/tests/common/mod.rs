@@ -3,7 +3,7 @@
 
 use atoll_tests::build::{Profile, build_hypervisor};
 use atoll_tests::events_doc::EventsDoc;
-use atoll_tests::{RunOutcome, RunSpec};
+use atoll_tests::{Emulator, Ending, RunOutcome, RunSpec};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -42,5 +42,21 @@ pub fn boot(spec: &RunSpec) -> RunOutcome {
         "malformed event lines\n{}",
         out.diagnostics()
     );
+    out
+}
+
+/// Boots QEMU with `selftest=NAME` and expects a CPU exception reported as
+/// a panic whose message starts with `prefix`, ending the run as a panic.
+pub fn assert_selftest_exception(selftest: &str, prefix: &str) -> RunOutcome {
+    let mut spec = spec();
+    spec.emulator = Emulator::Qemu;
+    spec.cmdline = format!("selftest={selftest}");
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    let panic = out.event("panic").expect("a panic event, not a reset");
+    let msg = panic.str("msg").unwrap_or_default();
+    assert!(msg.starts_with(prefix), "{why}");
+    assert!(msg.contains("rip 0x"), "{why}");
+    assert!(matches!(out.ending, Ending::Panic { .. }), "{why}");
     out
 }
