@@ -1,5 +1,5 @@
-//! `cargo xtask run` end to end, as a user types it: its exit code is the
-//! verdict scripts rely on.
+//! `cargo xtask run` and `check-config` end to end, as a user types them:
+//! their exit codes and messages are what scripts rely on.
 
 use std::process::Command;
 
@@ -46,4 +46,85 @@ fn run_refuses_a_missing_config_file() {
     let (ok, text) = xtask_run(&["--config", "configs/no-such-file.toml"]);
     assert!(!ok, "{text}");
     assert!(text.contains("no-such-file.toml does not exist"), "{text}");
+}
+
+/// `cargo xtask check-config ARGS` run in `dir`: (success, stdout+stderr).
+fn check_config(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(dir)
+        .args(["xtask", "check-config"])
+        .args(args)
+        .output()
+        .expect("cargo xtask runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The machine a fixture declares in a first-line `# topology: SPEC`
+/// comment, else the default 4-CPU machine.
+fn fixture_topology(text: &str) -> String {
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# topology:"))
+        .map_or("cpus=4,numa=1,mem-mib=512".into(), |s| s.trim().to_string())
+}
+
+#[test]
+fn check_config_rejects_every_invalid_fixture_with_its_pinned_message() {
+    let dir =
+        atoll_tests::build::workspace_root().join("hypervisor/cluster/tests/fixtures/invalid");
+    let mut fixtures: Vec<String> = std::fs::read_dir(&dir)
+        .expect("the fixtures directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".toml"))
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 30, "{} fixtures", fixtures.len());
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let runs: Vec<_> = fixtures
+            .chunks(fixtures.len().div_ceil(4))
+            .map(|chunk| {
+                let dir = &dir;
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    for name in chunk {
+                        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+                        let expected_file = dir.join(name.replace(".toml", ".expected"));
+                        let expected = std::fs::read_to_string(expected_file).unwrap();
+                        let topology = fixture_topology(&text);
+                        let (ok, out) = check_config(dir, &[name, "--topology", &topology]);
+                        if ok || !out.lines().any(|l| l == expected.trim_end()) {
+                            failures.push(format!(
+                                "{name}: expected {expected:?}, got (ok={ok}):\n{out}"
+                            ));
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        runs.into_iter().flat_map(|r| r.join().unwrap()).collect()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn check_config_accepts_and_plans_every_shipped_config() {
+    let root = atoll_tests::build::workspace_root();
+    for (config, topology) in [
+        ("configs/default.toml", "cpus=4,numa=1,mem-mib=512"),
+        ("configs/single-node.toml", "cpus=4,numa=1,mem-mib=512"),
+        ("configs/multikernel.toml", "cpus=4,numa=1,mem-mib=512"),
+        ("configs/numa.toml", "cpus=4,numa=2,mem-mib=1024"),
+    ] {
+        let (ok, out) = check_config(&root, &[config, "--topology", topology]);
+        assert!(ok, "{config}:\n{out}");
+        assert!(out.contains("node 0 "), "{config} prints its plan:\n{out}");
+    }
+    let shipped = std::fs::read_dir(root.join("configs")).unwrap().count();
+    assert_eq!(shipped, 4, "a new config in configs/ needs a line above");
 }
