@@ -5,7 +5,8 @@
 //!   IPI capabilities (both ways) with: it writes a sequence number into the
 //!   channel and rings the peer's doorbell; the peer answers through the
 //!   same channel and its own capability. Round trips are reported in TSC
-//!   cycles (`ipi_rtt`).
+//!   cycles (`ipi_rtt`). Then it floods each peer with signals and reports
+//!   how few IPIs that took (`signal_flood`).
 //! - `isolation`: the last node writes into the boot node's memory; its page
 //!   tables must stop the write (`isolation_fault`), the writer's node stops,
 //!   and the boot node's heartbeat keeps advancing (`heartbeat`).
@@ -58,6 +59,8 @@ impl Selftest {
 const PING_BYTES: u64 = 256;
 /// Round trips per direction in the `ipi` test.
 const IPI_ROUNDS: u64 = 16;
+/// Signals per peer in the `ipi` test's flood.
+const FLOOD_SIGNALS: u64 = 1000;
 /// Lock acquisitions per CPU in the `lock` test.
 const LOCK_ROUNDS: u64 = 2000;
 /// Upper bound on any self-test wait, in microseconds.
@@ -203,9 +206,11 @@ pub fn take_doorbells(node: &Node) {
     }
 }
 
-/// Raises `notification` in node `to`, if this node holds the capability.
-/// Sends the IPI only when the doorbell was empty (coalescing).
-fn signal(node: &Node, to: usize, notification: u32) -> Result<(), &'static str> {
+/// Raises `notification` in node `to`, if this node holds the capability
+/// (decode, then perform: every check comes before the doorbell write).
+/// Sends the IPI only when the doorbell was empty (coalescing); returns
+/// whether it did.
+fn signal(node: &Node, to: usize, notification: u32) -> Result<bool, &'static str> {
     let plan = &node.boot.plan;
     let from = NodeId(node.index as u16);
     let cap = plan
@@ -216,15 +221,16 @@ fn signal(node: &Node, to: usize, notification: u32) -> Result<(), &'static str>
     let bit = atoll_cluster::doorbell::check(cap.notifications, notification)
         .map_err(|_| "notification not allowed by the capability")?;
     let word = sharedmem::doorbell_word(node.index, cap).ok_or("doorbell not mapped")?;
-    if Doorbell::new(word).raise(bit) {
-        let target = plan
-            .nodes
-            .get(to)
-            .and_then(|n| n.cpus.first())
-            .ok_or("target node has no CPU")?;
-        apic::send_fixed(target.apic_id, idt::SIGNAL_VECTOR).map_err(|_| "IPI not delivered")?;
+    let target = plan
+        .nodes
+        .get(to)
+        .and_then(|n| n.cpus.first())
+        .ok_or("target node has no CPU")?;
+    if !Doorbell::new(word).raise(bit) {
+        return Ok(false);
     }
-    Ok(())
+    apic::send_fixed(target.apic_id, idt::SIGNAL_VECTOR).map_err(|_| "IPI not delivered")?;
+    Ok(true)
 }
 
 // ---------------------------------------------------------------- ipi test
@@ -342,7 +348,30 @@ fn run_pings(node: &'static Node) -> bool {
         }
         report_rtt(node.index, peer.node, &mut cycles);
     }
+    for peer in &peers {
+        ok &= flood(node, peer);
+    }
     ok
+}
+
+/// Raises `FLOOD_SIGNALS` notifications at a peer as fast as possible and
+/// reports how many IPIs that took: coalescing keeps it far below one per
+/// signal, so a flooding node cannot starve its target with interrupts.
+fn flood(node: &Node, peer: &Peer) -> bool {
+    let mut ipis = 0u64;
+    for _ in 0..FLOOD_SIGNALS {
+        match signal(node, peer.node, peer.notification) {
+            Ok(sent) => ipis += u64::from(sent),
+            Err(_) => return false,
+        }
+    }
+    console::event("signal_flood", |e| {
+        e.field("from", node.index)
+            .field("to", peer.node)
+            .field("signals", FLOOD_SIGNALS)
+            .field("ipis", ipis)
+    });
+    true
 }
 
 fn wait_pong(node: &Node, peers: &[Peer], peer: &Peer, round: u64) -> bool {

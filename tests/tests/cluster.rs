@@ -136,6 +136,16 @@ fn ipi_selftest_round_trips_both_ways() {
         );
         assert!(0 < min && min <= median && median <= max, "{why}");
     }
+    let floods = out.events_named("signal_flood");
+    assert_eq!(floods.len(), 2, "{why}");
+    for flood in floods {
+        let (signals, ipis) = (flood.u64("signals").unwrap(), flood.u64("ipis").unwrap());
+        assert!(signals >= 100, "{why}");
+        assert!(
+            ipis < signals / 2,
+            "signals must coalesce: {ipis} IPIs for {signals}\n{why}"
+        );
+    }
 }
 
 #[test]
