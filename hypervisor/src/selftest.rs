@@ -114,7 +114,9 @@ pub fn other_cpu_role(node: &'static Node, slot: usize) -> ! {
         while !node.test.go.load(Ordering::Acquire) {
             cpu::wait_for_interrupt();
         }
-        hammer_lock(node, slot);
+        if !hammer_lock(node, slot) {
+            log::error!("node {}: the node lock refused CPU slot {slot}", node.index);
+        }
     }
     loop {
         cpu::wait_for_interrupt();
@@ -495,7 +497,7 @@ fn run_lock_test(node: &'static Node) -> bool {
         // Wake the others from HLT at once rather than at their next tick.
         let _ = apic::send_fixed(cpu.apic_id, idt::TIMER_VECTOR);
     }
-    hammer_lock(node, 0);
+    let mut ok = hammer_lock(node, 0);
     let deadline = deadline();
     while node.test.finished_cpus.load(Ordering::Acquire) < cpus {
         if cpu::rdtsc() > deadline {
@@ -506,7 +508,7 @@ fn run_lock_test(node: &'static Node) -> bool {
     }
     // Counters first: reading the counter takes the lock once more.
     let stats = node.test.lock.stats();
-    let counter = *node.test.lock.lock(0, cpu::rdtsc);
+    let counter = node.test.lock.lock(0, cpu::rdtsc).map_or(0, |c| *c);
     let expected = u64::from(cpus) * LOCK_ROUNDS;
     console::event("lock_stats", |e| {
         e.field("node", node.index)
@@ -515,16 +517,25 @@ fn run_lock_test(node: &'static Node) -> bool {
             .field("contended", stats.contended)
             .field("hold_cycles", stats.hold_total)
             .field("max_hold_cycles", stats.hold_max)
+            .field("wait_cycles", stats.wait_total)
+            .field("max_wait_cycles", stats.wait_max)
             .field("counter", counter)
             .field("expected", expected)
     });
     node.status.test_done.store(1, Ordering::SeqCst);
-    counter == expected
+    ok &= counter == expected;
+    ok
 }
 
-fn hammer_lock(node: &Node, slot: usize) {
+/// Takes the node lock `LOCK_ROUNDS` times as the CPU in `slot`; false if
+/// the lock refused the slot.
+fn hammer_lock(node: &Node, slot: usize) -> bool {
+    let mut ok = true;
     for _ in 0..LOCK_ROUNDS {
-        let mut counter = node.test.lock.lock(slot, cpu::rdtsc);
+        let Ok(mut counter) = node.test.lock.lock(slot, cpu::rdtsc) else {
+            ok = false;
+            break;
+        };
         // A read-modify-write that is not atomic: only mutual exclusion
         // keeps increments from getting lost.
         let value = *counter;
@@ -532,6 +543,7 @@ fn hammer_lock(node: &Node, slot: usize) {
         *counter = value + 1;
     }
     node.test.finished_cpus.fetch_add(1, Ordering::AcqRel);
+    ok
 }
 
 /// The TSC value at which a self-test wait gives up.

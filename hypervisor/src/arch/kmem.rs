@@ -15,7 +15,10 @@
 use atoll_platform::paging::TableMemory;
 
 /// The first CPU's arrival stack at the top of a node's kernel memory.
-pub const FIRST_STACK_BYTES: u64 = 64 * 1024;
+/// Larger than the others: part 2 builds the `Node` record (which holds
+/// the node lock's per-CPU queue slots, tens of KiB) on it before moving it
+/// into kernel memory, and before the CPU has IST stacks.
+pub const FIRST_STACK_BYTES: u64 = 256 * 1024;
 /// Each CPU's kernel stack.
 pub const STACK_BYTES: u64 = 64 * 1024;
 /// Each IST stack (double fault, NMI): enough to report and halt.
