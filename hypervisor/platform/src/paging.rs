@@ -175,13 +175,13 @@ impl<M: TableMemory> PageTables<M> {
             .checked_add(len)
             .filter(|&end| end <= LOWER_HALF_END)
             .ok_or(MapError::BadRange { start, len })?;
-        if start % PAGE_4K != 0 || len % PAGE_4K != 0 {
+        if !start.is_multiple_of(PAGE_4K) || !len.is_multiple_of(PAGE_4K) {
             return Err(MapError::BadRange { start, len });
         }
         self.check_unmapped(start, end)?;
         let mut addr = start;
         while addr < end {
-            let big = addr % PAGE_2M == 0 && end - addr >= PAGE_2M;
+            let big = addr.is_multiple_of(PAGE_2M) && end - addr >= PAGE_2M;
             if big {
                 self.set_leaf(addr, 2, addr | flags.leaf_bits() | HUGE)?;
                 addr += PAGE_2M;
