@@ -89,10 +89,10 @@ pub fn start_cluster(boot: &'static BootState) -> ! {
     apic::base();
     let boot_node = usize::from(boot.plan.boot_node.0);
     for (node, start) in boot.plan.nodes.iter().zip(&starts) {
-        if start.node != boot_node {
-            if let Err(e) = nodeboot::start_first_cpu(node, start) {
-                crate::boot::fatal("cpu_start", e, boot.soft_off);
-            }
+        if start.node != boot_node
+            && let Err(e) = nodeboot::start_first_cpu(node, start)
+        {
+            crate::boot::fatal("cpu_start", e, boot.soft_off);
         }
     }
     let (Some(node), Some(start)) = (boot.plan.nodes.get(boot_node), starts.get(boot_node)) else {

@@ -55,7 +55,7 @@ pub fn write_into_other_node(plan: &Plan, me: usize, addr: u64) -> bool {
         return false;
     };
     let kernel = node.kernel_memory;
-    if owner == me || (kernel.start.0 <= addr && addr < kernel.end()) || addr % 8 != 0 {
+    if owner == me || (kernel.start.0 <= addr && addr < kernel.end()) || !addr.is_multiple_of(8) {
         return false;
     }
     // SAFETY: `addr` is another node's memory, which the plan keeps out of

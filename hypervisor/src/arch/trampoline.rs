@@ -208,7 +208,7 @@ impl Trampoline {
     pub fn prepare(&self, args: &StartArgs) {
         self.put_u64(&raw const tr_stack, args.stack_top);
         self.put_u64(&raw const tr_arg, args.arg);
-        self.put_u64(&raw const tr_main, args.main as u64);
+        self.put_u64(&raw const tr_main, args.main as usize as u64);
         self.started().store(0, Ordering::SeqCst);
     }
 
