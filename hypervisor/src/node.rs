@@ -85,8 +85,11 @@ pub fn start_cluster(boot: &'static BootState) -> ! {
     nodeboot::clear_shared_memory(&boot.plan);
     arch::heap::seal_boot_heap();
     // Read the APIC base now: every node maps the page, and the first read
-    // fills a static, which only part 1 may write.
+    // fills a static, which only part 1 may write. The boot CPU's tick lets
+    // it wait for starting CPUs halted rather than spinning.
     apic::base();
+    apic::init_local();
+    apic::start_periodic_timer(idt::TIMER_VECTOR, TICK_BUS_CYCLES);
     let boot_node = usize::from(boot.plan.boot_node.0);
     for (node, start) in boot.plan.nodes.iter().zip(&starts) {
         if start.node != boot_node
@@ -198,7 +201,7 @@ fn coordinate(node: &'static Node) -> ! {
                 boot.soft_off,
             );
         }
-        time::delay_us(1000);
+        time::idle_us(1000);
         waited += 1;
     }
     log::info!("all {nodes} nodes are up");

@@ -228,6 +228,11 @@ fn signal(node: &Node, to: usize, notification: u32) -> Result<bool, &'static st
         .get(to)
         .and_then(|n| n.cpus.first())
         .ok_or("target node has no CPU")?;
+    // An interrupt sent to a CPU that has not been started yet (or was
+    // stopped) is not just lost: some platforms then fail to start it.
+    if status::page(to).is_none_or(|p| p.state() != NodeState::Up) {
+        return Err("the target node is not up");
+    }
     if !Doorbell::new(word).raise(bit) {
         return Ok(false);
     }
@@ -327,6 +332,9 @@ fn serve(node: &Node, peers: &[Peer]) {
 /// whether every round trip completed.
 fn run_pings(node: &'static Node) -> bool {
     let peers = ping_peers(node);
+    if !wait_peers_up(node, &peers) {
+        return false;
+    }
     if peers.is_empty() && node.boot.plan.nodes.len() > 1 {
         console::event("error", |e| {
             e.field("kind", "selftest")
@@ -373,6 +381,20 @@ fn flood(node: &Node, peer: &Peer) -> bool {
             .field("signals", FLOOD_SIGNALS)
             .field("ipis", ipis)
     });
+    true
+}
+
+/// Waits until every peer node is up: only then may it be signalled.
+fn wait_peers_up(node: &Node, peers: &[Peer]) -> bool {
+    let deadline = deadline();
+    let up = |peer: &Peer| status::page(peer.node).is_some_and(|p| p.state() == NodeState::Up);
+    while !peers.iter().all(up) {
+        if cpu::rdtsc() > deadline {
+            report_timeout(node, "waiting for the other nodes to come up");
+            return false;
+        }
+        cpu::wait_for_interrupt();
+    }
     true
 }
 

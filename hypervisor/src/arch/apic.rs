@@ -34,6 +34,7 @@ mod icr {
     pub const STARTUP: u32 = 0b110 << 8;
     pub const DELIVERY_PENDING: u32 = 1 << 12;
     pub const ASSERT: u32 = 1 << 14;
+    pub const LEVEL_TRIGGERED: u32 = 1 << 15;
 }
 
 /// The spurious-interrupt vector; SVR bit 8 enables the APIC.
@@ -120,16 +121,23 @@ pub fn nmi_other_running_cpus(self_apic_id: u32) {
     }
 }
 
-/// Starts the CPU with `apic_id` at physical address `page << 12` in real
-/// mode: INIT, 10 ms, start-up IPI, 200 us, second start-up IPI (SDM Vol.
-/// 3A, 10.4.4.1, the universal start-up algorithm).
-pub fn start_cpu(apic_id: u32, page: u8) -> Result<(), IpiStuck> {
-    send(apic_id, icr::INIT | icr::ASSERT)?;
+/// Puts the CPU with `apic_id` into wait-for-SIPI: INIT, then the 10 ms the
+/// universal start-up algorithm asks for (SDM Vol. 3A, 10.4.4.1).
+pub fn send_init(apic_id: u32) -> Result<(), IpiStuck> {
+    send(apic_id, icr::INIT | icr::LEVEL_TRIGGERED | icr::ASSERT)?;
     super::time::delay_us(10_000);
-    for _ in 0..2 {
-        send(apic_id, icr::STARTUP | u32::from(page))?;
-        super::time::delay_us(200);
-    }
+    // De-assert, as the MP specification's sequence has it (B.4.1); modern
+    // CPUs ignore it, older local APICs and some emulators want it.
+    send(apic_id, icr::INIT | icr::LEVEL_TRIGGERED)?;
+    Ok(())
+}
+
+/// Sends a start-up IPI: a CPU waiting for SIPI starts in real mode at
+/// `page << 12`; a CPU that is running ignores it (SDM Vol. 3A, 10.4.4),
+/// so sending another one is always safe.
+pub fn send_startup(apic_id: u32, page: u8) -> Result<(), IpiStuck> {
+    send(apic_id, icr::STARTUP | u32::from(page))?;
+    super::time::delay_us(200);
     Ok(())
 }
 

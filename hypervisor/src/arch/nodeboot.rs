@@ -27,7 +27,11 @@ use crate::node::{BootState, Node, NodeStart};
 use crate::selftest;
 
 /// How long a starting CPU has to leave the trampoline.
-const CPU_START_TIMEOUT_MS: u32 = 500;
+/// Generous: under a loaded emulator a new CPU may wait long for host time.
+const CPU_START_TIMEOUT_MS: u32 = 5000;
+/// INIT-SIPI-SIPI sequences within that time, while the CPU shows no sign
+/// of life.
+const CPU_START_ATTEMPTS: u32 = 10;
 
 /// Part 1: turns the boot CPU into the boot node's first CPU, on the
 /// node's arrival stack (the top of its kernel memory).
@@ -103,14 +107,14 @@ pub fn clear_shared_memory(plan: &Plan) {
 
 /// Why a CPU did not start.
 #[derive(Debug)]
-pub struct CpuStartError {
-    node: alloc::string::String,
+pub struct CpuStartError<'p> {
+    node: &'p str,
     cpu: u32,
     apic_id: u32,
     reason: &'static str,
 }
 
-impl core::fmt::Display for CpuStartError {
+impl core::fmt::Display for CpuStartError<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
@@ -121,7 +125,12 @@ impl core::fmt::Display for CpuStartError {
 }
 
 /// Sends INIT-SIPI-SIPI to `node`'s first CPU through its trampoline page.
-pub fn start_first_cpu(node: &NodePlan, start: &'static NodeStart) -> Result<(), CpuStartError> {
+/// (Errors borrow the plan: the boot heap is sealed, so part 1 cannot
+/// allocate any more.)
+pub fn start_first_cpu<'p>(
+    node: &'p NodePlan,
+    start: &'static NodeStart,
+) -> Result<(), CpuStartError<'p>> {
     // SAFETY: the trampoline page belongs to this node, which has no CPU
     // running yet; the boot identity map covers it.
     let trampoline = unsafe { Trampoline::install(node.trampoline.start.0) };
@@ -135,15 +144,15 @@ pub fn start_first_cpu(node: &NodePlan, start: &'static NodeStart) -> Result<(),
 }
 
 /// Starts one CPU through `trampoline` and waits until it has left it.
-fn start_cpu(
+fn start_cpu<'p>(
     trampoline: &Trampoline,
     args: &StartArgs,
-    node: &str,
+    node: &'p str,
     cpu: u32,
     apic_id: u32,
-) -> Result<(), CpuStartError> {
+) -> Result<(), CpuStartError<'p>> {
     let fail = |reason| CpuStartError {
-        node: node.into(),
+        node,
         cpu,
         apic_id,
         reason,
@@ -152,17 +161,32 @@ fn start_cpu(
     // The new CPU must see the trampoline and its data before it runs them
     // (thesis 5.3: a fence before each CPU start publishes part 1's writes).
     core::sync::atomic::fence(Ordering::SeqCst);
-    apic::start_cpu(apic_id, trampoline.vector())
-        .map_err(|_| fail("the local APIC did not accept the start-up IPI"))?;
-    for _ in 0..CPU_START_TIMEOUT_MS {
-        if trampoline.has_started() {
-            return Ok(());
+    // INIT-SIPI-SIPI, repeated while the CPU has not even begun the
+    // trampoline. QEMU TCG sometimes leaves the target in its firmware park
+    // loop the first time (no stage mark appears); a CPU that has begun the
+    // trampoline is never sent another INIT, which would reset it.
+    for _ in 0..CPU_START_ATTEMPTS {
+        if trampoline.stage() == 0 {
+            apic::send_init(apic_id)
+                .map_err(|_| fail("the local APIC did not accept the INIT IPI"))?;
+            for _ in 0..2 {
+                apic::send_startup(apic_id, trampoline.vector())
+                    .map_err(|_| fail("the local APIC did not accept the start-up IPI"))?;
+            }
         }
-        time::delay_us(1000);
+        for _ in 0..CPU_START_TIMEOUT_MS / CPU_START_ATTEMPTS {
+            if trampoline.has_started() {
+                trampoline.acknowledge();
+                return Ok(());
+            }
+            time::idle_us(1000);
+        }
     }
-    Err(fail(
-        "it did not reach the trampoline's 64-bit code within 500 ms",
-    ))
+    Err(fail(match trampoline.stage() {
+        0 => "it never ran the trampoline (10 INIT-SIPI-SIPI sequences in 5 s)",
+        1 => "it stopped in the trampoline's real-mode code",
+        _ => "it stopped in the trampoline's protected-mode code",
+    }))
 }
 
 /// Builds the node's page tables and `Node` record in its kernel memory and
@@ -298,9 +322,23 @@ fn map_around<M: TableMemory>(
 /// Starts the node's CPUs after the first, one at a time through the node's
 /// own trampoline page.
 pub fn start_other_cpus(node: &'static Node, plan: &NodePlan) {
-    // SAFETY: the trampoline page is this node's (mapped read-write in its
-    // tables) and no CPU of the node runs in it: the first CPU left it.
-    let trampoline = unsafe { Trampoline::install(plan.trampoline.start.0) };
+    let page = plan.trampoline.start.0;
+    // The boot CPU may still be watching this page for our arrival; reuse it
+    // only once it has said it saw us (the boot node's first CPU is the boot
+    // CPU: it never came through the page).
+    // SAFETY: part 1 installed the trampoline in this node's page, which
+    // the node's tables map read-write; this CPU has left it.
+    let arrival = unsafe { Trampoline::existing(page) };
+    let boot_node = node.index == usize::from(node.boot.plan.boot_node.0);
+    for _ in 0..CPU_START_TIMEOUT_MS {
+        if boot_node || arrival.acknowledged() {
+            break;
+        }
+        time::idle_us(1000);
+    }
+    // SAFETY: as above; no CPU of the node runs in the page, and the boot
+    // CPU no longer reads it.
+    let trampoline = unsafe { Trampoline::install(page) };
     for (slot, cpu) in plan.cpus.iter().enumerate().skip(1) {
         let prepared = {
             let mut kmem = node.kmem.lock();
@@ -333,6 +371,6 @@ pub fn start_other_cpus(node: &'static Node, plan: &NodePlan) {
         if node.status.cpus_up.load(Ordering::SeqCst) >= expected {
             return;
         }
-        time::delay_us(1000);
+        time::idle_us(1000);
     }
 }

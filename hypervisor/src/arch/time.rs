@@ -39,3 +39,14 @@ pub fn delay_us(us: u64) {
         core::hint::spin_loop();
     }
 }
+
+/// Waits about `us` microseconds with the CPU halted (woken by its local
+/// APIC timer tick, which must be running): on an emulator, a halted
+/// virtual CPU gives its host thread to the others instead of spinning.
+/// Returns early, after at least one tick, if another interrupt arrives.
+pub fn idle_us(us: u64) {
+    let end = cpu::rdtsc().saturating_add(us.saturating_mul(tsc_per_us()));
+    while cpu::rdtsc() < end {
+        cpu::wait_for_interrupt();
+    }
+}

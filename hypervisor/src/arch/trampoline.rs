@@ -39,6 +39,7 @@ ap_trampoline_start:
     mov %ax, %ds
     movzwl %ax, %ebx
     shl $4, %ebx                        /* ebx = the page's physical address */
+    movl $1, (tr_stage - ap_trampoline_start)
     lgdtl (tr_gdtr - ap_trampoline_start)
     mov %cr0, %eax
     or $1, %eax                         /* CR0.PE */
@@ -51,6 +52,7 @@ tr_protected:
     mov %ax, %ds
     mov %ax, %es
     mov %ax, %ss
+    movl $2, (tr_stage - ap_trampoline_start)(%ebx)
     mov %cr4, %eax
     or $(1 << 5), %eax                  /* CR4.PAE */
     mov %eax, %cr4
@@ -82,7 +84,7 @@ tr_gdt:
     .quad 0x00cf93000000ffff            /* 0x10: data */
     .quad 0x00af9b000000ffff            /* 0x18: 64-bit code */
 tr_gdt_end:
-    .global tr_gdtr, tr_far32, tr_far64, tr_cr3, tr_stack, tr_arg, tr_entry, tr_main, tr_started
+    .global tr_gdtr, tr_far32, tr_far64, tr_cr3, tr_stack, tr_arg, tr_entry, tr_main, tr_started, tr_stage
     .global tr_gdt, tr_protected, tr_long
 tr_gdtr:
     .short tr_gdt_end - tr_gdt - 1
@@ -105,6 +107,8 @@ tr_main:
 tr_cr3:
     .long 0
 tr_started:
+    .long 0
+tr_stage:
     .long 0
     .global ap_trampoline_end
 ap_trampoline_end:
@@ -149,6 +153,7 @@ unsafe extern "C" {
     static tr_entry: u8;
     static tr_main: u8;
     static tr_started: u8;
+    static tr_stage: u8;
     static ap_entry: u8;
     static boot_pml4: u8;
 }
@@ -157,6 +162,9 @@ unsafe extern "C" {
 fn offset(label: *const u8) -> u64 {
     label as u64 - (&raw const ap_trampoline_start) as u64
 }
+
+/// `tr_started` after the starter's acknowledgement (the CPU writes 1).
+const STARTED_AND_SEEN: u32 = 2;
 
 /// A node's trampoline page, ready to start CPUs.
 pub struct Trampoline {
@@ -172,6 +180,15 @@ pub struct StartArgs {
 }
 
 impl Trampoline {
+    /// The trampoline already in `page`, to watch the CPU it started.
+    ///
+    /// # Safety
+    /// As for [`Trampoline::install`], and `install` must have been called
+    /// for `page` before.
+    pub unsafe fn existing(page: u64) -> Trampoline {
+        Trampoline { page }
+    }
+
     /// Copies the trampoline code into `page` and links it to that address.
     ///
     /// # Safety
@@ -209,20 +226,42 @@ impl Trampoline {
         self.put_u64(&raw const tr_stack, args.stack_top);
         self.put_u64(&raw const tr_arg, args.arg);
         self.put_u64(&raw const tr_main, args.main as usize as u64);
-        self.started().store(0, Ordering::SeqCst);
+        self.word(&raw const tr_started).store(0, Ordering::SeqCst);
+        self.word(&raw const tr_stage).store(0, Ordering::SeqCst);
     }
 
     /// Whether the CPU started last has left the trampoline.
     pub fn has_started(&self) -> bool {
-        self.started().load(Ordering::SeqCst) != 0
+        self.word(&raw const tr_started).load(Ordering::SeqCst) != 0
     }
 
-    fn started(&self) -> &AtomicU32 {
-        let addr = self.page + offset(&raw const tr_started);
-        // SAFETY: the field is a 4-byte aligned u32 inside the page `install`
-        // was given (the label follows `.balign 8` and two u64s); the page
-        // lives as long as the node and the new CPU writes it only atomically
-        // (a single aligned `movl`).
+    /// The starter has seen the CPU arrive: from now on the CPU (a node's
+    /// first CPU) may reuse the page for its own CPUs. Without this
+    /// hand-shake it could wipe `started` before the starter saw it, and the
+    /// starter would take the CPU for lost and start it again.
+    pub fn acknowledge(&self) {
+        self.word(&raw const tr_started)
+            .store(STARTED_AND_SEEN, Ordering::SeqCst);
+    }
+
+    /// Whether the starter has acknowledged this CPU's arrival.
+    pub fn acknowledged(&self) -> bool {
+        self.word(&raw const tr_started).load(Ordering::SeqCst) == STARTED_AND_SEEN
+    }
+
+    /// How far the CPU started last got: 0 = it never ran the trampoline,
+    /// 1 = real mode, 2 = protected mode (then `has_started` once in long
+    /// mode). For error messages.
+    pub fn stage(&self) -> u32 {
+        self.word(&raw const tr_stage).load(Ordering::SeqCst)
+    }
+
+    fn word(&self, label: *const u8) -> &AtomicU32 {
+        let addr = self.page + offset(label);
+        // SAFETY: `tr_started` and `tr_stage` are 4-byte aligned u32s inside
+        // the page `install` was given (after `.balign 8` and whole u64s);
+        // the page lives as long as the node and the new CPU writes them
+        // only with single aligned `movl`s.
         unsafe { &*(addr as *const AtomicU32) }
     }
 
