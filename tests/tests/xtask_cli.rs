@@ -3,11 +3,11 @@
 
 use std::process::Command;
 
-fn xtask_run(args: &[&str]) -> (bool, String) {
-    let root = atoll_tests::build::workspace_root();
+/// `cargo xtask ARGS` run in `dir`: (success, stdout+stderr).
+fn xtask(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args(["xtask", "run"])
+        .current_dir(dir)
+        .arg("xtask")
         .args(args)
         .output()
         .expect("cargo xtask runs");
@@ -17,6 +17,11 @@ fn xtask_run(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+fn xtask_run(args: &[&str]) -> (bool, String) {
+    let run: Vec<&str> = ["run"].iter().chain(args).copied().collect();
+    xtask(&atoll_tests::build::workspace_root(), &run)
 }
 
 #[test]
@@ -48,20 +53,9 @@ fn run_refuses_a_missing_config_file() {
     assert!(text.contains("no-such-file.toml does not exist"), "{text}");
 }
 
-/// `cargo xtask check-config ARGS` run in `dir`: (success, stdout+stderr).
 fn check_config(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO"))
-        .current_dir(dir)
-        .args(["xtask", "check-config"])
-        .args(args)
-        .output()
-        .expect("cargo xtask runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let check: Vec<&str> = ["check-config"].iter().chain(args).copied().collect();
+    xtask(dir, &check)
 }
 
 /// The machine a fixture declares in a first-line `# topology: SPEC`

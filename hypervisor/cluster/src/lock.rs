@@ -66,35 +66,52 @@ pub trait LockWord: Sync {
     fn spin();
 }
 
-impl LockWord for AtomicU32 {
-    fn new(value: u32) -> Self {
-        AtomicU32::new(value)
-    }
-    fn load(&self, order: Ordering) -> u32 {
-        AtomicU32::load(self, order)
-    }
-    fn store(&self, value: u32, order: Ordering) {
-        AtomicU32::store(self, value, order)
-    }
-    fn swap(&self, value: u32, order: Ordering) -> u32 {
-        AtomicU32::swap(self, value, order)
-    }
-    fn compare_exchange(
-        &self,
-        current: u32,
-        new: u32,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u32, u32> {
-        AtomicU32::compare_exchange(self, current, new, success, failure)
-    }
-    /// PAUSE: tells the core this is a spin-wait loop, which saves power and
-    /// avoids the memory-order mis-speculation flush when the awaited store
-    /// arrives (Intel SDM Vol. 2B, PAUSE).
-    fn spin() {
-        core::hint::spin_loop()
-    }
+/// Implements [`LockWord`] by forwarding to an atomic with `core`'s method
+/// names: `$word(self)` reaches the atomic, `$make(value)` builds one.
+macro_rules! lock_word {
+    ($ty:ty, |$this:ident| $word:expr, |$value:ident| $make:expr, $spin:expr) => {
+        impl LockWord for $ty {
+            fn new($value: u32) -> Self {
+                $make
+            }
+            fn load(&self, order: Ordering) -> u32 {
+                let $this = self;
+                $word.load(order)
+            }
+            fn store(&self, value: u32, order: Ordering) {
+                let $this = self;
+                $word.store(value, order)
+            }
+            fn swap(&self, value: u32, order: Ordering) -> u32 {
+                let $this = self;
+                $word.swap(value, order)
+            }
+            fn compare_exchange(
+                &self,
+                current: u32,
+                new: u32,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u32, u32> {
+                let $this = self;
+                $word.compare_exchange(current, new, success, failure)
+            }
+            fn spin() {
+                $spin
+            }
+        }
+    };
 }
+
+// PAUSE in wait loops: tells the core this is a spin-wait, which saves power
+// and avoids the memory-order mis-speculation flush when the awaited store
+// arrives (Intel SDM Vol. 2B, PAUSE).
+lock_word!(
+    AtomicU32,
+    |w| w,
+    |v| AtomicU32::new(v),
+    core::hint::spin_loop()
+);
 
 /// A source of timestamps, read at most twice per acquisition and once per
 /// release. Any `Fn() -> u64` is one.
@@ -521,32 +538,12 @@ mod tests {
     /// threads than host cores does not wait out whole time slices.
     struct Yielding(AtomicU32);
 
-    impl LockWord for Yielding {
-        fn new(value: u32) -> Self {
-            Self(AtomicU32::new(value))
-        }
-        fn load(&self, order: Ordering) -> u32 {
-            self.0.load(order)
-        }
-        fn store(&self, value: u32, order: Ordering) {
-            self.0.store(value, order)
-        }
-        fn swap(&self, value: u32, order: Ordering) -> u32 {
-            self.0.swap(value, order)
-        }
-        fn compare_exchange(
-            &self,
-            current: u32,
-            new: u32,
-            success: Ordering,
-            failure: Ordering,
-        ) -> Result<u32, u32> {
-            self.0.compare_exchange(current, new, success, failure)
-        }
-        fn spin() {
-            std::thread::yield_now()
-        }
-    }
+    lock_word!(
+        Yielding,
+        |w| w.0,
+        |v| Yielding(AtomicU32::new(v)),
+        std::thread::yield_now()
+    );
 
     #[test]
     fn threads_hammering_the_lock_never_overlap() {
@@ -602,34 +599,14 @@ mod loom_tests {
     use loom::sync::atomic::{AtomicU32 as LoomU32, AtomicUsize};
     use std::vec::Vec;
 
-    impl LockWord for LoomU32 {
-        fn new(value: u32) -> Self {
-            LoomU32::new(value)
-        }
-        fn load(&self, order: Ordering) -> u32 {
-            LoomU32::load(self, order)
-        }
-        fn store(&self, value: u32, order: Ordering) {
-            LoomU32::store(self, value, order)
-        }
-        fn swap(&self, value: u32, order: Ordering) -> u32 {
-            LoomU32::swap(self, value, order)
-        }
-        fn compare_exchange(
-            &self,
-            current: u32,
-            new: u32,
-            success: Ordering,
-            failure: Ordering,
-        ) -> Result<u32, u32> {
-            LoomU32::compare_exchange(self, current, new, success, failure)
-        }
-        /// Tells loom this thread waits for another, so it schedules others
-        /// instead of exploring an unbounded spin.
-        fn spin() {
-            loom::thread::yield_now()
-        }
-    }
+    // Yielding tells loom this thread waits for another, so it schedules
+    // others instead of exploring an unbounded spin.
+    lock_word!(
+        LoomU32,
+        |w| w,
+        |v| LoomU32::new(v),
+        loom::thread::yield_now()
+    );
 
     /// What the critical sections share. `count` is incremented by a
     /// relaxed load then store: loom reports a lost update (or a stale
