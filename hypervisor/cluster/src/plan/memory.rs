@@ -157,7 +157,13 @@ pub(super) fn place(
         let available = pool(&free, domain);
         let need = node.mem_mib.value.saturating_mul(MIB);
         let rest = need.saturating_sub(kernel.len);
-        match available.lowest_bytes(rest) {
+        // One contiguous range if any is big enough (fewer, larger ranges
+        // map with 2 MiB pages and keep VM memory whole), else the lowest
+        // pieces that add up.
+        let contiguous = available
+            .lowest_block(rest, PAGE)
+            .map(|b| RangeSet::between(b.start.0, b.end()));
+        match contiguous.or_else(|| available.lowest_bytes(rest)) {
             Some(pieces) => {
                 free = free.minus(&pieces);
                 let mine = pieces.union(&RangeSet::between(kernel.start.0, kernel.end()));
