@@ -17,7 +17,7 @@
 //! image (which contains the global boot state). Its page tables enforce it.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use atoll_cluster::plan::{NodePlan, Plan};
 use atoll_platform::acpi::SoftOff;
@@ -60,8 +60,6 @@ pub struct Node {
     pub kmem: Mutex<KernelMemory>,
     /// Where the CPUs' stacks and guard pages are.
     pub layout: KernelLayout,
-    /// Set by the first CPU once every CPU of the node is up.
-    pub all_up: AtomicBool,
     /// Notifications taken from doorbells, per sending node, waiting to be
     /// consumed (bit n = notification n).
     pub pending: [AtomicU64; status::MAX_NODES],
@@ -125,7 +123,6 @@ pub fn node_main(start: &'static NodeStart) -> ! {
     node.plan.call_once(|| plan.clone());
     cpu_init(node, 0);
     nodeboot::start_other_cpus(node, plan);
-    node.all_up.store(true, Ordering::SeqCst);
     node.status.set_state(NodeState::Up);
     report_node_up(node, plan);
     if node.index == usize::from(boot.plan.boot_node.0) {

@@ -9,7 +9,7 @@
 //! RAM, and clear of the image and boot modules. So a node may use its own
 //! ranges as it likes without aliasing anything else.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use atoll_cluster::plan::{Access, NodePlan, Plan};
 use atoll_platform::paging::{Flags, MapError, PageTables, TableMemory};
@@ -223,7 +223,6 @@ pub fn build_node(
             status,
             kmem: Mutex::new(KernelMemory::empty()),
             layout,
-            all_up: AtomicBool::new(false),
             pending: [const { AtomicU64::new(0) }; status::MAX_NODES],
             test: selftest::NodeTest::new(),
         })
