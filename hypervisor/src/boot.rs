@@ -381,7 +381,7 @@ impl Display for UnknownSelftest<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "unknown self-test '{}'; known self-tests: panic exception ipi isolation lock overflow",
+            "unknown self-test '{}'; known self-tests: panic exception ipi isolation lock overflow node-panic",
             self.0
         )
     }

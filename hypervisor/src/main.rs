@@ -57,5 +57,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         .field("cpu", cpu)
         .finish();
     serial.drain();
+    // Let go of the console: every other CPU is stopped by now, and were one
+    // not, its next line would show it (rather than block it unseen).
+    drop(out);
     arch::cpu::halt_forever()
 }

@@ -15,6 +15,9 @@
 //! - `overflow`: the boot node's first CPU overflows its stack into the guard
 //!   page below it; the double fault must be reported (a `panic` naming
 //!   `#DF`), not reset the machine.
+//! - `node-panic`: the last node panics while the boot node beats; the panic
+//!   must stop every CPU of every node (the boot node's beats end, nothing
+//!   powers off).
 //!
 //! Cross-node coordination goes only through the status board, channels and
 //! doorbells, like any node-to-node traffic.
@@ -39,6 +42,7 @@ pub enum Selftest {
     Isolation,
     Lock,
     Overflow,
+    NodePanic,
 }
 
 impl Selftest {
@@ -49,6 +53,7 @@ impl Selftest {
             "isolation" => Some(Selftest::Isolation),
             "lock" => Some(Selftest::Lock),
             "overflow" => Some(Selftest::Overflow),
+            "node-panic" => Some(Selftest::NodePanic),
             _ => None,
         }
     }
@@ -103,6 +108,15 @@ pub fn first_cpu_role(node: &'static Node) -> ! {
                 attack(node);
             }
         }
+        Selftest::NodePanic => {
+            if Some(node.index) == isolation_attacker(&node.boot.plan) {
+                wait_for_heartbeats(node);
+                panic!(
+                    "selftest=node-panic: a deliberate panic on node {}",
+                    node.index
+                );
+            }
+        }
         Selftest::None | Selftest::Overflow => {}
     }
     serve_forever(node)
@@ -140,6 +154,7 @@ pub fn coordinate(node: &'static Node) -> u8 {
         }
         Selftest::Isolation => u8::from(!watch_isolation(node)),
         Selftest::Overflow => overflow_stack(node.index as u64),
+        Selftest::NodePanic => beat_until_stopped(node),
     }
 }
 
@@ -465,6 +480,38 @@ fn attack(node: &Node) {
             ),
         )
     });
+}
+
+/// Waits (bounded) until the boot node has beaten a few times, so its
+/// beats are seen both before and (were the stop broken) after the panic.
+fn wait_for_heartbeats(node: &Node) {
+    let deadline = deadline();
+    let boot = status::page(usize::from(node.boot.plan.boot_node.0));
+    while boot.is_some_and(|p| p.heartbeat.load(Ordering::SeqCst) < HEARTBEATS) {
+        if cpu::rdtsc() > deadline {
+            return;
+        }
+        cpu::wait_for_interrupt();
+    }
+}
+
+/// `node-panic`, the boot node's side: beat until another node's panic
+/// stops this CPU too (its NMI). Still running at the deadline means the
+/// stop failed: the run powers off with a failure status.
+fn beat_until_stopped(node: &Node) -> u8 {
+    let deadline = deadline();
+    while cpu::rdtsc() < deadline {
+        let beat = node.status.heartbeat.fetch_add(1, Ordering::SeqCst) + 1;
+        console::event("heartbeat", |e| {
+            e.field("node", node.index).field("count", beat)
+        });
+        time::delay_us(10_000);
+    }
+    console::event("error", |e| {
+        e.field("kind", "selftest")
+            .field("msg", "a panic on another node did not stop the boot node")
+    });
+    1
 }
 
 /// A word of `node`'s memory outside its kernel memory: memory the node

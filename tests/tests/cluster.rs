@@ -297,3 +297,32 @@ fn invalid_config_is_reported_at_boot_with_its_location() {
 fn stack_overflow_hits_the_guard_page_and_is_reported_as_a_double_fault() {
     common::assert_selftest_exception("overflow", "CPU exception #DF (vector 8)");
 }
+
+#[test]
+fn a_panic_on_one_node_stops_every_cpu_of_every_node() {
+    let mut spec = spec();
+    spec.emulator = Emulator::Qemu;
+    spec.cmdline = "selftest=node-panic".into();
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    assert!(matches!(out.ending, Ending::Panic { .. }), "{why}");
+    let panic = out.event("panic").expect("a panic event");
+    let node1_first_cpu = nodes_up(&out)[1].u64_list("apic_ids").unwrap()[0];
+    assert_eq!(panic.u64("cpu"), Some(node1_first_cpu), "{why}");
+    // The boot node beat before the panic and never after it: the panic's
+    // NMI stopped it. (The harness reads on for a grace period.)
+    let panic_line = line_of(&out, "panic");
+    let beats: Vec<usize> = out
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"ev\":\"heartbeat\""))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(beats.len() >= 3, "{why}");
+    assert!(
+        beats.iter().all(|&i| i < panic_line),
+        "a CPU ran on after the panic\n{why}"
+    );
+    assert!(out.event("poweroff").is_none(), "{why}");
+}
