@@ -5,6 +5,8 @@
 //! - [`topology`]: the machine as discovered (CPUs, NUMA domains, memory).
 //! - [`plan`]: the planner, a pure function from config, topology and memory
 //!   map to the per-node plan that the two-part boot carries out.
+//! - [`layout`]: how a node arranges its kernel memory (stacks, guard
+//!   pages, heap).
 //! - [`lock`]: the MCS queue lock that is each node's big kernel lock.
 //! - [`doorbell`]: coalescing inter-node signals (the IPI capability's data
 //!   path).
@@ -22,6 +24,7 @@ extern crate std;
 
 pub mod config;
 pub mod doorbell;
+pub mod layout;
 pub mod lock;
 pub mod plan;
 pub mod topology;

@@ -1,90 +1,12 @@
 //! A node's kernel memory (the plan's `kernel_memory`): a bump allocator for
 //! the things a node places once and keeps (its page tables, its `Node`
-//! record, per-CPU blocks, IST stacks), the page-table frame supply, and the
-//! layout of the CPUs' kernel stacks with their guard pages.
-//!
-//! ```text
-//!  start                                                                end
-//!  | bump: tables, Node, PerCpu, ... | heap | stacks of slots n-1..1 | G | arrival stack |
-//!                                           each stack has a guard page G below it
-//! ```
-//! The node's first CPU arrives on the stack at the very top (set by part 1).
-//! Guard pages are left out of the node's page tables, so running off the
-//! bottom of a stack faults (and the double fault runs on its IST stack).
+//! record, per-CPU blocks, IST stacks) and the page-table frame supply. The
+//! layout (bump area, heap, stacks and guard pages) is
+//! `atoll_cluster::layout::KernelLayout`, host-tested there.
 
 use atoll_platform::paging::TableMemory;
 
-/// The first CPU's arrival stack at the top of a node's kernel memory.
-/// Larger than the others: part 2 builds the `Node` record (which holds
-/// the node lock's per-CPU queue slots, tens of KiB) on it before moving it
-/// into kernel memory, and before the CPU has IST stacks.
-pub const FIRST_STACK_BYTES: u64 = 256 * 1024;
-/// Each CPU's kernel stack.
-pub const STACK_BYTES: u64 = 64 * 1024;
-/// Each IST stack (double fault, NMI): enough to report and halt.
-pub const IST_STACK_BYTES: u64 = 16 * 1024;
-
-/// A stack's guard page.
-pub const GUARD_BYTES: u64 = 4096;
-
-/// Where things go in a node's kernel memory. Computed without
-/// allocating: part 2 needs it before the node has a heap.
-pub struct KernelLayout {
-    pub bump: (u64, u64),
-    pub heap: (u64, u64),
-    cpus: usize,
-    end: u64,
-}
-
-impl KernelLayout {
-    /// The layout for kernel memory `[start, end)` of a node with `cpus`
-    /// CPUs, or `None` if the stacks do not fit.
-    pub fn new(start: u64, end: u64, cpus: usize) -> Option<KernelLayout> {
-        let stacks_bottom = Self::guard_at(end, cpus.checked_sub(1)?)?;
-        let span = stacks_bottom.checked_sub(start)?;
-        let mid = (start + span / 2) & !0xfff;
-        (mid > start).then_some(KernelLayout {
-            bump: (start, mid),
-            heap: (mid, stacks_bottom),
-            cpus,
-            end,
-        })
-    }
-
-    fn stack_bytes(slot: usize) -> u64 {
-        if slot == 0 {
-            FIRST_STACK_BYTES
-        } else {
-            STACK_BYTES
-        }
-    }
-
-    fn stack_top_at(end: u64, slot: usize) -> Option<u64> {
-        if slot == 0 {
-            return Some(end);
-        }
-        let below_first = end.checked_sub(FIRST_STACK_BYTES + GUARD_BYTES)?;
-        below_first.checked_sub((slot as u64 - 1) * (STACK_BYTES + GUARD_BYTES))
-    }
-
-    fn guard_at(end: u64, slot: usize) -> Option<u64> {
-        Self::stack_top_at(end, slot)?.checked_sub(Self::stack_bytes(slot) + GUARD_BYTES)
-    }
-
-    /// The top of the kernel stack of the CPU in `slot`.
-    pub fn stack_top(&self, slot: usize) -> Option<u64> {
-        (slot < self.cpus)
-            .then(|| Self::stack_top_at(self.end, slot))
-            .flatten()
-    }
-
-    /// The guard pages, lowest address first.
-    pub fn guards(&self) -> impl Iterator<Item = u64> + '_ {
-        (0..self.cpus)
-            .rev()
-            .filter_map(|slot| Self::guard_at(self.end, slot))
-    }
-}
+pub use atoll_cluster::layout::{GUARD_BYTES, IST_STACK_BYTES, KernelLayout};
 
 /// Bump allocation over `[next, end)` of identity-mapped node memory.
 pub struct KernelMemory {
