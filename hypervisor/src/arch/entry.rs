@@ -128,14 +128,8 @@ no_long_mode:
 
     .code64
 long_mode_entry:
-    mov $0x10, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    xor %ax, %ax
-    mov %ax, %fs
-    mov %ax, %gs
     mov $boot_stack_top, %rsp
+    call load_data_segments
     mov %ebp, %edi              /* arg 0: magic (zero-extended) */
     mov %esi, %esi              /* arg 1: boot information address */
     xor %ebp, %ebp              /* end of the frame-pointer chain */
@@ -143,6 +137,19 @@ long_mode_entry:
 5:  cli
     hlt
     jmp 5b
+
+/* The boot GDT's data selector in DS, ES and SS; FS and GS null (GS gets
+   its per-CPU base through the MSR). Shared with the AP entry. */
+    .global load_data_segments
+load_data_segments:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    xor %ax, %ax
+    mov %ax, %fs
+    mov %ax, %gs
+    ret
 
     .section .rodata
     .balign 8

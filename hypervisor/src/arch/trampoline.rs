@@ -118,13 +118,7 @@ ap_trampoline_end:
     .global ap_entry
 ap_entry:
     lgdt boot_gdt_pointer
-    mov $0x10, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    xor %ax, %ax
-    mov %ax, %fs
-    mov %ax, %gs
+    call load_data_segments
     push $0x08
     lea 1f(%rip), %rax
     push %rax
