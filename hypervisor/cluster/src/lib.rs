@@ -5,6 +5,7 @@
 //! - [`topology`]: the machine as discovered (CPUs, NUMA domains, memory).
 //! - [`plan`]: the planner, a pure function from config, topology and memory
 //!   map to the per-node plan that the two-part boot carries out.
+//! - [`isolation`]: what each node's page tables map, and with which rights.
 //! - [`layout`]: how a node arranges its kernel memory (stacks, guard
 //!   pages, heap).
 //! - [`lock`]: the MCS queue lock that is each node's big kernel lock.
@@ -24,6 +25,7 @@ extern crate std;
 
 pub mod config;
 pub mod doorbell;
+pub mod isolation;
 pub mod layout;
 pub mod lock;
 pub mod plan;

@@ -6,7 +6,7 @@
 
 use atoll_platform::paging::TableMemory;
 
-pub use atoll_cluster::layout::{GUARD_BYTES, IST_STACK_BYTES, KernelLayout};
+pub use atoll_cluster::layout::{IST_STACK_BYTES, KernelLayout};
 
 /// Bump allocation over `[next, end)` of identity-mapped node memory.
 pub struct KernelMemory {

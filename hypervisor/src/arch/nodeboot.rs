@@ -11,13 +11,14 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use atoll_cluster::plan::{Access, NodePlan, Plan};
-use atoll_platform::paging::{Flags, MapError, PageTables, TableMemory};
+use atoll_cluster::isolation::node_regions;
+use atoll_cluster::plan::{NodePlan, Plan};
+use atoll_platform::paging::{MapError, PageTables};
 use spin::{Mutex, Once};
 
 use super::gdt::CpuTables;
 use super::heap::NodeHeap;
-use super::kmem::{GUARD_BYTES, IST_STACK_BYTES, KernelLayout, KernelMemory};
+use super::kmem::{IST_STACK_BYTES, KernelLayout, KernelMemory};
 use super::percpu::{self, PerCpu};
 use super::status;
 use super::trampoline::{StartArgs, Trampoline};
@@ -240,82 +241,20 @@ pub fn build_node(
     Ok(node)
 }
 
-/// Maps what node `index` may touch, and nothing else.
+/// Maps what node `index` may touch, and nothing else
+/// (`atoll_cluster::isolation::node_regions` decides what).
 fn build_tables(
     kmem: &mut KernelMemory,
     boot: &BootState,
     index: usize,
     layout: &KernelLayout,
 ) -> Result<u64, MapError> {
-    let plan = &boot.plan;
-    let me = plan.nodes.get(index).ok_or(MapError::OutOfFrames)?;
     let mut tables = PageTables::new(kmem)?;
-    let img = image::layout();
-    let ((board_start, board_end), own_status) = status::layout(index);
-    let own_status = own_status.ok_or(MapError::OutOfFrames)?;
-    // The image: the multiboot2 header page and data read-only, code
-    // executable, `.shared` writable, the status board read-only except the
-    // node's own page.
-    let pieces = [
-        (img.start, img.text.0, Flags::READ_ONLY),
-        (img.text.0, img.text.1, Flags::CODE),
-        (img.text.1, img.shared.0, Flags::READ_ONLY),
-        (img.shared.0, img.shared.1, Flags::READ_WRITE),
-        (img.shared.1, board_start, Flags::READ_ONLY),
-        (board_start, own_status, Flags::READ_ONLY),
-        (own_status, own_status + 4096, Flags::READ_WRITE),
-        (own_status + 4096, board_end, Flags::READ_ONLY),
-        (board_end, img.end, Flags::READ_ONLY),
-    ];
-    for (start, end, flags) in pieces {
-        if end > start {
-            tables.identity_map(start, end - start, flags)?;
-        }
-    }
-    for range in &me.memory {
-        map_around(&mut tables, (range.start.0, range.end()), layout)?;
-    }
-    tables.identity_map(me.trampoline.start.0, me.trampoline.len, Flags::READ_WRITE)?;
-    for &(channel, access) in &me.channels {
-        let Some(ch) = plan.channels.get(channel) else {
-            continue;
-        };
-        let flags = match access {
-            Access::Read => Flags::READ_ONLY,
-            Access::ReadWrite => Flags::READ_WRITE,
-        };
-        tables.identity_map(ch.range.start.0, ch.range.len, flags)?;
-    }
-    for signal in &plan.signals {
-        if signal.from == me.id || signal.to == me.id {
-            tables.identity_map(
-                signal.doorbell.start.0,
-                signal.doorbell.len,
-                Flags::READ_WRITE,
-            )?;
-        }
-    }
-    tables.identity_map(apic::base(), 4096, Flags::DEVICE)?;
+    let image = image::layout();
+    node_regions(&boot.plan, index, &image, layout, apic::base(), |r| {
+        tables.identity_map(r.start, r.end - r.start, r.flags)
+    })?;
     Ok(tables.root())
-}
-
-/// Maps `[start, end)` read-write, leaving out the stacks' guard pages.
-fn map_around<M: TableMemory>(
-    tables: &mut PageTables<M>,
-    (start, end): (u64, u64),
-    layout: &KernelLayout,
-) -> Result<(), MapError> {
-    let mut from = start;
-    for guard in layout.guards().filter(|&g| start <= g && g < end) {
-        if guard > from {
-            tables.identity_map(from, guard - from, Flags::READ_WRITE)?;
-        }
-        from = guard + GUARD_BYTES;
-    }
-    if end > from {
-        tables.identity_map(from, end - from, Flags::READ_WRITE)?;
-    }
-    Ok(())
 }
 
 /// Starts the node's CPUs after the first, one at a time through the node's

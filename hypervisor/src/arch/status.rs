@@ -67,13 +67,3 @@ static BOARD: [StatusPage; MAX_NODES] = [const { StatusPage::new() }; MAX_NODES]
 pub fn page(index: usize) -> Option<&'static StatusPage> {
     BOARD.get(index)
 }
-
-/// The board's address range and the address of node `index`'s page.
-pub fn layout(index: usize) -> ((u64, u64), Option<u64>) {
-    let start = BOARD.as_ptr() as u64;
-    let end = start + core::mem::size_of_val(&BOARD) as u64;
-    (
-        (start, end),
-        page(index).map(|p| p as *const StatusPage as u64),
-    )
-}
