@@ -139,11 +139,12 @@ fn discover_topology(
         })
         .collect();
     report_numa(&cpus, &domain_memory, slit.as_ref().map(|s| s.localities()));
-    if let Some(cpu) = cpus.iter().find(|c| c.apic_id > MAX_XAPIC_ID) {
+    let xapic_only = !arch::cpu::features().x2apic;
+    if let Some(cpu) = cpus.iter().find(|c| xapic_only && c.apic_id > MAX_XAPIC_ID) {
         fatal(
             "topology",
             format_args!(
-                "CPU {} has APIC ID {}, which needs x2APIC mode; Atoll drives the local APIC in xAPIC mode (APIC IDs up to {MAX_XAPIC_ID})",
+                "CPU {} has APIC ID {}, which needs x2APIC, but this processor has none (xAPIC addresses APIC IDs up to {MAX_XAPIC_ID})",
                 cpu.index.0, cpu.apic_id
             ),
             soft_off,

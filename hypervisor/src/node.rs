@@ -86,6 +86,8 @@ pub fn start_cluster(boot: &'static BootState) -> ! {
     // fills a static, which only part 1 may write. The boot CPU's tick lets
     // it wait for starting CPUs halted rather than spinning.
     apic::base();
+    let mode = apic::choose_mode(cpu::features().x2apic);
+    log::info!("local APIC mode: {mode:?}");
     apic::init_local();
     apic::start_periodic_timer(idt::TIMER_VECTOR, TICK_BUS_CYCLES);
     let boot_node = usize::from(boot.plan.boot_node.0);

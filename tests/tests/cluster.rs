@@ -299,9 +299,18 @@ fn stack_overflow_hits_the_guard_page_and_is_reported_as_a_double_fault() {
 }
 
 #[test]
-fn a_panic_on_one_node_stops_every_cpu_of_every_node() {
+fn a_panic_on_one_node_stops_every_cpu_of_every_node_xapic_qemu() {
+    assert_node_panic_stops_everything(Emulator::Qemu);
+}
+
+#[test]
+fn a_panic_on_one_node_stops_every_cpu_of_every_node_x2apic_bochs() {
+    assert_node_panic_stops_everything(Emulator::Bochs);
+}
+
+fn assert_node_panic_stops_everything(emulator: Emulator) {
     let mut spec = spec();
-    spec.emulator = Emulator::Qemu;
+    spec.emulator = emulator;
     spec.cmdline = "selftest=node-panic".into();
     let out = boot(&spec);
     let why = out.diagnostics();

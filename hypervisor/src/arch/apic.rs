@@ -1,17 +1,54 @@
-//! The local APIC in xAPIC mode (SDM Vol. 3A, chapter 11): this CPU's
-//! identity, inter-processor interrupts (INIT, start-up, fixed vectors,
-//! NMI) and end-of-interrupt.
+//! The local APIC (SDM Vol. 3A, chapter 11): inter-processor interrupts
+//! (INIT, start-up, fixed vectors, NMI), end-of-interrupt, the timer tick.
 //!
-//! xAPIC (memory-mapped registers) works on every machine Atoll targets,
-//! including QEMU TCG, which has no x2APIC; it addresses APIC IDs up to 254,
-//! which the boot checks. Every CPU sees its own local APIC at the same
-//! physical page, so the page is per CPU, not shared node data.
+//! Two register interfaces, chosen once for the machine in part 1:
+//! - x2APIC (MSRs 0x800-0x8ff, SDM 11.12) when CPUID offers it, as Bochs'
+//!   Skylake model does: 32-bit APIC IDs and one-MSR-write IPIs;
+//! - xAPIC (memory-mapped registers) otherwise, as on QEMU TCG, which has no
+//!   x2APIC; it addresses APIC IDs up to 254, which the boot checks. Every
+//!   CPU sees its own local APIC at the same physical page, so the page is
+//!   per CPU, not shared node data.
+//!
+//! Each CPU switches its own APIC to the chosen mode in [`init_local`]; a
+//! CPU still in xAPIC mode (just started) and one in x2APIC mode exchange
+//! IPIs normally, as IPIs are routed by APIC ID.
 
 use spin::Once;
 
 const IA32_APIC_BASE: u32 = 0x1b;
 /// IA32_APIC_BASE bit 11: the APIC is globally enabled.
 const APIC_GLOBAL_ENABLE: u64 = 1 << 11;
+/// IA32_APIC_BASE bit 10: x2APIC mode (SDM 11.12.1).
+const X2APIC_ENABLE: u64 = 1 << 10;
+/// x2APIC register MSRs: 0x800 + xAPIC offset / 16 (SDM Table 11-6).
+const X2APIC_MSR_BASE: u32 = 0x800;
+/// The x2APIC ICR: one 64-bit MSR, destination in bits 63:32.
+const X2APIC_ICR: u32 = 0x830;
+
+/// The register interface in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    XApic,
+    X2Apic,
+}
+
+/// Chosen in part 1 by [`choose_mode`]; read-only afterwards.
+static MODE: Once<Mode> = Once::new();
+
+/// Picks the register interface for the whole machine (part 1, once).
+pub fn choose_mode(x2apic_available: bool) -> Mode {
+    *MODE.call_once(|| {
+        if x2apic_available {
+            Mode::X2Apic
+        } else {
+            Mode::XApic
+        }
+    })
+}
+
+fn mode() -> Mode {
+    MODE.get().copied().unwrap_or(Mode::XApic)
+}
 
 /// Register offsets (SDM Vol. 3A, Table 11-1).
 mod reg {
@@ -58,6 +95,12 @@ pub fn base() -> u64 {
 }
 
 fn read(offset: u64) -> u32 {
+    if mode() == Mode::X2Apic {
+        // SAFETY: this CPU's APIC is in x2APIC mode (`init_local` ran before
+        // any register use), where these MSRs exist; reads are side-effect
+        // free for the registers Atoll reads (the xAPIC ICR poll only).
+        return unsafe { x86::msr::rdmsr(x2apic_msr(offset)) as u32 };
+    }
     // SAFETY: `base()` is the APIC page, which the boot identity map and
     // every node's page tables map uncached; APIC registers are 32-bit,
     // 16-byte aligned, and reads have no side effects on memory.
@@ -65,20 +108,38 @@ fn read(offset: u64) -> u32 {
 }
 
 fn write(offset: u64, value: u32) {
+    if mode() == Mode::X2Apic {
+        // SAFETY: as in `read`; register writes affect only this CPU's APIC
+        // and the IPIs the caller asks for, never memory.
+        unsafe { x86::msr::wrmsr(x2apic_msr(offset), u64::from(value)) };
+        return;
+    }
     // SAFETY: as in `read`; APIC register writes affect only this CPU's
     // APIC and the IPIs the caller asks for, never memory.
     unsafe { core::ptr::write_volatile((base() + offset) as *mut u32, value) }
+}
+
+/// The x2APIC MSR of an xAPIC register offset.
+fn x2apic_msr(offset: u64) -> u32 {
+    X2APIC_MSR_BASE + (offset >> 4) as u32
 }
 
 /// Enables this CPU's APIC (never disabling it: Bochs ignores re-enabling,
 /// platform.md) and accepts all interrupt priorities.
 pub fn init_local() {
     // SAFETY: as in `base`; setting the global-enable bit (already set by
-    // firmware on every machine we know) only enables this CPU's APIC.
+    // firmware on every machine we know), then the x2APIC bit when the
+    // machine's mode is x2APIC (CPUID offered it), only changes how this
+    // CPU's APIC is addressed. EN before EXTD: the xAPIC -> x2APIC
+    // transition the SDM allows (11.12.5, Figure 11-28).
     unsafe {
         let msr = x86::msr::rdmsr(IA32_APIC_BASE);
-        if msr & APIC_GLOBAL_ENABLE == 0 {
-            x86::msr::wrmsr(IA32_APIC_BASE, msr | APIC_GLOBAL_ENABLE);
+        let enabled = msr | APIC_GLOBAL_ENABLE;
+        if enabled != msr {
+            x86::msr::wrmsr(IA32_APIC_BASE, enabled);
+        }
+        if mode() == Mode::X2Apic && enabled & X2APIC_ENABLE == 0 {
+            x86::msr::wrmsr(IA32_APIC_BASE, enabled | X2APIC_ENABLE);
         }
     }
     write(reg::TPR, 0);
@@ -96,6 +157,15 @@ pub fn eoi() {
 pub struct IpiStuck;
 
 fn send(destination: u32, command: u32) -> Result<(), IpiStuck> {
+    if mode() == Mode::X2Apic {
+        // One write sends it; x2APIC has no delivery-status bit to poll
+        // (SDM 11.12.9).
+        let icr = (u64::from(destination) << 32) | u64::from(command);
+        // SAFETY: as in `write`: x2APIC mode, the ICR MSR exists; sending an
+        // IPI changes no memory.
+        unsafe { x86::msr::wrmsr(X2APIC_ICR, icr) };
+        return Ok(());
+    }
     write(reg::ICR_HIGH, destination << 24);
     write(reg::ICR_LOW, command);
     for _ in 0..ICR_POLLS {
@@ -127,8 +197,11 @@ pub fn send_init(apic_id: u32) -> Result<(), IpiStuck> {
     send(apic_id, icr::INIT | icr::LEVEL_TRIGGERED | icr::ASSERT)?;
     super::time::delay_us(10_000);
     // De-assert, as the MP specification's sequence has it (B.4.1); modern
-    // CPUs ignore it, older local APICs and some emulators want it.
-    send(apic_id, icr::INIT | icr::LEVEL_TRIGGERED)?;
+    // CPUs ignore it, older local APICs and some emulators want it. x2APIC
+    // has no INIT level de-assert (SDM 11.12.9).
+    if mode() == Mode::XApic {
+        send(apic_id, icr::INIT | icr::LEVEL_TRIGGERED)?;
+    }
     Ok(())
 }
 
