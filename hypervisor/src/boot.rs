@@ -86,6 +86,18 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
     let topology = discover_topology(&info, &madt, &tables, features.apic_id, boot_info, soft_off);
     let plan = atoll_cluster::plan::plan(&config, &topology)
         .unwrap_or_else(|errors| config_errors(&errors, soft_off));
+    if plan.nodes.len() > arch::status::MAX_NODES {
+        fatal(
+            "config",
+            format_args!(
+                "{CONFIG_MODULE}: {} nodes planned, but this build of Atoll runs at most {} (its node status board); merge nodes until there are at most {}",
+                plan.nodes.len(),
+                arch::status::MAX_NODES,
+                arch::status::MAX_NODES
+            ),
+            soft_off,
+        );
+    }
     report_plan(&plan);
     let tsc_per_us = arch::time::calibrate();
     log::info!("TSC: {tsc_per_us} ticks per microsecond");

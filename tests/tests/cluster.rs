@@ -335,3 +335,28 @@ fn assert_node_panic_stops_everything(emulator: Emulator) {
     );
     assert!(out.event("poweroff").is_none(), "{why}");
 }
+
+#[test]
+fn sixteen_one_cpu_nodes_come_up_and_each_runs_its_own_lock() {
+    let config: String = (0..16)
+        .map(|i| {
+            format!("[[node]]\nname = \"n{i}\"\ncpus = [{i}]\nmem_mib = 16\nkernel_mib = 2\n\n")
+        })
+        .collect();
+    let mut spec = spec();
+    spec.emulator = Emulator::Qemu;
+    spec.cpus = 16;
+    spec.mem_mib = 1024;
+    spec.cmdline = "selftest=lock".into();
+    spec.config = ConfigModule::Bytes(config.into_bytes());
+    let out = boot_ok(&spec);
+    let why = out.diagnostics();
+    let nodes = assert_nodes_consistent(&out);
+    assert_eq!(nodes.len(), 16, "{why}");
+    let stats = out.events_named("lock_stats");
+    assert_eq!(stats.len(), 16, "{why}");
+    assert!(
+        stats.iter().all(|s| s.u64("counter") == s.u64("expected")),
+        "{why}"
+    );
+}

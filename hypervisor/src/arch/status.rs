@@ -6,8 +6,9 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// The most nodes a cluster may have (the board's size).
-pub const MAX_NODES: usize = 64;
+/// The most nodes a cluster may have (the board's size): one per CPU the
+/// MADT parser accepts, so a plan never has more.
+pub const MAX_NODES: usize = atoll_platform::acpi::MAX_CPUS;
 
 /// A node's published state.
 #[repr(C, align(4096))]
