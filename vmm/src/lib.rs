@@ -1,0 +1,27 @@
+//! The Atoll VM monitor: everything about a VM that does not touch hardware.
+//!
+//! The hypervisor's arch layer turns each VM exit into a plain value and
+//! hands it here; this crate decides what the exit means and answers with
+//! plain values too. It reaches guest memory only through [`GuestMemory`],
+//! so every module runs, and is tested, on the host with fakes.
+//!
+//! See `DESIGN.md` next to this crate for the exit flow, the device model
+//! shape and the threat model (every guest-supplied value is hostile).
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+// Tests index and unwrap freely: a panic there is a test failure.
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod addr;
+pub mod memory;
+
+pub use addr::{GuestPhysAddr, VcpuId, VmId};
+pub use memory::{GuestMemory, MemoryError, VecMemory};
