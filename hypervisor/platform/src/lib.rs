@@ -12,6 +12,8 @@
 //!   [`acpi::PhysMemory`] trait.
 //! - [`vmx`]: the VMX capability MSRs and what they allow (EPT, VPID,
 //!   unrestricted guest), read through [`vmx::MsrRead`].
+//! - [`ept`]: a VM's extended page tables (guest-physical to host-physical)
+//!   and their memory-type policy, built through [`paging::TableMemory`].
 //! - [`cmdline`]: the hypervisor command line.
 //! - [`event`]: the `@ev {json}` console event lines documented in
 //!   `hypervisor/EVENTS.md`.
@@ -32,6 +34,7 @@ extern crate std;
 pub mod acpi;
 pub mod bytes;
 pub mod cmdline;
+pub mod ept;
 pub mod event;
 pub mod multiboot2;
 pub mod paging;

@@ -264,21 +264,21 @@ impl<M: TableMemory> PageTables<M> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use std::vec::Vec;
 
     /// Frames as a map from address to 512 entries; records allocations.
     #[derive(Default)]
-    struct FakeFrames {
+    pub(crate) struct FakeFrames {
         next: u64,
         limit: usize,
-        tables: BTreeMap<u64, Vec<u64>>,
+        pub(crate) tables: BTreeMap<u64, Vec<u64>>,
     }
 
     impl FakeFrames {
-        fn new(limit: usize) -> Self {
+        pub(crate) fn new(limit: usize) -> Self {
             Self {
                 next: 0x100_0000,
                 limit,
