@@ -384,8 +384,8 @@ mod tests {
             (0, 0x800, 0x1000),
             (0, 0, 0),
             (GUEST_PHYS_LIMIT - 0x1000, 0, 0x2000),
-            (u64::MAX & !0xfff, 0, 0x1000),
-            (0, u64::MAX & !0xfff, 0x2000),
+            (!0xfffu64, 0, 0x1000),
+            (0, !0xfffu64, 0x2000),
         ] {
             assert!(
                 matches!(
