@@ -14,6 +14,8 @@
 //!   unrestricted guest), read through [`vmx::MsrRead`].
 //! - [`ept`]: a VM's extended page tables (guest-physical to host-physical)
 //!   and their memory-type policy, built through [`paging::TableMemory`].
+//! - [`vmcs`]: the VMCS execution controls and a vCPU's initial guest state,
+//!   as data the arch layer writes.
 //! - [`cmdline`]: the hypervisor command line.
 //! - [`event`]: the `@ev {json}` console event lines documented in
 //!   `hypervisor/EVENTS.md`.
@@ -28,6 +30,7 @@
     allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)
 )]
 
+extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
@@ -38,6 +41,7 @@ pub mod ept;
 pub mod event;
 pub mod multiboot2;
 pub mod paging;
+pub mod vmcs;
 pub mod vmx;
 
 /// A host-physical address: the address space the hypervisor itself runs in.

@@ -21,6 +21,10 @@ pub mod msr {
     pub const IA32_VMX_EXIT_CTLS: u32 = 0x483;
     pub const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
     pub const IA32_VMX_MISC: u32 = 0x485;
+    pub const IA32_VMX_CR0_FIXED0: u32 = 0x486;
+    pub const IA32_VMX_CR0_FIXED1: u32 = 0x487;
+    pub const IA32_VMX_CR4_FIXED0: u32 = 0x488;
+    pub const IA32_VMX_CR4_FIXED1: u32 = 0x489;
     pub const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48b;
     pub const IA32_VMX_EPT_VPID_CAP: u32 = 0x48c;
     pub const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48d;
@@ -58,6 +62,12 @@ pub struct VmxCaps {
     pub misc: u64,
     pub ept_vpid: u64,
     pub feature_control: u64,
+    /// CR0/CR4 bits fixed to 1 (FIXED0) and bits allowed to be 1 (FIXED1)
+    /// in VMX operation (SDM Vol. 3D, A.7-A.8).
+    pub cr0_fixed0: u64,
+    pub cr0_fixed1: u64,
+    pub cr4_fixed0: u64,
+    pub cr4_fixed1: u64,
 }
 
 impl VmxCaps {
@@ -83,6 +93,10 @@ impl VmxCaps {
             )),
             misc: msrs.read_msr(msr::IA32_VMX_MISC),
             feature_control: msrs.read_msr(msr::IA32_FEATURE_CONTROL),
+            cr0_fixed0: msrs.read_msr(msr::IA32_VMX_CR0_FIXED0),
+            cr0_fixed1: msrs.read_msr(msr::IA32_VMX_CR0_FIXED1),
+            cr4_fixed0: msrs.read_msr(msr::IA32_VMX_CR4_FIXED0),
+            cr4_fixed1: msrs.read_msr(msr::IA32_VMX_CR4_FIXED1),
             ..VmxCaps::default()
         };
         if allowed1(caps.procbased) & bits::PROC_SECONDARY != 0 {
@@ -108,6 +122,16 @@ impl VmxCaps {
     /// VPIDs can be enabled.
     pub fn vpid(&self) -> bool {
         self.secondary_allowed(bits::PROC2_VPID)
+    }
+
+    /// The fixed-bit rules for control registers.
+    pub fn fixed_bits(&self) -> crate::vmcs::FixedBits {
+        crate::vmcs::FixedBits {
+            cr0_fixed0: self.cr0_fixed0,
+            cr0_fixed1: self.cr0_fixed1,
+            cr4_fixed0: self.cr4_fixed0,
+            cr4_fixed1: self.cr4_fixed1,
+        }
     }
 
     /// Unrestricted guest (real-mode and unpaged guests) can be enabled.
@@ -163,6 +187,10 @@ mod tests {
             (msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_ffff_0000_11fb),
             (msr::IA32_VMX_PROCBASED_CTLS2, 0x0217_7fff_0000_0000),
             (msr::IA32_VMX_EPT_VPID_CAP, 0x0000_0f01_0633_4141),
+            (msr::IA32_VMX_CR0_FIXED0, 0x8000_0021),
+            (msr::IA32_VMX_CR0_FIXED1, 0xffff_ffff),
+            (msr::IA32_VMX_CR4_FIXED0, 0x2000),
+            (msr::IA32_VMX_CR4_FIXED1, 0x0037_67ff),
         ])
     }
 
@@ -189,6 +217,10 @@ mod tests {
             (msr::IA32_VMX_EXIT_CTLS, 0),
             (msr::IA32_VMX_ENTRY_CTLS, 0),
             (msr::IA32_VMX_MISC, 0),
+            (msr::IA32_VMX_CR0_FIXED0, 0x8000_0021),
+            (msr::IA32_VMX_CR0_FIXED1, 0xffff_ffff),
+            (msr::IA32_VMX_CR4_FIXED0, 0x2000),
+            (msr::IA32_VMX_CR4_FIXED1, 0x0037_67ff),
         ]);
         let caps = VmxCaps::read(&mut msrs);
         assert!(
