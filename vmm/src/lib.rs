@@ -21,6 +21,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod addr;
+pub mod exit;
 pub mod memory;
 
 pub use addr::{GuestPhysAddr, VcpuId, VmId};
