@@ -7,6 +7,7 @@ pub mod biglock;
 pub mod cpu;
 pub mod entry;
 pub mod gdt;
+pub mod guestram;
 pub mod heap;
 pub mod idt;
 pub mod image;
@@ -25,6 +26,7 @@ pub mod sharedmem;
 pub mod status;
 pub mod time;
 pub mod trampoline;
+pub mod vmx;
 
 /// The multiboot2 boot information block, as a byte slice.
 ///

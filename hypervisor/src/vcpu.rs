@@ -1,0 +1,181 @@
+//! A vCPU: its VMCS, its registers while it is not running, and the
+//! mechanics of entering it and reading its exit. A vCPU belongs to one CPU
+//! of its VM's node for its whole life: only that CPU loads its VMCS or
+//! touches its registers (thesis 6.4, the running-thread problem); other
+//! CPUs ask for changes through the VM's request flags and a kick IPI.
+
+use atoll_platform::vmcs::{self, Controls, StartMode};
+use atoll_platform::vmx::VmxCaps;
+use atoll_vmm::exit::{Exit, Registers, gpr};
+use x86::vmx::vmcs::{control, guest};
+
+use crate::arch::kmem::KernelMemory;
+use crate::arch::vmx::{self, EntryFailed, GuestGprs, Vmcs, VmxFail};
+
+/// What a vCPU is doing between runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuState {
+    /// Ready to enter the guest.
+    Runnable,
+    /// Executed HLT: waits for an interrupt for it.
+    Halted,
+    /// An AP before its start-up IPI (SDM Vol. 3A, 10.4.2: wait-for-SIPI).
+    WaitForSipi,
+    /// Its VM ended; never runs again (until a restart resets it).
+    Done,
+}
+
+/// Why a vCPU could not be set up.
+#[derive(Clone, Copy, Debug)]
+pub enum SetupError {
+    OutOfKernelMemory,
+    Vmx(VmxFail),
+}
+
+impl From<VmxFail> for SetupError {
+    fn from(e: VmxFail) -> Self {
+        SetupError::Vmx(e)
+    }
+}
+
+impl core::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SetupError::OutOfKernelMemory => f.write_str("no kernel memory left for a VMCS"),
+            SetupError::Vmx(_) => f.write_str("a VMCS field could not be written"),
+        }
+    }
+}
+
+/// What every vCPU of a VM shares in its VMCS.
+#[derive(Clone, Copy, Debug)]
+pub struct VmcsTemplate {
+    pub controls: Controls,
+    pub fixed: vmcs::FixedBits,
+    pub eptp: u64,
+    /// Non-zero and unique per VM on a CPU (SDM 28.1: VPID 0 is the host's).
+    pub vpid: u16,
+}
+
+pub struct Vcpu {
+    pub id: u16,
+    vmcs: Vmcs,
+    gprs: GuestGprs,
+    launched: bool,
+    pub state: VcpuState,
+    template: VmcsTemplate,
+}
+
+impl Vcpu {
+    /// A vCPU with a fresh VMCS from `kmem`, starting as `mode`.
+    pub fn new(
+        id: u16,
+        caps: &VmxCaps,
+        template: VmcsTemplate,
+        kmem: &mut KernelMemory,
+        mode: StartMode,
+    ) -> Result<Vcpu, SetupError> {
+        let vmcs = vmx::alloc_vmcs(caps, kmem).ok_or(SetupError::OutOfKernelMemory)?;
+        let mut vcpu = Vcpu {
+            id,
+            vmcs,
+            gprs: GuestGprs::default(),
+            launched: false,
+            state: VcpuState::Runnable,
+            template,
+        };
+        vcpu.reset(mode)?;
+        Ok(vcpu)
+    }
+
+    /// Makes this vCPU's VMCS current on this CPU.
+    pub fn load(&self) -> Result<(), VmxFail> {
+        self.vmcs.load()
+    }
+
+    /// Puts the vCPU back to its start state: controls, host state and
+    /// guest state written afresh, registers zeroed. The VMCS must be
+    /// current ([`load`](Self::load) is called here).
+    pub fn reset(&mut self, mode: StartMode) -> Result<(), VmxFail> {
+        self.vmcs.load()?;
+        let t = &self.template;
+        let c = &t.controls;
+        for (field, value) in [
+            (control::PINBASED_EXEC_CONTROLS, c.pin),
+            (control::PRIMARY_PROCBASED_EXEC_CONTROLS, c.primary),
+            (control::SECONDARY_PROCBASED_EXEC_CONTROLS, c.secondary),
+            (control::VMEXIT_CONTROLS, c.exit),
+            (control::VMENTRY_CONTROLS, vmcs::entry_controls(c.entry, false)),
+            (control::EXCEPTION_BITMAP, 0),
+            (control::CR3_TARGET_COUNT, 0),
+            (control::VMEXIT_MSR_STORE_COUNT, 0),
+            (control::VMEXIT_MSR_LOAD_COUNT, 0),
+            (control::VMENTRY_MSR_LOAD_COUNT, 0),
+            (control::VMENTRY_INTERRUPTION_INFO_FIELD, 0),
+        ] {
+            vmx::write(field, u64::from(value))?;
+        }
+        vmx::write(control::EPTP_FULL, t.eptp)?;
+        vmx::write(control::VPID, u64::from(t.vpid))?;
+        vmx::write_host_state()?;
+        for (field, value) in vmcs::initial_guest_state(mode, &t.fixed) {
+            vmx::write(field, value)?;
+        }
+        self.gprs = GuestGprs::default();
+        self.launched = false;
+        self.state = match mode {
+            StartMode::RealMode { .. } if self.id != 0 => VcpuState::WaitForSipi,
+            _ => VcpuState::Runnable,
+        };
+        Ok(())
+    }
+
+    /// Sets a general-purpose register before the first entry (boot
+    /// protocols pass values in EAX/EBX).
+    pub fn set_gpr(&mut self, n: usize, value: u64) {
+        if let Some(r) = self.gprs.gpr.get_mut(n) {
+            *r = value;
+        }
+    }
+
+    /// Enters the guest until its next exit, with at most `slice` ticks of
+    /// the VMX preemption timer. The VMCS must be current.
+    pub fn enter(&mut self, slice: u32) -> Result<Exit, EntryFailed> {
+        let _ = vmx::write(guest::VMX_PREEMPTION_TIMER_VALUE, u64::from(slice));
+        vmx::run(&mut self.gprs, self.launched)?;
+        self.launched = true;
+        Ok(vmx::read_exit())
+    }
+
+    /// The guest's registers after an exit (the VMCS must be current).
+    pub fn registers(&self) -> Registers {
+        let mut gpr = self.gprs.gpr;
+        gpr[gpr::RSP] = vmx::read(guest::RSP);
+        Registers {
+            gpr,
+            rip: vmx::read(guest::RIP),
+            rflags: vmx::read(guest::RFLAGS),
+            cr0: vmx::read(guest::CR0),
+            cr3: vmx::read(guest::CR3),
+            cr4: vmx::read(guest::CR4),
+            efer: vmx::read(guest::IA32_EFER_FULL),
+            cpl: ((vmx::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8,
+        }
+    }
+
+    /// Writes back what an exit handler may have changed: the GPRs, RSP,
+    /// RIP and RFLAGS. Moving RIP past an instruction also ends any STI or
+    /// MOV SS blocking it started (SDM 25.4.2).
+    pub fn set_registers(&mut self, regs: &Registers) -> Result<(), VmxFail> {
+        let moved = regs.rip != vmx::read(guest::RIP);
+        self.gprs.gpr = regs.gpr;
+        vmx::write(guest::RSP, regs.gpr[gpr::RSP])?;
+        vmx::write(guest::RIP, regs.rip)?;
+        vmx::write(guest::RFLAGS, regs.rflags)?;
+        if moved {
+            let blocking = vmx::read(guest::INTERRUPTIBILITY_STATE);
+            vmx::write(guest::INTERRUPTIBILITY_STATE, blocking & !0x3)?;
+        }
+        Ok(())
+    }
+}
