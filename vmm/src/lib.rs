@@ -21,6 +21,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod addr;
+pub mod devices;
 pub mod dispatch;
 pub mod exit;
 pub mod memory;
