@@ -24,6 +24,7 @@ pub mod addr;
 pub mod devices;
 pub mod dispatch;
 pub mod exit;
+pub mod loader;
 pub mod memory;
 
 pub use addr::{GuestPhysAddr, VcpuId, VmId};

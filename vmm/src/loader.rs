@@ -1,0 +1,575 @@
+//! Guest loading as GRUB's `multiboot` command does it (Multiboot
+//! Specification 0.6.96): find the header, copy the ELF's loadable
+//! segments, place the modules and the information block, and describe the
+//! machine state the kernel starts in. The kernel file is hostile input:
+//! every offset, address and length is checked with overflow-safe
+//! arithmetic, and everything must land inside the VM's RAM without
+//! overlapping.
+
+use alloc::vec::Vec;
+
+use crate::addr::GuestPhysAddr;
+use crate::memory::{GuestMemory, MemoryError};
+
+/// The multiboot v1 header magic, and the magic the kernel finds in EAX.
+pub const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
+pub const MULTIBOOT_BOOTLOADER_MAGIC: u32 = 0x2bad_b002;
+/// The header must lie 4-byte aligned within the first 8 KiB (spec 3.1.1).
+const HEADER_SEARCH: usize = 8192;
+/// Header flags Atoll honours: page-align modules (0), memory info (1).
+const FLAG_PAGE_ALIGN: u32 = 1 << 0;
+const FLAG_MEMORY_INFO: u32 = 1 << 1;
+/// Flag 16 (a.out kludge addresses) is not supported; the other required
+/// flags (bits 2-15) ask for things Atoll cannot give (video mode, ...).
+const SUPPORTED_REQUIRED: u32 = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO;
+const PAGE: u64 = 4096;
+/// Where the memory map's usable memory below 1 MiB ends (the EBDA and
+/// BIOS area follow, reserved as on a PC).
+const LOW_MEMORY_END: u64 = 0x9_fc00;
+const HIGH_MEMORY_START: u64 = 0x10_0000;
+
+/// A boot module: its bytes and its command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Module<'a> {
+    pub bytes: &'a [u8],
+    pub cmdline: &'a str,
+}
+
+/// The vCPU 0 state a multiboot kernel starts in (spec 3.2): 32-bit
+/// protected mode, flat segments, paging off, EAX = the boot loader magic,
+/// EBX = the information block's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryState {
+    pub entry: u32,
+    pub eax: u32,
+    pub ebx: u32,
+}
+
+/// Why a kernel could not be loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadError {
+    NoHeader,
+    BadChecksum,
+    UnsupportedFlags(u32),
+    NotElf,
+    /// A field of the ELF file is out of range (the field's name).
+    BadElf(&'static str),
+    /// The entry point is not in a loaded segment below 4 GiB.
+    BadEntry(u64),
+    /// Something does not fit in the VM's RAM, or overlaps.
+    DoesNotFit {
+        what: &'static str,
+        at: u64,
+        len: u64,
+    },
+}
+
+impl core::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LoadError::NoHeader => {
+                f.write_str("no multiboot header (magic 0x1badb002) in the first 8 KiB")
+            }
+            LoadError::BadChecksum => f.write_str("the multiboot header's checksum is wrong"),
+            LoadError::UnsupportedFlags(bits) => {
+                write!(
+                    f,
+                    "the multiboot header requires unsupported features {bits:#x}"
+                )
+            }
+            LoadError::NotElf => f.write_str("the kernel is not a little-endian x86 ELF file"),
+            LoadError::BadElf(field) => write!(f, "the kernel's ELF {field} is out of range"),
+            LoadError::BadEntry(entry) => {
+                write!(
+                    f,
+                    "the entry point {entry:#x} is not in a loaded segment below 4 GiB"
+                )
+            }
+            LoadError::DoesNotFit { what, at, len } => write!(
+                f,
+                "the {what} ({len:#x} bytes at {at:#x}) does not fit in the VM's memory"
+            ),
+        }
+    }
+}
+
+impl From<MemoryError> for LoadError {
+    fn from(e: MemoryError) -> Self {
+        LoadError::DoesNotFit {
+            what: "image",
+            at: e.gpa.0,
+            len: e.len,
+        }
+    }
+}
+
+/// Loads `kernel` with `modules` and `cmdline` into `mem`, which must be
+/// zeroed; returns the entry state.
+pub fn load(
+    mem: &mut impl GuestMemory,
+    kernel: &[u8],
+    modules: &[Module<'_>],
+    cmdline: &str,
+) -> Result<EntryState, LoadError> {
+    let flags = find_header(kernel)?;
+    let segments = elf_segments(kernel)?;
+    let mut placed = Placement::new(mem.size());
+    for s in &segments {
+        placed.claim("kernel segment", s.paddr, s.memsz)?;
+    }
+    let entry = elf_entry(kernel, &segments)?;
+    for s in &segments {
+        let bytes = slice(kernel, s.offset, s.filesz, "segment offset")?;
+        mem.write(GuestPhysAddr(s.paddr), bytes)?;
+    }
+    let mut next = placed.end.next_multiple_of(PAGE);
+    let mut module_entries = Vec::with_capacity(modules.len());
+    for m in modules {
+        let start = if flags & FLAG_PAGE_ALIGN != 0 {
+            next.next_multiple_of(PAGE)
+        } else {
+            next
+        };
+        placed.claim("module", start, m.bytes.len() as u64)?;
+        mem.write(GuestPhysAddr(start), m.bytes)?;
+        module_entries.push((start, start + m.bytes.len() as u64, m.cmdline));
+        next = start + m.bytes.len() as u64;
+    }
+    let info_at = next.next_multiple_of(PAGE);
+    let info = InfoBlock::build(info_at, mem.size(), cmdline, &module_entries);
+    placed.claim("boot information", info_at, info.len() as u64)?;
+    mem.write(GuestPhysAddr(info_at), &info)?;
+    let ebx = u32::try_from(info_at).map_err(|_| LoadError::DoesNotFit {
+        what: "boot information",
+        at: info_at,
+        len: info.len() as u64,
+    })?;
+    Ok(EntryState {
+        entry,
+        eax: MULTIBOOT_BOOTLOADER_MAGIC,
+        ebx,
+    })
+}
+
+/// The header's flags, after the magic and checksum check.
+fn find_header(kernel: &[u8]) -> Result<u32, LoadError> {
+    let search = kernel.get(..HEADER_SEARCH.min(kernel.len())).unwrap_or(&[]);
+    let header = (0..search.len())
+        .step_by(4)
+        .find(|&at| read_u32(search, at) == Some(MULTIBOOT_MAGIC))
+        .ok_or(LoadError::NoHeader)?;
+    let flags = read_u32(kernel, header + 4).ok_or(LoadError::NoHeader)?;
+    let checksum = read_u32(kernel, header + 8).ok_or(LoadError::NoHeader)?;
+    if MULTIBOOT_MAGIC.wrapping_add(flags).wrapping_add(checksum) != 0 {
+        return Err(LoadError::BadChecksum);
+    }
+    let required_unsupported = flags & 0xffff & !SUPPORTED_REQUIRED;
+    if required_unsupported != 0 || flags & (1 << 16) != 0 {
+        return Err(LoadError::UnsupportedFlags(
+            required_unsupported | flags & (1 << 16),
+        ));
+    }
+    Ok(flags)
+}
+
+/// One PT_LOAD segment.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    offset: u64,
+    paddr: u64,
+    vaddr: u64,
+    filesz: u64,
+    memsz: u64,
+}
+
+const PT_LOAD: u32 = 1;
+
+/// The loadable segments of an ELF32 (EM_386) or ELF64 (EM_X86_64) file
+/// (System V ABI, ELF header and program header layouts).
+fn elf_segments(elf: &[u8]) -> Result<Vec<Segment>, LoadError> {
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(5) != Some(&1) {
+        return Err(LoadError::NotElf);
+    }
+    let class64 = match (elf.get(4), read_u16(elf, 18)) {
+        (Some(1), Some(3)) => false,
+        (Some(2), Some(62)) => true,
+        _ => return Err(LoadError::NotElf),
+    };
+    let (phoff, phentsize, phnum) = if class64 {
+        (read_u64(elf, 32), read_u16(elf, 54), read_u16(elf, 56))
+    } else {
+        (
+            read_u32(elf, 28).map(u64::from),
+            read_u16(elf, 42),
+            read_u16(elf, 44),
+        )
+    };
+    let bad = LoadError::BadElf("program header table");
+    let (phoff, phentsize, phnum) = (phoff.ok_or(bad)?, phentsize.ok_or(bad)?, phnum.ok_or(bad)?);
+    let min_entry = if class64 { 56 } else { 32 };
+    if phentsize < min_entry {
+        return Err(bad);
+    }
+    let mut segments = Vec::new();
+    for i in 0..u64::from(phnum) {
+        let at = u64::from(phentsize)
+            .checked_mul(i)
+            .and_then(|o| o.checked_add(phoff))
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or(bad)?;
+        let ph = slice(elf, at as u64, u64::from(phentsize), "program header")?;
+        if read_u32(ph, 0) != Some(PT_LOAD) {
+            continue;
+        }
+        let s = if class64 {
+            Segment {
+                offset: read_u64(ph, 8).ok_or(bad)?,
+                vaddr: read_u64(ph, 16).ok_or(bad)?,
+                paddr: read_u64(ph, 24).ok_or(bad)?,
+                filesz: read_u64(ph, 32).ok_or(bad)?,
+                memsz: read_u64(ph, 40).ok_or(bad)?,
+            }
+        } else {
+            let field = |o| read_u32(ph, o).map(u64::from).ok_or(bad);
+            Segment {
+                offset: field(4)?,
+                vaddr: field(8)?,
+                paddr: field(12)?,
+                filesz: field(16)?,
+                memsz: field(20)?,
+            }
+        };
+        if s.filesz > s.memsz {
+            return Err(LoadError::BadElf("segment file size"));
+        }
+        slice(elf, s.offset, s.filesz, "segment offset")?;
+        if s.memsz > 0 {
+            segments.push(s);
+        }
+    }
+    if segments.is_empty() {
+        return Err(LoadError::BadElf("loadable segment list"));
+    }
+    Ok(segments)
+}
+
+/// The entry point as a physical address: the ELF entry is virtual, so it
+/// is moved by its segment's (paddr - vaddr), as GRUB does.
+fn elf_entry(elf: &[u8], segments: &[Segment]) -> Result<u32, LoadError> {
+    let entry = if elf.get(4) == Some(&2) {
+        read_u64(elf, 24)
+    } else {
+        read_u32(elf, 24).map(u64::from)
+    }
+    .ok_or(LoadError::BadElf("entry"))?;
+    let physical = segments
+        .iter()
+        .find(|s| entry >= s.vaddr && entry - s.vaddr < s.memsz)
+        .and_then(|s| s.paddr.checked_add(entry - s.vaddr));
+    physical
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or(LoadError::BadEntry(entry))
+}
+
+/// What has been placed in guest RAM so far: checks each new range is
+/// inside RAM and overlaps nothing placed before.
+struct Placement {
+    ram: u64,
+    taken: Vec<(u64, u64)>,
+    end: u64,
+}
+
+impl Placement {
+    fn new(ram: u64) -> Self {
+        Placement {
+            ram,
+            taken: Vec::new(),
+            end: HIGH_MEMORY_START,
+        }
+    }
+
+    fn claim(&mut self, what: &'static str, at: u64, len: u64) -> Result<(), LoadError> {
+        let fail = LoadError::DoesNotFit { what, at, len };
+        let end = at.checked_add(len).ok_or(fail)?;
+        if end > self.ram || self.taken.iter().any(|&(s, e)| at < e && s < end) {
+            return Err(fail);
+        }
+        self.taken.push((at, end));
+        self.end = self.end.max(end);
+        Ok(())
+    }
+}
+
+/// The multiboot information structure (spec 3.3) with its strings,
+/// module list and memory map, laid out for address `at`.
+struct InfoBlock;
+
+/// Information flags: mem_lower/upper (0), cmdline (2), mods (3), mmap (6),
+/// boot_loader_name (9).
+const INFO_FLAGS: u32 = 1 | 1 << 2 | 1 << 3 | 1 << 6 | 1 << 9;
+const INFO_SIZE: usize = 88;
+const LOADER_NAME: &[u8] = b"Atoll\0";
+
+impl InfoBlock {
+    fn build(at: u64, ram: u64, cmdline: &str, modules: &[(u64, u64, &str)]) -> Vec<u8> {
+        let mut out = alloc::vec![0u8; INFO_SIZE];
+        let addr = |out: &Vec<u8>| (at + out.len() as u64) as u32;
+        let cmdline_at = addr(&out);
+        out.extend_from_slice(cmdline.as_bytes());
+        out.push(0);
+        let loader_at = addr(&out);
+        out.extend_from_slice(LOADER_NAME);
+        let mut names = Vec::with_capacity(modules.len());
+        for (_, _, name) in modules {
+            names.push(addr(&out));
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+        }
+        pad4(&mut out);
+        let mods_at = addr(&out);
+        for ((start, end, _), name) in modules.iter().zip(&names) {
+            for word in [*start as u32, *end as u32, *name, 0] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        let mmap_at = addr(&out);
+        for (base, len, kind) in memory_map(ram) {
+            out.extend_from_slice(&20u32.to_le_bytes());
+            out.extend_from_slice(&base.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&kind.to_le_bytes());
+        }
+        let mmap_len = addr(&out) - mmap_at;
+        let mem_upper_kib = ram.saturating_sub(HIGH_MEMORY_START) / 1024;
+        let header: [(usize, u32); 10] = [
+            (0, INFO_FLAGS),
+            (4, (LOW_MEMORY_END / 1024) as u32),
+            (8, mem_upper_kib.min(u64::from(u32::MAX)) as u32),
+            (16, cmdline_at),
+            (20, modules.len() as u32),
+            (24, mods_at),
+            (44, mmap_len),
+            (48, mmap_at),
+            (64, loader_at),
+            (12, 0xffff_ffff), // boot_device: none
+        ];
+        for (offset, value) in header {
+            if let Some(slot) = out.get_mut(offset..offset + 4) {
+                slot.copy_from_slice(&value.to_le_bytes());
+            }
+        }
+        out
+    }
+}
+
+/// The VM's memory map: `(base, length, type)` with type 1 = available,
+/// 2 = reserved, as a PC's firmware reports it.
+pub fn memory_map(ram: u64) -> [(u64, u64, u32); 3] {
+    [
+        (0, LOW_MEMORY_END.min(ram), 1),
+        (LOW_MEMORY_END, HIGH_MEMORY_START - LOW_MEMORY_END, 2),
+        (HIGH_MEMORY_START, ram.saturating_sub(HIGH_MEMORY_START), 1),
+    ]
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+fn slice<'a>(
+    bytes: &'a [u8],
+    offset: u64,
+    len: u64,
+    what: &'static str,
+) -> Result<&'a [u8], LoadError> {
+    let start = usize::try_from(offset).map_err(|_| LoadError::BadElf(what))?;
+    let len = usize::try_from(len).map_err(|_| LoadError::BadElf(what))?;
+    start
+        .checked_add(len)
+        .and_then(|end| bytes.get(start..end))
+        .ok_or(LoadError::BadElf(what))
+}
+
+fn read_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+fn read_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn read_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::VecMemory;
+    use std::vec::Vec;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A minimal ELF64 with one PT_LOAD segment at `paddr` whose bytes
+    /// start with a multiboot header (flags `flags`), entry `entry`.
+    fn elf64(paddr: u64, flags: u32, body: &[u8], memsz_extra: u64, entry: u64) -> Vec<u8> {
+        let mut f = std::vec![0u8; 0x1000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[16..18].copy_from_slice(&2u16.to_le_bytes());
+        f[18..20].copy_from_slice(&62u16.to_le_bytes());
+        f[24..32].copy_from_slice(&entry.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let mut seg = Vec::new();
+        for w in [
+            MULTIBOOT_MAGIC,
+            flags,
+            0u32.wrapping_sub(MULTIBOOT_MAGIC).wrapping_sub(flags),
+        ] {
+            seg.extend_from_slice(&w.to_le_bytes());
+        }
+        seg.extend_from_slice(body);
+        let ph = 64;
+        f[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        f[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes());
+        f[ph + 16..ph + 24].copy_from_slice(&paddr.to_le_bytes());
+        f[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+        f[ph + 32..ph + 40].copy_from_slice(&(seg.len() as u64).to_le_bytes());
+        f[ph + 40..ph + 48].copy_from_slice(&(seg.len() as u64 + memsz_extra).to_le_bytes());
+        // The header must be in the first 8 KiB of the file: put the
+        // segment at file offset 0x1000.
+        f.extend_from_slice(&seg);
+        f
+    }
+
+    fn u32_at(m: &VecMemory, at: u64) -> u32 {
+        m.read_u32(GuestPhysAddr(at)).unwrap()
+    }
+
+    fn cstr(m: &VecMemory, at: u64) -> std::string::String {
+        let b: Vec<u8> = m.bytes[at as usize..]
+            .iter()
+            .take_while(|b| **b != 0)
+            .copied()
+            .collect();
+        std::string::String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn loads_an_elf64_kernel_with_modules_and_a_full_info_block() {
+        let kernel = elf64(MIB, 3, b"code", 0x2000, MIB + 12);
+        let mut mem = VecMemory::new(16 * MIB as usize);
+        let modules = [Module {
+            bytes: b"module-bytes",
+            cmdline: "vm-image:data",
+        }];
+        let e = load(&mut mem, &kernel, &modules, "quiet x=1").unwrap();
+        assert_eq!(e.entry, MIB as u32 + 12);
+        assert_eq!(e.eax, MULTIBOOT_BOOTLOADER_MAGIC);
+        assert_eq!(&mem.bytes[MIB as usize + 12..MIB as usize + 16], b"code");
+        let info = u64::from(e.ebx);
+        assert_eq!(u32_at(&mem, info), INFO_FLAGS);
+        assert_eq!(u32_at(&mem, info + 4), 639);
+        assert_eq!(u32_at(&mem, info + 8), 15 * 1024);
+        assert_eq!(cstr(&mem, u64::from(u32_at(&mem, info + 16))), "quiet x=1");
+        assert_eq!(cstr(&mem, u64::from(u32_at(&mem, info + 64))), "Atoll");
+        assert_eq!(u32_at(&mem, info + 20), 1);
+        let m = u64::from(u32_at(&mem, info + 24));
+        let (start, end) = (u64::from(u32_at(&mem, m)), u64::from(u32_at(&mem, m + 4)));
+        assert_eq!(start % 4096, 0, "page-aligned modules were asked for");
+        assert!(start >= MIB + 0x100c, "after the kernel's bss");
+        assert_eq!(&mem.bytes[start as usize..end as usize], b"module-bytes");
+        assert_eq!(cstr(&mem, u64::from(u32_at(&mem, m + 8))), "vm-image:data");
+        let (mmap_len, mmap) = (u32_at(&mem, info + 44), u64::from(u32_at(&mem, info + 48)));
+        assert_eq!(mmap_len, 3 * 24);
+        assert_eq!(u32_at(&mem, mmap), 20);
+        assert_eq!(mem.read_u64(GuestPhysAddr(mmap + 24 * 2 + 4)).unwrap(), MIB);
+        assert_eq!(
+            mem.read_u64(GuestPhysAddr(mmap + 24 * 2 + 12)).unwrap(),
+            15 * MIB
+        );
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit_or_is_malformed() {
+        let mut mem = VecMemory::new(2 * MIB as usize);
+        let cases: [(Vec<u8>, LoadError); 5] = [
+            (std::vec![0u8; 100], LoadError::NoHeader),
+            (
+                elf64(MIB, 1 << 2, b"", 0, MIB),
+                LoadError::UnsupportedFlags(4),
+            ),
+            (
+                elf64(MIB, 1 << 16, b"", 0, MIB),
+                LoadError::UnsupportedFlags(1 << 16),
+            ),
+            (elf64(MIB, 0, b"", 0, 0x5000), LoadError::BadEntry(0x5000)),
+            (
+                elf64(2 * MIB - 8, 0, b"", 0, 2 * MIB - 8),
+                LoadError::DoesNotFit {
+                    what: "kernel segment",
+                    at: 2 * MIB - 8,
+                    len: 12,
+                },
+            ),
+        ];
+        for (kernel, expected) in cases {
+            assert_eq!(load(&mut mem, &kernel, &[], ""), Err(expected));
+        }
+        let mut bad_sum = elf64(MIB, 0, b"", 0, MIB);
+        bad_sum[0x1008] ^= 1;
+        assert_eq!(
+            load(&mut mem, &bad_sum, &[], ""),
+            Err(LoadError::BadChecksum)
+        );
+        // A segment whose file range leaves the file.
+        let mut truncated = elf64(MIB, 0, b"", 0, MIB);
+        truncated.truncate(0x1006);
+        assert!(load(&mut mem, &truncated, &[], "").is_err());
+    }
+
+    #[test]
+    fn a_segment_ending_at_the_end_of_ram_fits_and_one_byte_more_does_not() {
+        let ram = 4 * MIB;
+        // 12 header bytes + 0 body; memsz extends to exactly the end.
+        let fits = elf64(MIB, 0, b"", ram - MIB - 12 - 0x2000, MIB);
+        let mut mem = VecMemory::new(ram as usize);
+        // The info block needs room too: leave it 8 KiB.
+        assert!(load(&mut mem, &fits, &[], "").is_ok());
+        let too_big = elf64(MIB, 0, b"", ram - MIB - 12 + 1, MIB);
+        assert!(matches!(
+            load(&mut mem, &too_big, &[], ""),
+            Err(LoadError::DoesNotFit { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_files_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..5000)) {
+            let mut mem = VecMemory::new(MIB as usize);
+            let _ = load(&mut mem, &bytes, &[], "");
+        }
+
+        #[test]
+        fn mutated_kernels_never_panic(flips in proptest::collection::vec((0usize..0x1020, proptest::prelude::any::<u8>()), 1..12)) {
+            let mut kernel = elf64(MIB, 3, b"body", 64, MIB + 12);
+            for (at, value) in flips {
+                let len = kernel.len();
+                kernel[at % len] = value;
+            }
+            let mut mem = VecMemory::new(4 * MIB as usize);
+            let _ = load(&mut mem, &kernel, &[Module { bytes: b"m", cmdline: "m" }], "c");
+        }
+    }
+}
