@@ -1,0 +1,320 @@
+//! The runtime of Atoll's test guests: the only guest code with `unsafe`
+//! and assembly. A guest is a multiboot (v1) ELF kernel: GRUB or Atoll
+//! loads it at 1 MiB and enters `_start` in 32-bit protected mode with
+//! paging off (Multiboot Specification 3.2). The stub below switches to
+//! 64-bit mode and calls the guest's `main` (named with [`entry!`]); the
+//! value `main` returns becomes the exit status written to isa-debug-exit.
+//!
+//! ```text
+//!  _start (32-bit): zero .bss, identity-map 4 GiB with 2 MiB pages
+//!    pml4[0] -> pdpt; pdpt[0..4] -> pd[0..4]; pd[i] = i * 2 MiB | PS|RW|P
+//!  CR4.PAE, EFER.LME (WRMSR), CR0.PG, far jump to 64-bit code
+//!  guest_rt_start(magic, info) -> main(&BootInfo) -> exit(status)
+//! ```
+#![no_std]
+
+use core::arch::{asm, global_asm};
+use core::fmt::{self, Write};
+
+// The multiboot header and the 32-bit entry stub.
+global_asm!(
+    r#"
+    .set MB_MAGIC, 0x1badb002
+    .set MB_FLAGS, 0x3           /* page-align modules, memory info */
+    .section .multiboot, "a"
+    .balign 4
+    .long MB_MAGIC
+    .long MB_FLAGS
+    .long -(MB_MAGIC + MB_FLAGS)
+
+    .section .text.boot, "ax"
+    .code32
+    .global _start
+_start:
+    cli
+    cld
+    mov %eax, %ebp               /* boot loader magic */
+    mov %ebx, %esi               /* multiboot information */
+    mov $__bss_start, %edi
+    mov $__bss_end, %ecx
+    sub %edi, %ecx
+    xor %eax, %eax
+    rep stosb
+    mov $guest_pdpt, %eax
+    or $0x3, %eax
+    mov %eax, guest_pml4
+    xor %ecx, %ecx
+1:  mov %ecx, %eax
+    shl $12, %eax
+    add $guest_pd, %eax
+    or $0x3, %eax
+    mov %eax, guest_pdpt(,%ecx,8)
+    inc %ecx
+    cmp $4, %ecx
+    jne 1b
+    xor %ecx, %ecx
+2:  mov %ecx, %eax
+    shl $21, %eax
+    or $0x83, %eax
+    mov %eax, guest_pd(,%ecx,8)
+    inc %ecx
+    cmp $2048, %ecx
+    jne 2b
+    mov $guest_pml4, %eax
+    mov %eax, %cr3
+    mov %cr4, %eax
+    or $(1 << 5), %eax           /* PAE */
+    mov %eax, %cr4
+    mov $0xc0000080, %ecx        /* IA32_EFER: LME */
+    xor %edx, %edx
+    mov $(1 << 8), %eax
+    wrmsr
+    mov %cr0, %eax
+    or $((1 << 31) | 1), %eax    /* PG | PE */
+    mov %eax, %cr0
+    lgdt guest_gdt_pointer
+    ljmp $0x08, $guest_long_mode
+
+    .code64
+guest_long_mode:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov $guest_stack_top, %rsp
+    mov %ebp, %edi
+    mov %esi, %esi
+    xor %ebp, %ebp
+    call guest_rt_start
+3:  cli
+    hlt
+    jmp 3b
+
+    .section .rodata
+    .balign 8
+guest_gdt:
+    .quad 0
+    .quad 0x00af9b000000ffff     /* 0x08: 64-bit code */
+    .quad 0x00cf93000000ffff     /* 0x10: data */
+guest_gdt_end:
+guest_gdt_pointer:
+    .short guest_gdt_end - guest_gdt - 1
+    .quad guest_gdt
+
+    .section .bss
+    .balign 4096
+guest_pml4:
+    .skip 4096
+guest_pdpt:
+    .skip 4096
+guest_pd:
+    .skip 4 * 4096
+    .balign 16
+    .skip 64 * 1024
+guest_stack_top:
+    .code64
+"#,
+    options(att_syntax)
+);
+
+/// What the boot loader told the guest.
+pub struct BootInfo {
+    /// The boot loader's magic (0x2BADB002 from a multiboot loader).
+    pub magic: u32,
+    cmdline: [u8; 256],
+    cmdline_len: usize,
+    /// Bytes of memory above 1 MiB (multiboot mem_upper), if given.
+    pub mem_upper_bytes: u64,
+}
+
+impl BootInfo {
+    /// The command line (up to 256 bytes; empty when there is none or it is
+    /// not UTF-8).
+    pub fn cmdline(&self) -> &str {
+        let bytes = self.cmdline.get(..self.cmdline_len).unwrap_or(&[]);
+        core::str::from_utf8(bytes).unwrap_or("")
+    }
+}
+
+/// The multiboot information's flags, mem_upper and cmdline fields
+/// (Multiboot Specification 3.3).
+fn read_boot_info(magic: u32, info: u32) -> BootInfo {
+    let mut boot = BootInfo {
+        magic,
+        cmdline: [0; 256],
+        cmdline_len: 0,
+        mem_upper_bytes: 0,
+    };
+    if magic != 0x2bad_b002 || info == 0 {
+        return boot;
+    }
+    let word = |offset: u32| {
+        // SAFETY: a multiboot loader passed `info`, the address of its
+        // information structure, which lies in the identity-mapped first
+        // 4 GiB; the fields read are inside its fixed 88-byte part.
+        unsafe { core::ptr::read_volatile((info + offset) as usize as *const u32) }
+    };
+    let flags = word(0);
+    if flags & 1 != 0 {
+        boot.mem_upper_bytes = u64::from(word(8)) * 1024;
+    }
+    if flags & (1 << 2) != 0 && word(16) != 0 {
+        let at = word(16) as usize;
+        while boot.cmdline_len < boot.cmdline.len() {
+            // SAFETY: the loader's command line is a NUL-terminated string
+            // in mapped memory; reading stops at NUL or 256 bytes.
+            let byte = unsafe { core::ptr::read_volatile((at + boot.cmdline_len) as *const u8) };
+            if byte == 0 {
+                break;
+            }
+            boot.cmdline[boot.cmdline_len] = byte;
+            boot.cmdline_len += 1;
+        }
+    }
+    boot
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn guest_rt_start(magic: u32, info: u32) -> ! {
+    let boot = read_boot_info(magic, info);
+    unsafe extern "Rust" {
+        fn atoll_guest_main(info: &BootInfo) -> u32;
+    }
+    // SAFETY: every guest binary defines `atoll_guest_main` through
+    // `entry!`, with exactly this signature.
+    let status = unsafe { atoll_guest_main(&boot) };
+    exit(status)
+}
+
+/// Names the guest's `main(&BootInfo) -> u32`.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[allow(unsafe_code)]
+        #[unsafe(export_name = "atoll_guest_main")]
+        fn __atoll_guest_main(info: &$crate::BootInfo) -> u32 {
+            $main(info)
+        }
+    };
+}
+
+/// Port I/O (SDM Vol. 2A, IN/OUT).
+pub mod port {
+    use super::asm;
+
+    pub fn outb(port: u16, value: u8) {
+        // SAFETY: port output has no memory effects on the guest; the
+        // devices addressed are the VM's (or, natively, the emulator's).
+        unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) }
+    }
+
+    pub fn outw(port: u16, value: u16) {
+        // SAFETY: as for `outb`.
+        unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack)) }
+    }
+
+    pub fn outl(port: u16, value: u32) {
+        // SAFETY: as for `outb`.
+        unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) }
+    }
+
+    pub fn inb(port: u16) -> u8 {
+        let value: u8;
+        // SAFETY: as for `outb`: port input only reads a device register.
+        unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack)) }
+        value
+    }
+}
+
+const COM1: u16 = 0x3f8;
+
+/// COM1, polled: waits for the transmitter before each byte.
+pub struct Serial;
+
+impl Write for Serial {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for byte in s.bytes() {
+            while port::inb(COM1 + 5) & 0x20 == 0 {}
+            port::outb(COM1, byte);
+        }
+        Ok(())
+    }
+}
+
+#[doc(hidden)]
+pub fn print_args(args: fmt::Arguments<'_>) {
+    let _ = Serial.write_fmt(args);
+}
+
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::print_args(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Ends the guest: writes `status` to isa-debug-exit (port 0xF4), after
+/// letting the UART drain (LSR bit 6) so the last line is not lost. If
+/// nothing ends the machine, halts for good.
+pub fn exit(status: u32) -> ! {
+    while port::inb(COM1 + 5) & 0x40 == 0 {}
+    port::outl(0xf4, status);
+    loop {
+        // SAFETY: CLI; HLT only stops this CPU.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
+    }
+}
+
+/// QEMU's fw_cfg, legacy I/O interface.
+pub mod fw_cfg {
+    use super::port;
+
+    pub const SIGNATURE: u16 = 0x00;
+    pub const RAM_SIZE: u16 = 0x03;
+    pub const NB_CPUS: u16 = 0x05;
+
+    /// Reads the first `out.len()` bytes of item `item`.
+    pub fn read(item: u16, out: &mut [u8]) {
+        port::outw(0x510, item);
+        for byte in out {
+            *byte = port::inb(0x511);
+        }
+    }
+
+    /// Whether fw_cfg is there (its signature reads "QEMU").
+    pub fn present() -> bool {
+        let mut sig = [0; 4];
+        read(SIGNATURE, &mut sig);
+        &sig == b"QEMU"
+    }
+
+    pub fn cpus() -> u16 {
+        let mut b = [0; 2];
+        read(NB_CPUS, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    pub fn ram_bytes() -> u64 {
+        let mut b = [0; 8];
+        read(RAM_SIZE, &mut b);
+        u64::from_le_bytes(b)
+    }
+}
+
+/// The time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// CPUID leaf `leaf`, subleaf `subleaf`: [EAX, EBX, ECX, EDX].
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let _ = writeln!(Serial, "guest panic: {}", info.message());
+    exit(1)
+}
