@@ -26,6 +26,7 @@ pub mod dispatch;
 pub mod exit;
 pub mod loader;
 pub mod memory;
+pub mod stats;
 
 pub use addr::{GuestPhysAddr, VcpuId, VmId};
 pub use memory::{GuestMemory, MemoryError, VecMemory};
