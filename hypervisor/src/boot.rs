@@ -103,12 +103,24 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
     log::info!("TSC: {tsc_per_us} ticks per microsecond");
     let ram_end = topology.ram.iter().map(PhysRange::end).max().unwrap_or(0);
     arch::paging::extend_boot_map(ram_end, arch::heap::boot_page);
+    arch::images::record(
+        info.modules()
+            .map(|m| (alloc::string::String::from(m.name), m.start.0, m.len())),
+    );
+    let vmx = vmx_ready(caps, features.vmx);
     let boot = alloc::boxed::Box::leak(alloc::boxed::Box::new(BootState {
         plan,
         soft_off,
         selftest,
+        vmx,
     }));
     node::start_cluster(boot)
+}
+
+/// The VMX capabilities when every feature VMs need is there: EPT with a
+/// 4-level write-back walk, VPID and unrestricted guest.
+fn vmx_ready(caps: VmxCaps, vmx: bool) -> Option<VmxCaps> {
+    (vmx && caps.ept() && caps.vpid() && caps.unrestricted_guest()).then_some(caps)
 }
 
 /// The machine as the planner sees it.

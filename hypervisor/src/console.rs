@@ -46,6 +46,12 @@ pub fn event(name: &str, fields: impl FnOnce(Event<&mut Serial>) -> Event<&mut S
     let _ = fields(Event::new(&mut *serial, name)).finish();
 }
 
+/// Writes one line of a VM's console output as `[vm] text`.
+pub fn guest_line(vm: &str, text: &str) {
+    let mut serial = CONSOLE.lock();
+    let _ = writeln!(serial, "[{vm}] {text}");
+}
+
 /// How many times the panic path tries the console lock before printing
 /// without it.
 const PANIC_LOCK_TRIES: u32 = 10_000_000;

@@ -11,8 +11,12 @@ extern crate alloc;
 mod arch;
 mod boot;
 mod console;
+mod exits;
 mod node;
+mod sched;
 mod selftest;
+mod vcpu;
+mod vm;
 
 use atoll_platform::event::Event;
 use core::fmt::Write;

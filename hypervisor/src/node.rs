@@ -24,11 +24,15 @@ use atoll_platform::acpi::SoftOff;
 use atoll_platform::event::HexRange;
 use spin::{Mutex, Once};
 
+use atoll_vmm::devices::LegacyPorts;
+
+use crate::arch::biglock::BigLock;
 use crate::arch::heap::NodeHeap;
 use crate::arch::kmem::{KernelLayout, KernelMemory};
 use crate::arch::percpu::{self, PerCpu};
 use crate::arch::status::{self, NodeState, StatusPage};
 use crate::arch::{self, apic, cpu, idt, nodeboot, time};
+use crate::vm::Vm;
 use crate::{console, selftest};
 
 /// The global boot state: written once by part 1, then read-only for every
@@ -38,6 +42,8 @@ pub struct BootState {
     pub plan: Plan,
     pub soft_off: Option<SoftOff>,
     pub selftest: selftest::Selftest,
+    /// The VMX capabilities, when the processor can run VMs.
+    pub vmx: Option<atoll_platform::vmx::VmxCaps>,
 }
 
 /// What part 1 hands a node's first CPU: the only argument of part 2.
@@ -65,6 +71,51 @@ pub struct Node {
     pub pending: [AtomicU64; status::MAX_NODES],
     /// The node's self-test state (node-local).
     pub test: selftest::NodeTest,
+    /// The node's VMs, built in part 2 before the other CPUs start.
+    pub vms: Once<Vec<&'static Vm>>,
+    /// Node state that VM exits share across CPUs, under the node's big
+    /// lock (thesis 4.5: one lock per node kernel).
+    pub kernel: BigLock<NodeKernel>,
+}
+
+/// What the node lock guards.
+#[derive(Default)]
+pub struct NodeKernel {
+    /// Each VM's port devices, by the VM's index in the node.
+    pub devices: Vec<LegacyPorts>,
+}
+
+impl Node {
+    /// Runs `f` on the devices of the node's VM `local` with the node lock
+    /// held. `None` if the lock refused this CPU (it already holds it: a
+    /// bug) or there is no such VM; callers then act as if no device
+    /// answered.
+    pub fn with_devices<R>(
+        &self,
+        local: usize,
+        f: impl FnOnce(&mut LegacyPorts) -> R,
+    ) -> Option<R> {
+        let slot = percpu::current().map_or(0, |c| c.slot);
+        let mut guard = self.kernel.lock(slot, cpu::rdtsc).ok()?;
+        guard.devices.get_mut(local).map(f)
+    }
+
+    /// A VM of this node ended for good.
+    pub fn vm_ended(&self, failed: bool) {
+        if failed {
+            self.status.vms_failed.fetch_add(1, Ordering::SeqCst);
+        }
+        self.status.vms_running.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Called by an idle CPU: the boot node's first CPU powers the machine
+    /// off once every node's VMs have ended.
+    pub fn idle_check(&self) {
+        let first = percpu::current().is_some_and(|c| c.slot == 0);
+        if first && self.index == usize::from(self.boot.plan.boot_node.0) {
+            maybe_power_off(self);
+        }
+    }
 }
 
 /// How long the boot node waits for every node to come up.
@@ -123,14 +174,85 @@ pub fn node_main(start: &'static NodeStart) -> ! {
         }
     };
     node.plan.call_once(|| plan.clone());
+    build_vms(node, plan);
     cpu_init(node, 0);
     nodeboot::start_other_cpus(node, plan);
     node.status.set_state(NodeState::Up);
     report_node_up(node, plan);
     if node.index == usize::from(boot.plan.boot_node.0) {
         coordinate(node)
+    } else if boot.selftest == selftest::Selftest::None {
+        run_vcpus_or_idle(node)
     } else {
         selftest::first_cpu_role(node)
+    }
+}
+
+/// Builds the node's VMs (memory, EPT, loaded images) before its other
+/// CPUs start, and counts them on the status board.
+fn build_vms(node: &'static Node, plan: &NodePlan) {
+    let specs = crate::vm::specs_for_node(&node.boot.plan, node.index);
+    if specs.is_empty() {
+        node.vms.call_once(Vec::new);
+        return;
+    }
+    if node.boot.vmx.is_none() {
+        console::event("error", |e| {
+            e.field("kind", "vmx")
+                .field(
+                    "msg",
+                    format_args!(
+                        "node '{}' has VMs, but this processor lacks VMX with EPT, VPID and unrestricted guest; run it in Bochs (cargo xtask run) or remove its [[vm]] tables",
+                        plan.name
+                    ),
+                )
+        });
+        node.status
+            .vms_failed
+            .fetch_add(specs.len() as u32, Ordering::SeqCst);
+        node.vms.call_once(Vec::new);
+        return;
+    }
+    let mut vms = Vec::with_capacity(specs.len());
+    let mut devices = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let name = spec.name.clone();
+        let built = Vm::build(vms.len(), spec, plan, &mut node.kmem.lock());
+        match built {
+            Ok(vm) => {
+                devices.push(vm.new_devices());
+                vms.push(&*alloc::boxed::Box::leak(alloc::boxed::Box::new(vm)));
+            }
+            Err(e) => {
+                console::event("error", |ev| {
+                    ev.field("kind", "vm_build")
+                        .field("msg", format_args!("VM '{name}': {e}"))
+                });
+                node.status.vms_failed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    if let Ok(mut kernel) = node.kernel.lock(0, cpu::rdtsc) {
+        kernel.devices = devices;
+    }
+    node.status
+        .vms_running
+        .store(vms.len() as u32, Ordering::SeqCst);
+    for vm in &vms {
+        vm.report_start(node);
+    }
+    node.vms.call_once(|| vms);
+}
+
+/// A CPU's life after set-up when no self-test runs: its vCPUs, or idling
+/// (and, on the boot node's first CPU, powering off at the end).
+fn run_vcpus_or_idle(node: &'static Node) -> ! {
+    if let Some(caps) = node.boot.vmx {
+        crate::sched::run_vcpus(node, &caps);
+    }
+    loop {
+        node.idle_check();
+        cpu::wait_for_interrupt();
     }
 }
 
@@ -157,6 +279,9 @@ pub fn cpu_init(node: &Node, slot: usize) {
 /// trampoline through `nodeboot`).
 pub fn ap_main(node: &'static Node, slot: usize) -> ! {
     cpu_init(node, slot);
+    if node.boot.selftest == selftest::Selftest::None {
+        run_vcpus_or_idle(node)
+    }
     selftest::other_cpu_role(node, slot)
 }
 
@@ -204,11 +329,36 @@ fn coordinate(node: &'static Node) -> ! {
         waited += 1;
     }
     log::info!("all {nodes} nodes are up");
+    if boot.selftest == selftest::Selftest::None {
+        run_vcpus_or_idle(node)
+    }
     let status = selftest::coordinate(node);
     crate::boot::power_off(
         status,
         if status == 0 { "done" } else { "selftest" },
         boot.soft_off,
+    )
+}
+
+/// Powers the machine off once every node's VMs have ended: status 0 if
+/// each exited with status 0, 1 otherwise. A cluster without VMs ends at
+/// once.
+fn maybe_power_off(node: &Node) {
+    let nodes = node.boot.plan.nodes.len();
+    let pages = (0..nodes).filter_map(status::page);
+    let running: u32 = pages
+        .clone()
+        .map(|p| p.vms_running.load(Ordering::SeqCst))
+        .sum();
+    if running > 0 {
+        return;
+    }
+    let failed: u32 = pages.map(|p| p.vms_failed.load(Ordering::SeqCst)).sum();
+    let status = u8::from(failed > 0);
+    crate::boot::power_off(
+        status,
+        if failed > 0 { "vm_failed" } else { "done" },
+        node.boot.soft_off,
     )
 }
 
@@ -223,7 +373,7 @@ pub fn on_interrupt(vector: u8) {
             apic::eoi();
             cpu::halt_forever();
         }
-        _ => {} // the timer tick only wakes the CPU
+        _ => {} // the timer tick and kicks only wake the CPU (or end its guest)
     }
 }
 

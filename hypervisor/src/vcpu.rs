@@ -88,6 +88,11 @@ impl Vcpu {
         Ok(vcpu)
     }
 
+    /// The control-register fixed bits this vCPU obeys.
+    pub fn fixed(&self) -> vmcs::FixedBits {
+        self.template.fixed
+    }
+
     /// Makes this vCPU's VMCS current on this CPU.
     pub fn load(&self) -> Result<(), VmxFail> {
         self.vmcs.load()
@@ -105,7 +110,10 @@ impl Vcpu {
             (control::PRIMARY_PROCBASED_EXEC_CONTROLS, c.primary),
             (control::SECONDARY_PROCBASED_EXEC_CONTROLS, c.secondary),
             (control::VMEXIT_CONTROLS, c.exit),
-            (control::VMENTRY_CONTROLS, vmcs::entry_controls(c.entry, false)),
+            (
+                control::VMENTRY_CONTROLS,
+                vmcs::entry_controls(c.entry, false),
+            ),
             (control::EXCEPTION_BITMAP, 0),
             (control::CR3_TARGET_COUNT, 0),
             (control::VMEXIT_MSR_STORE_COUNT, 0),

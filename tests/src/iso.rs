@@ -9,6 +9,9 @@ use std::process::Command;
 /// The module name the hypervisor looks for (hypervisor/src/boot.rs).
 pub const CONFIG_MODULE_NAME: &str = "cluster.toml";
 
+/// The module command-line prefix of guest images (hypervisor/src/arch/images.rs).
+pub const VM_IMAGE_PREFIX: &str = "vm-image:";
+
 /// What goes on the ISO.
 pub struct IsoContents<'a> {
     pub hypervisor: &'a Path,
@@ -16,15 +19,22 @@ pub struct IsoContents<'a> {
     pub config: Option<&'a [u8]>,
     /// The hypervisor command line.
     pub cmdline: &'a str,
+    /// Guest images as (config value, file): each becomes the module
+    /// `vm-image:<value>` (see crate::guests).
+    pub vm_images: &'a [(String, PathBuf)],
 }
 
-/// The grub.cfg that boots the hypervisor at once, with no menu.
-pub fn grub_cfg(with_config: bool, cmdline: &str) -> String {
-    let module = if with_config {
+/// The grub.cfg that boots the hypervisor at once, with no menu; guest
+/// image `i` is the file /boot/vm/<i>.img.
+pub fn grub_cfg(with_config: bool, cmdline: &str, vm_images: &[&str]) -> String {
+    let mut module = if with_config {
         format!("    module2 /boot/{CONFIG_MODULE_NAME} {CONFIG_MODULE_NAME}\n")
     } else {
         String::new()
     };
+    for (i, name) in vm_images.iter().enumerate() {
+        module += &format!("    module2 /boot/vm/{i}.img {VM_IMAGE_PREFIX}{name}\n");
+    }
     format!(
         "set timeout=0\nset default=0\nmenuentry \"Atoll\" {{\n    multiboot2 /boot/atoll.elf {cmdline}\n{module}    boot\n}}\n"
     )
@@ -54,9 +64,16 @@ pub fn make_iso(work_dir: &Path, contents: &IsoContents<'_>) -> Result<PathBuf> 
     if let Some(config) = contents.config {
         fs::write(boot.join(CONFIG_MODULE_NAME), config)?;
     }
+    fs::create_dir_all(boot.join("vm"))?;
+    for (i, (name, file)) in contents.vm_images.iter().enumerate() {
+        check_cmdline(name)?;
+        fs::copy(file, boot.join(format!("vm/{i}.img")))
+            .with_context(|| format!("copying guest image {}", file.display()))?;
+    }
+    let names: Vec<&str> = contents.vm_images.iter().map(|(n, _)| n.as_str()).collect();
     fs::write(
         boot.join("grub/grub.cfg"),
-        grub_cfg(contents.config.is_some(), contents.cmdline),
+        grub_cfg(contents.config.is_some(), contents.cmdline, &names),
     )?;
     let iso = work_dir.join("atoll.iso");
     let out = Command::new("grub-mkrescue")
@@ -81,10 +98,13 @@ mod tests {
 
     #[test]
     fn grub_cfg_has_the_module_only_when_asked() {
-        let with = grub_cfg(true, "selftest=panic");
+        let with = grub_cfg(true, "selftest=panic", &[]);
         assert!(with.contains("multiboot2 /boot/atoll.elf selftest=panic\n"));
         assert!(with.contains("module2 /boot/cluster.toml cluster.toml\n"));
-        assert!(!grub_cfg(false, "").contains("module2"));
+        assert!(!grub_cfg(false, "", &[]).contains("module2"));
+        let vms = grub_cfg(true, "", &["hello", "img/k.elf"]);
+        assert!(vms.contains("module2 /boot/vm/0.img vm-image:hello\n"));
+        assert!(vms.contains("module2 /boot/vm/1.img vm-image:img/k.elf\n"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod build;
 pub mod emulator;
 pub mod event;
 pub mod events_doc;
+pub mod guests;
 pub mod iso;
 pub mod packages;
 pub mod run;

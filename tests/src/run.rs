@@ -224,12 +224,23 @@ fn prepare(spec: &RunSpec, work_dir: &Path) -> Result<RunFiles> {
         ConfigModule::Bytes(bytes) => Some(bytes.clone()),
         ConfigModule::Absent => None,
     };
+    let config_dir = match &spec.config {
+        ConfigModule::File(path) => path
+            .parent()
+            .map_or_else(crate::build::workspace_root, Path::to_path_buf),
+        _ => crate::build::workspace_root(),
+    };
+    let vm_images = match &config {
+        Some(bytes) => crate::guests::vm_images(bytes, &config_dir)?,
+        None => Vec::new(),
+    };
     let iso = make_iso(
         work_dir,
         &IsoContents {
             hypervisor: &spec.hypervisor,
             config: config.as_deref(),
             cmdline: &spec.cmdline,
+            vm_images: &vm_images,
         },
     )?;
     Ok(RunFiles {

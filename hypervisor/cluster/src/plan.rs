@@ -14,8 +14,10 @@ mod cpus;
 mod fmt;
 mod memory;
 mod ranges;
+mod vms;
 
 pub use memory::{KERNEL_ALIGN, TRAMPOLINE_END, TRAMPOLINE_FIRST};
+pub use vms::{DEVICES, VM_ALIGN, VmPlan};
 
 use alloc::format;
 use alloc::string::String;
@@ -91,6 +93,8 @@ pub struct Plan {
     pub boot_node: NodeId,
     pub channels: Vec<ChannelPlan>,
     pub signals: Vec<SignalPlan>,
+    /// In config order; each VM inside its node (see [`VmPlan`]).
+    pub vms: Vec<VmPlan>,
 }
 
 impl Plan {
@@ -256,11 +260,16 @@ pub fn plan(config: &ClusterConfig, topology: &Topology) -> Result<Plan, Vec<Con
             doorbell,
         })
         .collect();
+    let vms = vms::place(config, &nodes, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems.into_sorted());
+    }
     Ok(Plan {
         nodes,
         boot_node: assignment.boot_node,
         channels,
         signals,
+        vms,
     })
 }
 

@@ -97,3 +97,56 @@ pub fn wait_for_interrupt() {
     // the handlers preserve all registers, and interrupts end up disabled.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) }
 }
+
+/// CPUID leaf `leaf`, subleaf `subleaf`: [EAX, EBX, ECX, EDX].
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+/// CR4.OSXSAVE (SDM Vol. 3A, 2.5): lets XSETBV/XGETBV run.
+const CR4_OSXSAVE: usize = 1 << 18;
+
+/// The XCR0 bits this processor supports (CPUID.(EAX=0DH,ECX=0):EDX:EAX),
+/// or 0 without XSAVE (CPUID.1:ECX[26]).
+pub fn xcr0_supported() -> u64 {
+    if cpuid(1, 0)[2] & (1 << 26) == 0 {
+        return 0;
+    }
+    let [a, _, _, d] = cpuid(0xd, 0);
+    (u64::from(d) << 32) | u64::from(a)
+}
+
+/// Turns on CR4.OSXSAVE when the processor has XSAVE, so a guest's XSETBV
+/// (which always exits) can be carried out here.
+pub fn enable_xsave() {
+    if xcr0_supported() == 0 {
+        return;
+    }
+    // SAFETY: OSXSAVE only enables the XSAVE instruction family; Atoll's own
+    // code never uses extended state (the target has no SSE/AVX code).
+    unsafe {
+        let cr4 = x86::controlregs::cr4().bits() | CR4_OSXSAVE;
+        x86::controlregs::cr4_write(x86::controlregs::Cr4::from_bits_truncate(cr4));
+    }
+}
+
+/// XSETBV XCR0 with a value the dispatcher checked against
+/// [`xcr0_supported`] and the architectural rules. The guest's XCR0 stays
+/// loaded while the host runs: the host uses no extended state.
+pub fn set_xcr0(value: u64) {
+    if xcr0_supported() == 0 {
+        return;
+    }
+    // SAFETY: CR4.OSXSAVE is set (`enable_xsave` runs before any vCPU),
+    // ECX = 0 names XCR0, and the value passed the #GP checks of XSETBV.
+    unsafe {
+        core::arch::asm!(
+            "xsetbv",
+            in("ecx") 0u32,
+            in("eax") value as u32,
+            in("edx") (value >> 32) as u32,
+            options(nomem, nostack)
+        );
+    }
+}

@@ -7,6 +7,8 @@
 //! copy is volatile: the VMM reads a value once into its own memory and
 //! decides on that copy (no double fetch).
 
+use atoll_cluster::plan::NodePlan;
+use atoll_cluster::topology::PhysRange;
 use atoll_vmm::memory::check_range;
 use atoll_vmm::{GuestMemory, GuestPhysAddr, MemoryError};
 
@@ -15,6 +17,23 @@ use atoll_vmm::{GuestMemory, GuestPhysAddr, MemoryError};
 pub struct GuestRam {
     host: u64,
     size: u64,
+}
+
+/// The RAM of a VM at `range`, if the range is guest memory of the node
+/// `plan` describes: inside the node's memory and outside its kernel
+/// memory. The planner gives each VM its own range (its property tests
+/// check VM ranges are disjoint), so the VM owns it alone.
+pub fn for_vm(plan: &NodePlan, range: PhysRange) -> Option<GuestRam> {
+    let inside = plan
+        .memory
+        .iter()
+        .any(|m| m.start.0 <= range.start.0 && range.end() <= m.end());
+    if range.len == 0 || !inside || range.overlaps(&plan.kernel_memory) {
+        return None;
+    }
+    // SAFETY: the range is this node's memory (checked), which the node's
+    // tables map read-write, outside its kernel memory, and given to one VM.
+    Some(unsafe { GuestRam::new(range.start.0, range.len) })
 }
 
 impl GuestRam {

@@ -123,7 +123,7 @@ irq_stub_\vector:
     iretq
     .endm
 
-    .irp v, 240,241,242,255
+    .irp v, 240,241,242,243,255
     IRQ_STUB \v
     .endr
 
@@ -136,7 +136,7 @@ exception_stubs:
     .endr
     .global irq_stubs
 irq_stubs:
-    .irp v, 240,241,242,255
+    .irp v, 240,241,242,243,255
     .quad irq_stub_\v
     .endr
 "#,
@@ -147,7 +147,7 @@ unsafe extern "C" {
     /// The stub addresses, defined above.
     static exception_stubs: [u64; 32];
     /// The interrupt stubs for [`IRQ_VECTORS`], in that order.
-    static irq_stubs: [u64; 4];
+    static irq_stubs: [u64; 5];
 }
 
 /// An inter-node signal arrived (a doorbell rang).
@@ -156,11 +156,15 @@ pub const SIGNAL_VECTOR: u8 = 240;
 pub const STOP_VECTOR: u8 = 241;
 /// The local APIC timer: a periodic tick that bounds every wait.
 pub const TIMER_VECTOR: u8 = 242;
+/// A kick: makes a CPU leave its guest (or its idle wait) and look at its
+/// vCPUs' requests (thesis 6.4: the owning CPU applies changes).
+pub const KICK_VECTOR: u8 = 243;
 /// The interrupt vectors with a stub, matching `irq_stubs`.
-const IRQ_VECTORS: [u8; 4] = [
+const IRQ_VECTORS: [u8; 5] = [
     SIGNAL_VECTOR,
     STOP_VECTOR,
     TIMER_VECTOR,
+    KICK_VECTOR,
     super::apic::SPURIOUS_VECTOR,
 ];
 

@@ -11,6 +11,7 @@ pub mod guestram;
 pub mod heap;
 pub mod idt;
 pub mod image;
+pub mod images;
 pub mod kmem;
 pub mod nodeboot;
 pub mod paging;

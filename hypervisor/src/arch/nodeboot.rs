@@ -226,6 +226,8 @@ pub fn build_node(
             layout,
             pending: [const { AtomicU64::new(0) }; status::MAX_NODES],
             test: selftest::NodeTest::new(),
+            vms: Once::new(),
+            kernel: super::biglock::BigLock::new(crate::node::NodeKernel::default()),
         })
         .ok_or(MapError::OutOfFrames)?;
     let cpu0 = plan.cpus.first().map_or((0, 0), |c| (c.index.0, c.apic_id));
@@ -254,7 +256,38 @@ fn build_tables(
     node_regions(&boot.plan, index, &image, layout, apic::base(), |r| {
         tables.identity_map(r.start, r.end - r.start, r.flags)
     })?;
+    map_vm_images(&mut tables, &boot.plan, index)?;
     Ok(tables.root())
+}
+
+/// Maps, read-only, the guest images (boot modules) the node's VMs load,
+/// page by page: two images may share a page, or two VMs an image.
+fn map_vm_images<M: atoll_platform::paging::TableMemory>(
+    tables: &mut PageTables<M>,
+    plan: &Plan,
+    index: usize,
+) -> Result<(), MapError> {
+    let names = plan
+        .vms
+        .iter()
+        .filter(|vm| usize::from(vm.node.0) == index)
+        .flat_map(|vm| core::iter::once(&vm.kernel).chain(&vm.modules));
+    for name in names {
+        let Some(image) = super::images::all().iter().find(|i| &i.name == name) else {
+            continue; // reported when the VM is built
+        };
+        let first = image.start & !0xfff;
+        let end = image
+            .start
+            .saturating_add(image.len)
+            .next_multiple_of(0x1000);
+        for page in (first..end).step_by(0x1000) {
+            if tables.translate(page).is_none() {
+                tables.identity_map(page, 0x1000, atoll_platform::paging::Flags::READ_ONLY)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Starts the node's CPUs after the first, one at a time through the node's

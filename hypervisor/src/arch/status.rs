@@ -21,6 +21,10 @@ pub struct StatusPage {
     pub heartbeat: AtomicU64,
     /// Set when the node has finished its part of the self-test.
     pub test_done: AtomicU32,
+    /// The node's VMs that have not ended yet.
+    pub vms_running: AtomicU32,
+    /// The node's VMs that ended other than by exiting with status 0.
+    pub vms_failed: AtomicU32,
 }
 
 const _: () = assert!(core::mem::size_of::<StatusPage>() == 4096);
@@ -42,6 +46,8 @@ impl StatusPage {
             cpus_up: AtomicU32::new(0),
             heartbeat: AtomicU64::new(0),
             test_done: AtomicU32::new(0),
+            vms_running: AtomicU32::new(0),
+            vms_failed: AtomicU32::new(0),
         }
     }
 

@@ -100,6 +100,7 @@ pub fn enable_on_this_cpu(caps: &VmxCaps, kmem: &mut KernelMemory) -> Result<(),
     let region = kmem
         .alloc_zeroed(4096, 4096)
         .ok_or(EnableError::OutOfKernelMemory)?;
+    super::cpu::enable_xsave();
     // SAFETY: the page is fresh and zeroed, from this node's kernel memory,
     // and the caller checked CPUID.VMX (the capabilities were read).
     unsafe { enable(caps, region) }
@@ -204,7 +205,7 @@ pub fn write_host_state() -> Result<(), VmxFail> {
         (host::IA32_SYSENTER_EIP, 0),
         (host::IA32_EFER_FULL, efer),
         (host::IA32_PAT_FULL, pat),
-        (host::RIP, vmx_exit as usize as u64),
+        (host::RIP, vmx_exit as *const () as u64),
     ] {
         write(field, value)?;
     }

@@ -1,0 +1,223 @@
+//! Fitting each `[[vm]]` into its node: its memory is a 2 MiB aligned,
+//! contiguous range of the node's memory outside the node's kernel memory
+//! (first fit, in config order), its vCPUs run on the node's CPUs (the
+//! `pin` list, or round robin over the node's CPUs in order, counting on
+//! from the node's previous unpinned vCPU), and its devices are named ones.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::{NodePlan, Problems};
+use crate::config::{ClusterConfig, ErrorKind, OnCrash, VmConfig};
+use crate::plan::NodeId;
+use crate::topology::{CpuIndex, PhysRange};
+
+/// VM memory alignment: EPT maps it with 2 MiB pages.
+pub const VM_ALIGN: u64 = 2 << 20;
+const MIB: u64 = 1 << 20;
+
+/// The devices a VM may have (`devices = [...]`); all of them when the key
+/// is left out.
+pub const DEVICES: [&str; 3] = ["uart", "debug-exit", "fw-cfg"];
+
+/// A VM's share of its node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmPlan {
+    pub name: String,
+    pub node: NodeId,
+    pub vcpus: u32,
+    /// Its RAM: guest-physical 0 maps to `memory.start`.
+    pub memory: PhysRange,
+    /// The CPU each vCPU runs on (one entry per vCPU).
+    pub vcpu_cpus: Vec<CpuIndex>,
+    /// Whether `vcpu_cpus` came from `pin` (else round robin).
+    pub pinned: bool,
+    pub kernel: String,
+    pub modules: Vec<String>,
+    pub cmdline: String,
+    /// Names from [`DEVICES`].
+    pub devices: Vec<String>,
+    pub on_crash: OnCrash,
+}
+
+/// Plans every VM of `config` into `nodes`. VMs with errors are left out
+/// (the errors go to `problems`).
+pub(super) fn place(
+    config: &ClusterConfig,
+    nodes: &[NodePlan],
+    problems: &mut Problems<'_>,
+) -> Vec<VmPlan> {
+    let mut free: Vec<Vec<PhysRange>> = nodes.iter().map(guest_memory).collect();
+    let mut next_cpu = alloc::vec![0usize; nodes.len()];
+    let mut out = Vec::new();
+    for vm in &config.vms {
+        let Some(node) = nodes.get(usize::from(vm.node.value.0)) else {
+            continue;
+        };
+        let index = usize::from(node.id.0);
+        let cpus = vcpu_cpus(vm, node, next_cpu.get_mut(index), problems);
+        let devices = devices(vm, problems);
+        let memory = free
+            .get_mut(index)
+            .and_then(|free| memory(vm, node, free, problems));
+        if let (Some((vcpu_cpus, pinned)), Some(devices), Some(memory)) = (cpus, devices, memory) {
+            out.push(VmPlan {
+                name: vm.name.value.clone(),
+                node: node.id,
+                vcpus: vm.vcpus.value,
+                memory,
+                vcpu_cpus,
+                pinned,
+                kernel: vm.kernel.value.clone(),
+                modules: vm.modules.iter().map(|m| m.value.clone()).collect(),
+                cmdline: vm
+                    .cmdline
+                    .as_ref()
+                    .map_or_else(String::new, |c| c.value.clone()),
+                devices,
+                on_crash: vm.on_crash(),
+            });
+        }
+    }
+    out
+}
+
+/// The node's memory minus its kernel memory, 2 MiB aligned inward.
+fn guest_memory(node: &NodePlan) -> Vec<PhysRange> {
+    let kernel = node.kernel_memory;
+    let mut out = Vec::new();
+    for r in &node.memory {
+        let pieces = [
+            (r.start.0, r.end().min(kernel.start.0)),
+            (r.start.0.max(kernel.end()), r.end()),
+        ];
+        for (start, end) in pieces {
+            let start = start.next_multiple_of(VM_ALIGN);
+            let end = end & !(VM_ALIGN - 1);
+            if start < end {
+                out.push(PhysRange::new(start, end - start));
+            }
+        }
+    }
+    out
+}
+
+/// First fit of `mem_mib` in the node's free guest memory.
+fn memory(
+    vm: &VmConfig,
+    node: &NodePlan,
+    free: &mut Vec<PhysRange>,
+    problems: &mut Problems<'_>,
+) -> Option<PhysRange> {
+    let mib = vm.mem_mib.value;
+    if mib % 2 != 0 {
+        problems.error(
+            &vm.mem_mib.at,
+            ErrorKind::BadValue,
+            format!(
+                "VM '{}' asks for {mib} MiB, but VM memory comes in 2 MiB blocks",
+                vm.name.value
+            ),
+            format!("set mem_mib to {} or {}", mib - 1, mib + 1),
+        );
+        return None;
+    }
+    let bytes = mib.checked_mul(MIB)?;
+    let Some(slot) = free.iter_mut().find(|r| r.len >= bytes) else {
+        let left: u64 = free.iter().map(|r| r.len).sum::<u64>() / MIB;
+        let largest = free.iter().map(|r| r.len).max().unwrap_or(0) / MIB;
+        problems.error(
+            &vm.mem_mib.at,
+            ErrorKind::OutOfMemory,
+            format!(
+                "VM '{}' needs {mib} MiB, but node '{}' has {left} MiB of guest memory left (at most {largest} MiB in one piece)",
+                vm.name.value, node.name
+            ),
+            format!(
+                "raise mem_mib of node '{}' or shrink the VM to {largest} MiB or less",
+                node.name
+            ),
+        );
+        return None;
+    };
+    let range = PhysRange::new(slot.start.0, bytes);
+    *slot = PhysRange::new(slot.start.0 + bytes, slot.len - bytes);
+    Some(range)
+}
+
+/// The CPU of each vCPU, and whether they were pinned.
+fn vcpu_cpus(
+    vm: &VmConfig,
+    node: &NodePlan,
+    next: Option<&mut usize>,
+    problems: &mut Problems<'_>,
+) -> Option<(Vec<CpuIndex>, bool)> {
+    let node_cpus: Vec<CpuIndex> = node.cpus.iter().map(|c| c.index).collect();
+    if vm.pin.is_empty() {
+        let next = next?;
+        let n = node_cpus.len().max(1);
+        let cpus = (0..vm.vcpus.value)
+            .filter_map(|_| {
+                let cpu = node_cpus.get(*next % n).copied();
+                *next += 1;
+                cpu
+            })
+            .collect();
+        return Some((cpus, false));
+    }
+    let mut ok = true;
+    if vm.pin.len() != vm.vcpus.value as usize {
+        ok = false;
+        problems.error(
+            vm.pin.first().map_or(&vm.at, |p| &p.at),
+            ErrorKind::BadValue,
+            format!(
+                "VM '{}' pins {} vCPUs, but has {}",
+                vm.name.value,
+                vm.pin.len(),
+                vm.vcpus.value
+            ),
+            "list one CPU per vCPU in pin, or leave pin out to let the node schedule them".into(),
+        );
+    }
+    for p in &vm.pin {
+        if !node_cpus.contains(&p.value) {
+            ok = false;
+            let list: Vec<String> = node_cpus.iter().map(|c| format!("{}", c.0)).collect();
+            problems.error(
+                &p.at,
+                ErrorKind::BadValue,
+                format!(
+                    "VM '{}' pins a vCPU to CPU {}, which is not a CPU of node '{}'",
+                    vm.name.value, p.value.0, node.name
+                ),
+                format!("pin to CPUs of node '{}': {}", node.name, list.join(", ")),
+            );
+        }
+    }
+    ok.then(|| (vm.pin.iter().map(|p| p.value).collect(), true))
+}
+
+/// The device names, checked; all devices when none are listed.
+fn devices(vm: &VmConfig, problems: &mut Problems<'_>) -> Option<Vec<String>> {
+    if vm.devices.is_empty() {
+        return Some(DEVICES.iter().map(|d| String::from(*d)).collect());
+    }
+    let mut ok = true;
+    for d in &vm.devices {
+        if !DEVICES.contains(&d.value.as_str()) {
+            ok = false;
+            problems.error(
+                &d.at,
+                ErrorKind::BadValue,
+                format!(
+                    "VM '{}' asks for device '{}', which Atoll does not have",
+                    vm.name.value, d.value
+                ),
+                format!("choose from {}", DEVICES.join(", ")),
+            );
+        }
+    }
+    ok.then(|| vm.devices.iter().map(|d| d.value.clone()).collect())
+}

@@ -1,0 +1,421 @@
+//! VMs as node objects: a VM belongs to one node, its RAM is a range of
+//! that node's memory, its EPT is built from the node's kernel memory, and
+//! its vCPUs run only on the node's CPUs.
+//!
+//! A VM's record is shared by the CPUs that run its vCPUs; everything in
+//! it that changes is atomic, or (the devices) behind the node lock. The
+//! life of a VM:
+//!
+//! ```text
+//!  Running --(a vCPU: exit status / stop reason)--> Ending
+//!  Ending: every CPU with a vCPU of the VM sees it at its next exit (a
+//!          kick IPI makes that prompt), parks its vCPU and checks out;
+//!          the last one out finishes the VM:
+//!     crash and on_crash = "restart" --> images reloaded --> Running (new
+//!                                        generation: each CPU resets its vCPUs)
+//!     otherwise                       --> Ended (events, node count down)
+//! ```
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use atoll_cluster::config::OnCrash;
+use atoll_cluster::plan::{NodePlan, Plan};
+use atoll_cluster::topology::PhysRange;
+use atoll_platform::ept::{Access, Ept, RegionKind};
+use atoll_platform::event::{Hex, HexRange};
+use atoll_vmm::devices::{DeviceSet, LegacyPorts};
+use atoll_vmm::dispatch::StopReason;
+use atoll_vmm::exit::{ExitReason, Registers};
+use atoll_vmm::loader::{self, EntryState, Module};
+use atoll_vmm::stats::{self, REASONS, Snapshot};
+use spin::Mutex;
+
+use crate::arch::guestram::{self, GuestRam};
+use crate::arch::kmem::KernelMemory;
+use crate::arch::{apic, idt, images};
+use crate::console;
+use crate::node::Node;
+
+/// What the config and the plan say about a VM.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    pub name: String,
+    pub vcpus: u16,
+    /// Its RAM: guest-physical 0 maps here.
+    pub memory: PhysRange,
+    /// The CPU (MADT index) each vCPU runs on.
+    pub vcpu_cpus: Vec<u32>,
+    pub kernel: String,
+    pub modules: Vec<String>,
+    pub cmdline: String,
+    pub devices: DeviceSet,
+    pub on_crash: OnCrash,
+}
+
+/// The VMs of node `node` as the plan gives them.
+pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
+    plan.vms
+        .iter()
+        .filter(|vm| usize::from(vm.node.0) == node)
+        .map(|vm| VmSpec {
+            name: vm.name.clone(),
+            vcpus: vm.vcpus.min(u32::from(u16::MAX)) as u16,
+            memory: vm.memory,
+            vcpu_cpus: vm.vcpu_cpus.iter().map(|c| c.0).collect(),
+            kernel: vm.kernel.clone(),
+            modules: vm.modules.clone(),
+            cmdline: vm.cmdline.clone(),
+            devices: DeviceSet {
+                uart: vm.devices.iter().any(|d| d == "uart"),
+                debug_exit: vm.devices.iter().any(|d| d == "debug-exit"),
+                fw_cfg: vm.devices.iter().any(|d| d == "fw-cfg"),
+            },
+            on_crash: vm.on_crash,
+        })
+        .collect()
+}
+
+/// How a VM ended.
+#[derive(Clone, Copy, Debug)]
+pub enum End {
+    /// It asked to (isa-debug-exit or the power-off hypercall).
+    Exited { status: u32, vcpu: u16 },
+    /// It was stopped, with the registers of the vCPU that caused it.
+    Stopped {
+        reason: StopReason,
+        vcpu: u16,
+        regs: Registers,
+    },
+}
+
+const RUNNING: u8 = 0;
+const ENDING: u8 = 1;
+const ENDED: u8 = 2;
+
+pub struct Vm {
+    /// Index among the node's VMs (its devices' slot under the node lock).
+    pub local: usize,
+    pub spec: VmSpec,
+    pub ram: GuestRam,
+    pub eptp: u64,
+    /// Non-zero, unique among the VMs of a node (so of a CPU).
+    pub vpid: u16,
+    kernel: &'static [u8],
+    modules: Vec<(&'static [u8], String)>,
+    entry: Mutex<EntryState>,
+    /// Bumped by every (re)start; a CPU resets its vCPUs when it changes.
+    pub generation: AtomicU32,
+    run: AtomicU8,
+    /// vCPUs not yet checked out of the current generation.
+    active: AtomicU32,
+    /// vCPUs that cannot run until something wakes them (halted with
+    /// interrupts off, or waiting for a start-up IPI).
+    pub blocked: AtomicU32,
+    end: Mutex<Option<End>>,
+    restarts: AtomicU32,
+    counts: [AtomicU64; REASONS.len()],
+    root_ticks: [AtomicU64; REASONS.len()],
+    guest_ticks: AtomicU64,
+}
+
+/// Why a VM could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    MissingImage(String),
+    /// The plan gave the VM memory its node does not own (a planner bug).
+    NotNodeMemory,
+    Load(loader::LoadError),
+    Ept(atoll_platform::ept::EptError),
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BuildError::MissingImage(name) => write!(
+                f,
+                "no boot module `vm-image:{name}`: the ISO must carry every kernel and module a [[vm]] names"
+            ),
+            BuildError::NotNodeMemory => {
+                f.write_str("the VM's memory is not its node's guest memory")
+            }
+            BuildError::Load(e) => write!(f, "{e}"),
+            BuildError::Ept(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl Vm {
+    /// Builds the VM: its EPT (from `kmem`), its images loaded into its RAM.
+    pub fn build(
+        local: usize,
+        spec: VmSpec,
+        node_plan: &NodePlan,
+        kmem: &mut KernelMemory,
+    ) -> Result<Vm, BuildError> {
+        let kernel =
+            images::find(&spec.kernel).ok_or(BuildError::MissingImage(spec.kernel.clone()))?;
+        let modules = spec
+            .modules
+            .iter()
+            .map(|m| {
+                images::find(m)
+                    .map(|bytes| (bytes, alloc::format!("vm-image:{m}")))
+                    .ok_or_else(|| BuildError::MissingImage(m.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ept = Ept::new(&mut *kmem).map_err(BuildError::Ept)?;
+        ept.map(
+            0,
+            spec.memory.start.0,
+            spec.memory.len,
+            Access::RWX,
+            RegionKind::Ram,
+        )
+        .map_err(BuildError::Ept)?;
+        let eptp = ept.pointer();
+        let ram = guestram::for_vm(node_plan, spec.memory).ok_or(BuildError::NotNodeMemory)?;
+        let vcpus = spec.vcpus;
+        let vm = Vm {
+            local,
+            vpid: local as u16 + 1,
+            spec,
+            ram,
+            eptp,
+            kernel,
+            modules,
+            entry: Mutex::new(EntryState {
+                entry: 0,
+                eax: 0,
+                ebx: 0,
+            }),
+            generation: AtomicU32::new(0),
+            run: AtomicU8::new(RUNNING),
+            active: AtomicU32::new(u32::from(vcpus)),
+            blocked: AtomicU32::new(0),
+            end: Mutex::new(None),
+            restarts: AtomicU32::new(0),
+            counts: [const { AtomicU64::new(0) }; REASONS.len()],
+            root_ticks: [const { AtomicU64::new(0) }; REASONS.len()],
+            guest_ticks: AtomicU64::new(0),
+        };
+        vm.load_images().map_err(BuildError::Load)?;
+        Ok(vm)
+    }
+
+    /// Loads the kernel and modules into RAM (again, on restart).
+    fn load_images(&self) -> Result<(), loader::LoadError> {
+        let modules: Vec<Module<'_>> = self
+            .modules
+            .iter()
+            .map(|(bytes, cmdline)| Module { bytes, cmdline })
+            .collect();
+        let mut ram = self.ram;
+        let entry = loader::load(&mut ram, self.kernel, &modules, &self.spec.cmdline)?;
+        *self.entry.lock() = entry;
+        Ok(())
+    }
+
+    /// Where vCPU 0 starts (the loaded kernel's entry state).
+    pub fn entry(&self) -> EntryState {
+        *self.entry.lock()
+    }
+
+    /// The devices this VM starts with.
+    pub fn new_devices(&self) -> LegacyPorts {
+        LegacyPorts::new(self.spec.devices, self.spec.memory.len, self.spec.vcpus)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.run.load(Ordering::Acquire) == RUNNING
+    }
+
+    pub fn has_ended(&self) -> bool {
+        self.run.load(Ordering::Acquire) == ENDED
+    }
+
+    /// Counts one exit and the ticks around it.
+    pub fn record_exit(&self, reason: ExitReason, guest: u64, root: u64) {
+        let row = stats::row(reason);
+        if let (Some(c), Some(t)) = (self.counts.get(row), self.root_ticks.get(row)) {
+            c.fetch_add(1, Ordering::Relaxed);
+            t.fetch_add(root, Ordering::Relaxed);
+        }
+        self.guest_ticks.fetch_add(guest, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (dst, src) in s.counts.iter_mut().zip(&self.counts) {
+            *dst = src.load(Ordering::Relaxed);
+        }
+        for (dst, src) in s.root_ticks.iter_mut().zip(&self.root_ticks) {
+            *dst = src.load(Ordering::Relaxed);
+        }
+        s.guest_ticks = self.guest_ticks.load(Ordering::Relaxed);
+        s
+    }
+
+    /// Asks the VM to end (the first request wins) and kicks the CPUs that
+    /// run its vCPUs, so each parks its vCPU at once (thesis 6.4: only the
+    /// owning CPU changes a vCPU).
+    pub fn request_end(&self, node: &Node, end: End) {
+        if self
+            .run
+            .compare_exchange(RUNNING, ENDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        *self.end.lock() = Some(end);
+        self.kick_cpus(node);
+    }
+
+    fn kick_cpus(&self, node: &Node) {
+        let me = crate::arch::percpu::current().map(|c| c.cpu);
+        let Some(plan) = node.plan.get() else { return };
+        for cpu in plan.cpus.iter().filter(|c| Some(c.index.0) != me) {
+            if self.spec.vcpu_cpus.contains(&cpu.index.0) {
+                let _ = apic::send_fixed(cpu.apic_id, idt::KICK_VECTOR);
+            }
+        }
+    }
+
+    /// A CPU parks one of its vCPUs of the ending generation; the last one
+    /// out finishes the VM.
+    pub fn check_out(&self, node: &Node) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish(node);
+        }
+    }
+
+    fn finish(&self, node: &Node) {
+        let end = self.end.lock().take();
+        self.flush_console(node);
+        let crashed = match end {
+            Some(End::Stopped { reason, .. }) => reason.is_crash(),
+            _ => false,
+        };
+        if let Some(end) = end {
+            report_end(self, node, &end);
+        }
+        if crashed && self.spec.on_crash == OnCrash::Restart && self.restart(node) {
+            return;
+        }
+        report_stats(self, node);
+        self.run.store(ENDED, Ordering::Release);
+        let failed = !matches!(end, Some(End::Exited { status: 0, .. }));
+        node.vm_ended(failed);
+    }
+
+    /// Reloads the images and starts a new generation; false if the images
+    /// no longer load (then the VM stays down).
+    fn restart(&self, node: &Node) -> bool {
+        let fresh = self.new_devices();
+        node.with_devices(self.local, |devices| *devices = fresh);
+        if let Err(e) = self.load_images() {
+            log::error!("VM '{}' cannot restart: {e}", self.spec.name);
+            return false;
+        }
+        let restarts = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        self.blocked.store(0, Ordering::Relaxed);
+        self.active
+            .store(u32::from(self.spec.vcpus), Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Release);
+        self.run.store(RUNNING, Ordering::Release);
+        console::event("vm_restarted", |e| {
+            e.field("vm", self.spec.name.as_str())
+                .field("node", node.index)
+                .field("restarts", restarts)
+        });
+        self.kick_cpus(node);
+        true
+    }
+
+    /// Prints what the guest wrote without a final newline.
+    fn flush_console(&self, node: &Node) {
+        let mut line = [0u8; atoll_vmm::devices::LINE_BYTES];
+        let len = node
+            .with_devices(self.local, |devices| devices.uart.take_partial(&mut line))
+            .flatten();
+        if let Some(len) = len {
+            print_guest_line(&self.spec.name, line.get(..len).unwrap_or(&[]));
+        }
+    }
+
+    /// Reports the VM when it starts (`vm_start`).
+    pub fn report_start(&self, node: &Node) {
+        let entry = self.entry();
+        let mem = HexRange(self.spec.memory.start.0, self.spec.memory.end());
+        console::event("vm_start", |e| {
+            e.field("vm", self.spec.name.as_str())
+                .field("node", node.index)
+                .field("vcpus", self.spec.vcpus)
+                .field("cpus", self.spec.vcpu_cpus.as_slice())
+                .field("mem", mem)
+                .field("entry", Hex(u64::from(entry.entry)))
+        });
+    }
+}
+
+/// A guest console line, prefixed with its VM's name.
+pub fn print_guest_line(vm: &str, line: &[u8]) {
+    let text = core::str::from_utf8(line).unwrap_or("?");
+    console::guest_line(vm, text);
+}
+
+fn report_end(vm: &Vm, node: &Node, end: &End) {
+    let name = vm.spec.name.as_str();
+    match *end {
+        End::Exited { status, vcpu } => console::event("vm_exit", |e| {
+            e.field("vm", name)
+                .field("node", node.index)
+                .field("vcpu", vcpu)
+                .field("status", status)
+        }),
+        End::Stopped { reason, vcpu, regs } => console::event("vm_stopped", |e| {
+            let e = e
+                .field("vm", name)
+                .field("node", node.index)
+                .field("vcpu", vcpu)
+                .field("reason", reason.name())
+                .field("detail", format_args!("{reason:?}"))
+                .field("rip", Hex(regs.rip))
+                .field("rsp", Hex(regs.gpr[4]))
+                .field("rflags", Hex(regs.rflags))
+                .field("cr0", Hex(regs.cr0))
+                .field("cr3", Hex(regs.cr3))
+                .field("cr4", Hex(regs.cr4))
+                .field("efer", Hex(regs.efer))
+                .field("cpl", regs.cpl);
+            e.field(
+                "on_crash",
+                match vm.spec.on_crash {
+                    OnCrash::Stop => "stop",
+                    OnCrash::Restart => "restart",
+                },
+            )
+        }),
+    }
+}
+
+/// The `stats` event: exits per reason and the time outside the VM.
+pub fn report_stats(vm: &Vm, node: &Node) {
+    let s = vm.snapshot();
+    let rows: Vec<(&str, u64, u64)> = s.rows().collect();
+    let reasons: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let counts: Vec<u64> = rows.iter().map(|r| r.1).collect();
+    let ticks: Vec<u64> = rows.iter().map(|r| r.2).collect();
+    console::event("stats", |e| {
+        e.field("vm", vm.spec.name.as_str())
+            .field("node", node.index)
+            .field("exits", s.exits())
+            .field("guest_ticks", s.guest_ticks)
+            .field("root_ticks", s.root_total())
+            .field("outside_ppm", s.outside_ppm())
+            .field("reasons", reasons.as_slice())
+            .field("counts", counts.as_slice())
+            .field("ticks", ticks.as_slice())
+    });
+}
