@@ -118,9 +118,11 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
 }
 
 /// The VMX capabilities when every feature VMs need is there: EPT with a
-/// 4-level write-back walk, VPID and unrestricted guest.
+/// 4-level write-back walk, VPID, unrestricted guest, single-context
+/// INVEPT and INVVPID.
 fn vmx_ready(caps: VmxCaps, vmx: bool) -> Option<VmxCaps> {
-    (vmx && caps.ept() && caps.vpid() && caps.unrestricted_guest()).then_some(caps)
+    let ready = caps.ept() && caps.vpid() && caps.unrestricted_guest() && caps.invalidation();
+    (vmx && ready).then_some(caps)
 }
 
 /// The machine as the planner sees it.

@@ -317,7 +317,9 @@ fn coordinate(node: &'static Node) -> ! {
     let boot = node.boot;
     let nodes = boot.plan.nodes.len();
     let mut waited = 0;
-    while (0..nodes).any(|i| status::page(i).is_none_or(|p| p.state() != NodeState::Up)) {
+    // A node that came up and stopped itself since (an isolation fault)
+    // counts as up: only a node that never started is waited for.
+    while (0..nodes).any(|i| status::page(i).is_none_or(|p| p.state() == NodeState::NotStarted)) {
         if waited >= NODES_UP_TIMEOUT_MS {
             crate::boot::fatal(
                 "node_timeout",

@@ -161,7 +161,7 @@ fn run_loop(node: &'static Node, slots: &mut [Slot], slice: u32) -> ! {
         let count = slots.len();
         let pick = (0..count)
             .map(|i| (next + i) % count)
-            .find(|&i| slots.get(i).is_some_and(|s| runnable(s)));
+            .find(|&i| slots.get(i).is_some_and(runnable));
         let Some(i) = pick else {
             node.idle_check();
             cpu::wait_for_interrupt();
@@ -189,6 +189,13 @@ fn runnable(slot: &Slot) -> bool {
 fn sync_with_vm(node: &Node, slot: &mut Slot) {
     let generation = slot.vm.generation.load(Ordering::Acquire);
     if generation != slot.generation && slot.vm.is_running() {
+        // The restarted guest builds new page tables in the same memory:
+        // translations this CPU cached for the old incarnation (tagged
+        // with the VM's VPID and EPT) must go first (SDM 29.4.3.3). Every
+        // CPU with a vCPU of the VM does this for itself when the restart
+        // kick reaches it.
+        vmx::invvpid_single(slot.vm.vpid);
+        vmx::invept_single(slot.vm.eptp);
         let mode = start_mode(slot.vm, slot.vcpu.id);
         if slot.vcpu.reset(mode).is_err() {
             log::error!("VM '{}': vCPU reset failed", slot.vm.spec.name);

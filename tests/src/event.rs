@@ -21,14 +21,26 @@ pub struct BadEvent {
 
 impl Event {
     /// Parses a console line: `None` for a human line, `Some(Err)` for a
-    /// malformed event line.
+    /// malformed event line. A guest's event arrives as `[vm] @ev {json}`
+    /// (its VM's console prefix) and gets the VM's name as field `vm`.
     pub fn parse(line: &str) -> Option<Result<Event, BadEvent>> {
-        let json = line.trim_end_matches(['\r', '\n']).strip_prefix(PREFIX)?;
+        let line = line.trim_end_matches(['\r', '\n']);
+        if let Some((vm, json)) = guest_event(line) {
+            return Some(Self::parse_json(line, json).map(|mut event| {
+                event.fields.insert("vm".into(), Value::String(vm.into()));
+                event
+            }));
+        }
+        let json = line.strip_prefix(PREFIX)?;
+        Some(Self::parse_json(line, json))
+    }
+
+    fn parse_json(line: &str, json: &str) -> Result<Event, BadEvent> {
         let bad = |reason: String| BadEvent {
             line: line.to_string(),
             reason,
         };
-        Some(match serde_json::from_str::<Value>(json) {
+        match serde_json::from_str::<Value>(json) {
             Ok(Value::Object(fields)) => match fields.get("ev") {
                 Some(Value::String(name)) => Ok(Event {
                     name: name.clone(),
@@ -38,7 +50,7 @@ impl Event {
             },
             Ok(_) => Err(bad("not a JSON object".into())),
             Err(e) => Err(bad(e.to_string())),
-        })
+        }
     }
 
     /// A field's value.
@@ -90,6 +102,18 @@ impl Event {
     }
 }
 
+/// `[vm] @ev {json}` -> (vm, json).
+fn guest_event(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix('[')?;
+    let (vm, rest) = rest.split_once("] ")?;
+    let json = rest.strip_prefix(PREFIX).filter(|j| j.starts_with('{'))?;
+    let plain = !vm.is_empty()
+        && vm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    plain.then_some((vm, json))
+}
+
 fn parse_hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
 }
@@ -131,6 +155,20 @@ mod tests {
             Event::parse(" @ev {}").is_none(),
             "events start at the line start"
         );
+    }
+
+    #[test]
+    fn guest_events_carry_their_vm() {
+        let e = Event::parse("[web-1] @ev {\"ev\":\"guest_hello\",\"cpus\":2}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.str("vm")),
+            ("guest_hello", Some("web-1"))
+        );
+        assert!(Event::parse("[web] hello @ev {}").is_none());
+        assert!(Event::parse("[INFO] @ev is mentioned").is_none());
+        assert!(Event::parse("[web] @ev {broken").unwrap().is_err());
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    /// Bochs, 2 CPUs, 512 MiB, 120 s, configs/default.toml, no command line,
+    /// Bochs, 4 CPUs, 512 MiB, 120 s, configs/core.toml (no VMs: the
+    /// core's tests run in QEMU too), no command line,
     /// no NUMA.
     pub fn new(hypervisor: PathBuf) -> Self {
         RunSpec {
@@ -59,7 +60,7 @@ impl RunSpec {
             mem_mib: 512,
             timeout: Duration::from_secs(120),
             cmdline: String::new(),
-            config: ConfigModule::File(crate::build::workspace_root().join("configs/default.toml")),
+            config: ConfigModule::File(crate::build::workspace_root().join("configs/core.toml")),
             numa: Vec::new(),
         }
     }
@@ -304,6 +305,15 @@ struct Collected {
 
 impl Collected {
     fn add(&mut self, line: String, at: Duration) {
+        // The panic path stops every CPU by NMI, possibly in the middle of
+        // an event line, and starts its report on a fresh line: the cut line
+        // is the panic's doing, not a malformed event.
+        if line.starts_with("[PANIC]")
+            && let (Some(bad), Some(last)) = (self.bad_events.last(), self.lines.last())
+            && &bad.line == last
+        {
+            self.bad_events.pop();
+        }
         match Event::parse(&line) {
             Some(Ok(event)) => {
                 if self.terminal.is_none() && matches!(event.name.as_str(), "panic" | "poweroff") {
@@ -494,6 +504,21 @@ mod tests {
         assert_eq!(
             decide(&c, None, S(60), S(60)),
             Some(Ending::Timeout { after: S(60) })
+        );
+    }
+
+    #[test]
+    fn a_line_cut_by_the_panic_stop_is_not_a_malformed_event() {
+        let c = seen(&[
+            "@ev {\"ev\":\"heartbeat\",\"node\"",
+            "[PANIC] boom at x.rs:1 on cpu 2",
+        ]);
+        assert!(c.bad_events.is_empty());
+        let c = seen(&["@ev {cut", "[INFO] later", "[PANIC] boom"]);
+        assert_eq!(
+            c.bad_events.len(),
+            1,
+            "only the line right before the panic"
         );
     }
 

@@ -43,8 +43,8 @@ fn bochs_reports_the_machine_and_powers_off_cleanly() {
     assert!(out.event("vmx_caps").is_some(), "{why}");
 
     let config_len =
-        std::fs::metadata(atoll_tests::build::workspace_root().join("configs/default.toml"))
-            .expect("configs/default.toml")
+        std::fs::metadata(atoll_tests::build::workspace_root().join("configs/core.toml"))
+            .expect("configs/core.toml")
             .len();
     let config = out.event("config").expect("a config event");
     assert_eq!(config.u64("bytes"), Some(config_len), "{why}");

@@ -24,6 +24,7 @@ pub mod addr;
 pub mod devices;
 pub mod dispatch;
 pub mod exit;
+pub mod lapic;
 pub mod loader;
 pub mod memory;
 pub mod stats;

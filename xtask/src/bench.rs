@@ -51,7 +51,7 @@ const BOOTS: &[Boot] = &[
     Boot {
         name: "ipi-bochs",
         emulator: Emulator::Bochs,
-        config: "configs/default.toml",
+        config: "configs/core.toml",
         selftest: "ipi",
         what: "inter-node round trips (channel write + IPI capability), 2 nodes x 2 CPUs",
     },
@@ -65,7 +65,7 @@ const BOOTS: &[Boot] = &[
     Boot {
         name: "lock-bochs",
         emulator: Emulator::Bochs,
-        config: "configs/default.toml",
+        config: "configs/core.toml",
         selftest: "lock",
         what: "the node lock under all CPUs of a node",
     },

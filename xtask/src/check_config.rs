@@ -173,6 +173,21 @@ fn render(config: &ClusterConfig, plan: &Plan) -> String {
             ));
         }
         let _ = writeln!(out, "  signals     {}", none_or(signals.join("; ")));
+        for vm in plan.vms.iter().filter(|vm| vm.node == node.id) {
+            let cpus: Vec<String> = vm.vcpu_cpus.iter().map(|c| c.0.to_string()).collect();
+            let how = if vm.pinned { "pinned" } else { "round robin" };
+            let _ = writeln!(
+                out,
+                "  vm '{}'  {} vCPU(s) on CPUs {} ({how}), {}  {}, kernel {}, devices {}",
+                vm.name,
+                vm.vcpus,
+                cpus.join(", "),
+                range(&vm.memory),
+                size(vm.memory.len),
+                vm.kernel,
+                vm.devices.join(", ")
+            );
+        }
         out.push('\n');
     }
     if !plan.channels.is_empty() {

@@ -150,6 +150,8 @@ struct ConfigSpec {
     ipis: Vec<(usize, usize, Vec<u8>)>,
     /// Let CPU lists name two CPUs past the machine's last.
     overshoot: bool,
+    /// VMs: (node, vCPUs, MiB).
+    vms: Vec<(usize, u32, u64)>,
 }
 
 fn select() -> impl Strategy<Value = Select> {
@@ -181,12 +183,14 @@ fn config_spec() -> impl Strategy<Value = ConfigSpec> {
                 pairs,
             ),
             prop::bool::weighted(0.1),
+            prop::collection::vec((0..n, 1u32..=4, (1u64..=3).prop_map(|m| 2 * m)), 0..3),
         )
             .prop_map(
-                move |(nodes, owner, channels, ipis, overshoot)| ConfigSpec {
+                move |(nodes, owner, channels, ipis, overshoot, vms)| ConfigSpec {
                     nodes,
                     owner,
                     overshoot,
+                    vms,
                     channels: channels
                         .into_iter()
                         .map(|(a, off, pages, w)| (a, (a + off) % n, pages, w))
@@ -256,6 +260,12 @@ fn config_text(spec: &ConfigSpec, cpus: usize) -> String {
             text,
             "[[ipi]]\nfrom = \"n{from}\"\nto = \"n{to}\"\nnotifications = [{}]",
             list.join(", ")
+        );
+    }
+    for (i, (node, vcpus, mib)) in spec.vms.iter().enumerate() {
+        let _ = writeln!(
+            text,
+            "[[vm]]\nname = \"v{i}\"\nnode = \"n{node}\"\nvcpus = {vcpus}\nmem_mib = {mib}\nkernel = \"hello\""
         );
     }
     text
@@ -459,6 +469,28 @@ fn check_axioms(config: &ClusterConfig, t: &Topology, p: &Plan) -> Result<(), Te
         prop_assert!(aligned(&s.doorbell, PAGE) && s.doorbell.len == PAGE);
         prop_assert!(s.doorbell.start.0 >= MIB && usable(&s.doorbell));
         owned.push((s.doorbell, format!("doorbell {:?}->{:?}", s.from, s.to)));
+    }
+
+    // VMs: inside their node's memory, clear of its kernel memory, 2 MiB
+    // aligned, disjoint from each other; vCPUs on their node's CPUs.
+    prop_assert_eq!(p.vms.len(), config.vms.len());
+    let mut vm_memory: Vec<PhysRange> = Vec::new();
+    for vm in &p.vms {
+        let node = p.node(vm.node).expect("a VM's node exists");
+        let node_memory: Vec<(u64, u64)> = merged(node.memory.iter().copied());
+        prop_assert!(
+            inside(&vm.memory, &node_memory),
+            "VM {} outside its node",
+            vm.name
+        );
+        prop_assert!(!vm.memory.overlaps(&node.kernel_memory));
+        prop_assert!(aligned(&vm.memory, 2 * MIB));
+        prop_assert_eq!(vm.vcpu_cpus.len(), vm.vcpus as usize);
+        for cpu in &vm.vcpu_cpus {
+            prop_assert!(node.cpus.iter().any(|c| c.index == *cpu));
+        }
+        prop_assert!(vm_memory.iter().all(|m| !m.overlaps(&vm.memory)));
+        vm_memory.push(vm.memory);
     }
 
     // Node memory, channels and doorbells pairwise disjoint.

@@ -119,6 +119,14 @@ impl VmxCaps {
         self.secondary_allowed(bits::PROC2_EPT) && self.ept_vpid & needed == needed
     }
 
+    /// INVEPT single-context and INVVPID single-context exist
+    /// (IA32_VMX_EPT_VPID_CAP bits 20, 25, 32 and 41, SDM A.10): how Atoll
+    /// drops a VM's cached translations.
+    pub fn invalidation(&self) -> bool {
+        let needed = 1 << 20 | 1 << 25 | 1 << 32 | 1 << 41;
+        self.ept_vpid & needed == needed
+    }
+
     /// VPIDs can be enabled.
     pub fn vpid(&self) -> bool {
         self.secondary_allowed(bits::PROC2_VPID)
@@ -204,6 +212,7 @@ mod tests {
             msrs.faults
         );
         assert!(caps.ept() && caps.vpid() && caps.unrestricted_guest());
+        assert!(caps.invalidation());
     }
 
     #[test]

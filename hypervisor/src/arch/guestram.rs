@@ -45,11 +45,6 @@ impl GuestRam {
     pub unsafe fn new(host: u64, size: u64) -> Self {
         GuestRam { host, size }
     }
-
-    /// The host-physical address backing guest-physical 0.
-    pub fn host_base(&self) -> u64 {
-        self.host
-    }
 }
 
 impl GuestMemory for GuestRam {

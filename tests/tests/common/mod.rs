@@ -1,6 +1,9 @@
 //! Shared by the integration tests: build the hypervisor once per test
 //! binary, and boot it.
 
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
 use atoll_tests::build::{Profile, build_hypervisor};
 use atoll_tests::events_doc::EventsDoc;
 use atoll_tests::{Emulator, Ending, RunOutcome, RunSpec};

@@ -107,11 +107,11 @@ fn guest_memory(node: &NodePlan) -> Vec<PhysRange> {
 fn memory(
     vm: &VmConfig,
     node: &NodePlan,
-    free: &mut Vec<PhysRange>,
+    free: &mut [PhysRange],
     problems: &mut Problems<'_>,
 ) -> Option<PhysRange> {
     let mib = vm.mem_mib.value;
-    if mib % 2 != 0 {
+    if !mib.is_multiple_of(2) {
         problems.error(
             &vm.mem_mib.at,
             ErrorKind::BadValue,
@@ -173,10 +173,10 @@ fn vcpu_cpus(
             vm.pin.first().map_or(&vm.at, |p| &p.at),
             ErrorKind::BadValue,
             format!(
-                "VM '{}' pins {} vCPUs, but has {}",
+                "VM '{}' has {} vCPU(s), but pin lists {} CPU(s)",
                 vm.name.value,
-                vm.pin.len(),
-                vm.vcpus.value
+                vm.vcpus.value,
+                vm.pin.len()
             ),
             "list one CPU per vCPU in pin, or leave pin out to let the node schedule them".into(),
         );

@@ -1,0 +1,126 @@
+//! VMs inside nodes: VMX/EPT, guest loading, exits, devices, containment,
+//! exit statistics, judged by console events (hypervisor/EVENTS.md) in
+//! Bochs, the only emulator here with VMX.
+
+mod common;
+
+use atoll_tests::build::workspace_root;
+use atoll_tests::{ConfigModule, Emulator, Ending, Event, RunOutcome, RunSpec};
+use common::{boot, spec};
+
+/// The events named `name` of VM `vm`.
+fn vm_events<'a>(out: &'a RunOutcome, name: &str, vm: &str) -> Vec<&'a Event> {
+    out.events_named(name)
+        .into_iter()
+        .filter(|e| e.str("vm") == Some(vm))
+        .collect()
+}
+
+fn config_bytes(text: &str) -> RunSpec {
+    RunSpec {
+        config: ConfigModule::Bytes(text.as_bytes().to_vec()),
+        ..spec()
+    }
+}
+
+#[test]
+fn default_cluster_runs_three_vms_in_two_nodes_and_powers_off_cleanly() {
+    let spec = RunSpec {
+        config: ConfigModule::File(workspace_root().join("configs/default.toml")),
+        ..spec()
+    };
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    assert!(out.success(), "{why}");
+    for (vm, node, vcpus, cpus) in [
+        ("hello-smp", 0, 2, vec![0, 1]),
+        ("hello-a", 0, 1, vec![0]),
+        ("hello-b", 1, 1, vec![2]),
+    ] {
+        let start = vm_events(&out, "vm_start", vm);
+        assert_eq!(start.len(), 1, "{vm}: one vm_start\n{why}");
+        assert_eq!(start[0].u64("node"), Some(node), "{why}");
+        assert_eq!(start[0].u64_list("cpus"), Some(cpus), "{why}");
+        let (mem_start, mem_end) = start[0].range("mem").expect("mem");
+        assert_eq!(mem_end - mem_start, 16 << 20, "{why}");
+        // The guest saw its own command line and, through fw_cfg, its own
+        // vCPU count and RAM size.
+        let hello = vm_events(&out, "guest_hello", vm);
+        assert_eq!(hello.len(), 1, "{vm}: one guest_hello\n{why}");
+        assert!(
+            hello[0].str("cmdline").is_some_and(|c| c.starts_with(vm)),
+            "{why}"
+        );
+        assert_eq!(hello[0].u64("cpus"), Some(vcpus), "{why}");
+        assert_eq!(hello[0].u64("ram_mib"), Some(16), "{why}");
+        let exit = vm_events(&out, "vm_exit", vm);
+        assert_eq!(exit.len(), 1, "{why}");
+        assert_eq!(exit[0].u64("status"), Some(0), "{why}");
+        let stats = vm_events(&out, "stats", vm);
+        assert_eq!(stats.len(), 1, "{why}");
+        let reasons = stats[0]
+            .get("reasons")
+            .and_then(|r| r.as_array())
+            .expect("reasons");
+        assert!(
+            reasons.iter().any(|r| r == "io"),
+            "port I/O exits counted\n{why}"
+        );
+        assert!(stats[0].u64("exits").is_some_and(|n| n > 10), "{why}");
+        let ppm = stats[0].u64("outside_ppm").expect("outside_ppm");
+        assert!(ppm > 0 && ppm < 1_000_000, "{why}");
+    }
+    // Guest console lines carry their VM's name.
+    assert!(
+        out.lines
+            .iter()
+            .any(|l| l == "[hello-b] hello from hello-b on node b"),
+        "{why}"
+    );
+}
+
+#[test]
+fn vms_without_vmx_are_a_clear_error() {
+    let spec = RunSpec {
+        emulator: Emulator::Qemu,
+        cpus: 4,
+        config: ConfigModule::File(workspace_root().join("configs/default.toml")),
+        ..spec()
+    };
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    let errors: Vec<&Event> = out
+        .events_named("error")
+        .into_iter()
+        .filter(|e| e.str("kind") == Some("vmx"))
+        .collect();
+    assert_eq!(errors.len(), 2, "one per node with VMs\n{why}");
+    assert!(out.events_named("vm_start").is_empty(), "{why}");
+    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+}
+
+#[test]
+fn the_devices_list_takes_effect() {
+    let out = boot(&config_bytes(
+        r#"
+[[node]]
+name = "a"
+cpus = [0, 1]
+mem_mib = 32
+
+[[vm]]
+name = "fails"
+node = "a"
+vcpus = 1
+mem_mib = 8
+kernel = "hello"
+devices = ["uart", "debug-exit"]
+"#,
+    ));
+    let why = out.diagnostics();
+    // Without fw_cfg the guest reports 0 CPUs and exits 0 all the same;
+    // the devices list took effect.
+    let hello = vm_events(&out, "guest_hello", "fails");
+    assert_eq!(hello.first().and_then(|e| e.u64("cpus")), Some(0), "{why}");
+    assert_eq!(out.ending, Ending::PoweredOff { status: 0 }, "{why}");
+}
