@@ -2,7 +2,7 @@
 //! built so they can go on the ISO.
 //!
 //! A `kernel` or `modules` value without '/' names a test guest from
-//! guest-images/ (package `atoll-guest-<name>`, binary `<name>`); any other
+//! guest-images/ (a binary of package `atoll-test-guests`); any other
 //! value is a file path relative to the config file's directory (the
 //! workspace root for configs given as bytes). On the ISO each image is
 //! the module `vm-image:<value>`, which is how the hypervisor finds it.
@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The test guests guest-images/ builds.
-pub const GUESTS: &[&str] = &["hello"];
+/// The test guests guest-images/ builds: the binaries of one package.
+pub const GUESTS: &[&str] = &["hello", "heartbeat", "hostile"];
+const GUEST_PACKAGE: &str = "atoll-test-guests";
 
 /// Where the release build of guest `name` lands.
 pub fn guest_elf(name: &str) -> PathBuf {
@@ -35,9 +36,7 @@ fn build_all() -> Result<()> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
         .args(["build", "--release", "--target", TARGET]);
-    for guest in GUESTS {
-        cmd.args(["--package", &format!("atoll-guest-{guest}")]);
-    }
+    cmd.args(["--package", GUEST_PACKAGE, "--bins"]);
     let status = cmd
         .status()
         .context("running cargo build for the test guests")?;

@@ -21,12 +21,14 @@ extern crate alloc;
 extern crate std;
 
 pub mod addr;
+pub mod cpuid;
 pub mod devices;
 pub mod dispatch;
 pub mod exit;
 pub mod lapic;
 pub mod loader;
 pub mod memory;
+pub mod msr;
 pub mod stats;
 
 pub use addr::{GuestPhysAddr, VcpuId, VmId};

@@ -221,7 +221,7 @@ fn lint() -> Result<bool> {
             "--package",
             "atoll-guest-rt",
             "--package",
-            "atoll-guest-hello",
+            "atoll-test-guests",
             "--target",
             "x86_64-unknown-none",
             "--",

@@ -1,4 +1,4 @@
-//! Links the guest with the shared guest layout (guest-images/rt/guest.ld).
+//! Links every test guest with the shared guest layout (guest-images/rt/guest.ld).
 
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
