@@ -1,45 +1,154 @@
-//! The hypervisor's side of exit handling: the services the dispatcher's
-//! [`atoll_vmm::dispatch::ExitEnv`] asks for, carried out with this node's
-//! state (devices under the node lock) and this CPU's hardware (CPUID,
-//! the current VMCS).
+//! The hypervisor's side of exit handling: [`Env`] gives the dispatcher
+//! (`atoll_vmm::dispatch`) the services it asks for, carried out with the
+//! policies of `atoll_vmm` (CPUID, MSRs, the local APIC, the port bus),
+//! this node's state (devices under the node lock) and this CPU's
+//! hardware (host CPUID, the current VMCS).
 
+use atoll_vmm::GuestPhysAddr;
+use atoll_vmm::cpuid::{self, HostCpuid};
 use atoll_vmm::devices::{LINE_BYTES, PortEffect};
-use atoll_vmm::dispatch::Outcome;
-use atoll_vmm::exit::{Registers, gpr};
+use atoll_vmm::dispatch::{ExitEnv, Fault, Outcome};
+use atoll_vmm::exit::{EptAccess, Registers};
+use atoll_vmm::lapic;
+use atoll_vmm::msr::{self, VmcsMsr, WriteContext};
+use core::sync::atomic::Ordering;
 use x86::vmx::vmcs::guest;
 
-use crate::arch::{cpu, vmx};
+use crate::arch::{cpu, time, vmx};
+use crate::console;
 use crate::node::Node;
+use crate::sched::Slot;
 use crate::vm::{self, Vm};
 
-/// CPUID as a guest sees it: the host's answer with VMX, SMX and MONITOR
-/// hidden and "hypervisor present" set (leaf 1), its own APIC ID and
-/// count (leaf 1 EBX), and Atoll's signature at 0x40000000 (SDM Vol. 2A,
-/// CPUID).
-pub fn cpuid(vm: &Vm, vcpu: u16, leaf: u32, subleaf: u32) -> [u32; 4] {
-    let [mut a, mut b, mut c, d] = cpu::cpuid(leaf, subleaf);
-    match leaf {
-        1 => {
-            c &= !(1 << 5 | 1 << 6 | 1 << 3);
-            c |= 1 << 31;
-            b = (b & 0x0000_ffff) | (u32::from(vcpu) << 24) | (u32::from(vm.spec.vcpus) << 16);
-        }
-        0x4000_0000 => {
-            let sig = *b"AtollHV\0\0\0\0\0";
-            let word = |i: usize| u32::from_le_bytes([sig[i], sig[i + 1], sig[i + 2], sig[i + 3]]);
-            return [0x4000_0010, word(0), word(4), word(8)];
-        }
-        0x4000_0001..=0x4000_00ff => return [0; 4],
-        _ => {}
-    }
-    let _ = &mut a;
-    [a, b, c, d]
+/// One exit's view of its vCPU and node.
+pub struct Env<'a> {
+    node: &'a Node,
+    slot: &'a mut Slot,
 }
 
-/// A port read through the VM's bus (all ones if no device answers).
-pub fn port_in(node: &Node, vm: &Vm, port: u16, size: u8) -> u32 {
-    node.with_devices(vm.local, |devices| devices.read(port, size))
-        .unwrap_or(u32::MAX)
+impl<'a> Env<'a> {
+    pub fn new(node: &'a Node, slot: &'a mut Slot) -> Self {
+        Env { node, slot }
+    }
+}
+
+/// The host processor's CPUID.
+struct Host;
+
+impl HostCpuid for Host {
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        cpu::cpuid(leaf, subleaf)
+    }
+}
+
+/// The VMCS field holding a guest MSR.
+fn vmcs_field(msr: VmcsMsr) -> u32 {
+    match msr {
+        VmcsMsr::Efer => guest::IA32_EFER_FULL,
+        VmcsMsr::Pat => guest::IA32_PAT_FULL,
+        VmcsMsr::FsBase => guest::FS_BASE,
+        VmcsMsr::GsBase => guest::GS_BASE,
+        VmcsMsr::SysenterCs => guest::IA32_SYSENTER_CS,
+        VmcsMsr::SysenterEsp => guest::IA32_SYSENTER_ESP,
+        VmcsMsr::SysenterEip => guest::IA32_SYSENTER_EIP,
+        VmcsMsr::DebugCtl => guest::IA32_DEBUGCTL_FULL,
+    }
+}
+
+const CR0_PG: u64 = 1 << 31;
+const CR4_OSXSAVE: u64 = 1 << 18;
+/// Secondary control "enable RDTSCP" (SDM 25.6.2).
+const PROC2_RDTSCP: u32 = 1 << 3;
+
+impl ExitEnv for Env<'_> {
+    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let khz = u32::try_from(time::tsc_per_us().saturating_mul(1000)).unwrap_or(u32::MAX);
+        let ctx = cpuid::Context {
+            apic_id: u32::from(self.slot.vcpu.id),
+            vcpus: u32::from(self.slot.vm.spec.vcpus),
+            tsc_khz: khz,
+            lapic_khz: khz,
+            osxsave: vmx::read(guest::CR4) & CR4_OSXSAVE != 0,
+            rdtscp: self.slot.vcpu.secondary_controls() & PROC2_RDTSCP != 0,
+        };
+        cpuid::guest_cpuid(&Host, &ctx, leaf, subleaf)
+    }
+
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        self.node
+            .with_devices(self.slot.vm.local, |devices| devices.read(port, size))
+            .unwrap_or(u32::MAX)
+    }
+
+    fn port_out(&mut self, port: u16, size: u8, value: u32) -> Option<Outcome> {
+        port_out(self.node, self.slot.vm, port, size, value)
+    }
+
+    fn rdmsr(&mut self, msr: u32) -> Option<u64> {
+        if msr == msr::index::TSC_AUX && !cpu::has_rdtscp() {
+            return None;
+        }
+        match msr::read(&self.slot.msrs, msr) {
+            msr::Read::Value(v) => Some(v),
+            msr::Read::Vmcs(m) => Some(vmx::read(vmcs_field(m))),
+            msr::Read::Tsc => Some(cpu::rdtsc()),
+            msr::Read::ApicBase => Some(self.slot.lapic.apic_base()),
+            msr::Read::Lapic(reg) => self.slot.lapic.read(reg, cpu::rdtsc()),
+            msr::Read::TscDeadline => Some(self.slot.lapic.tsc_deadline()),
+            msr::Read::Fault => None,
+        }
+    }
+
+    fn wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        if msr == msr::index::TSC_AUX && !cpu::has_rdtscp() {
+            return false;
+        }
+        let ctx = WriteContext {
+            efer: vmx::read(guest::IA32_EFER_FULL),
+            paging: vmx::read(guest::CR0) & CR0_PG != 0,
+        };
+        match msr::write(&mut self.slot.msrs, ctx, msr, value) {
+            msr::Write::Stored => true,
+            msr::Write::Load(msr, value) => {
+                cpu::load_guest_msr(msr, value);
+                true
+            }
+            msr::Write::Vmcs(m, value) => vmx::write(vmcs_field(m), value).is_ok(),
+            msr::Write::ApicBase(value) => self.slot.lapic.set_apic_base(value),
+            msr::Write::Lapic(reg, value) => {
+                match self.slot.lapic.write(reg, value, cpu::rdtsc()) {
+                    lapic::Write::Done => true,
+                    lapic::Write::Fault => false,
+                    lapic::Write::Send(ipi) => {
+                        self.slot.vm.post_ipi(self.node, self.slot.vcpu.id, ipi);
+                        true
+                    }
+                }
+            }
+            msr::Write::TscDeadline(deadline) => {
+                self.slot.lapic.set_tsc_deadline(deadline);
+                true
+            }
+            msr::Write::Fault => false,
+        }
+    }
+
+    fn hypercall(&mut self, regs: &mut Registers) -> Outcome {
+        crate::hypercalls::handle(self.node, self.slot, regs)
+    }
+
+    fn mmio(
+        &mut self,
+        _gpa: GuestPhysAddr,
+        _access: EptAccess,
+        _regs: &mut Registers,
+    ) -> Option<Outcome> {
+        None
+    }
+
+    fn xcr0_supported(&self) -> u64 {
+        cpu::xcr0_supported()
+    }
 }
 
 /// A port write through the VM's bus; a finished console line is printed
@@ -63,57 +172,21 @@ pub fn port_out(node: &Node, vm: &Vm, port: u16, size: u8, value: u32) -> Option
     effect.into()
 }
 
-/// MSRs (SDM Vol. 4) a guest may use whose guest value lives in the VMCS.
-const IA32_EFER: u32 = 0xc000_0080;
-const IA32_PAT: u32 = 0x277;
-const IA32_FS_BASE: u32 = 0xc000_0100;
-const IA32_GS_BASE: u32 = 0xc000_0101;
+/// Faults reported per VM as `vm_fault` events; later ones are only
+/// counted (a guest probing MSRs in a loop must not flood the console).
+const REPORTED_FAULTS: u32 = 16;
 
-fn vmcs_field(msr: u32) -> Option<u32> {
-    match msr {
-        IA32_EFER => Some(guest::IA32_EFER_FULL),
-        IA32_PAT => Some(guest::IA32_PAT_FULL),
-        IA32_FS_BASE => Some(guest::FS_BASE),
-        IA32_GS_BASE => Some(guest::GS_BASE),
-        _ => None,
+/// Reports a fault injected into a guest (`vm_fault`).
+pub fn report_fault(node: &Node, vm: &Vm, vcpu: u16, fault: Fault, regs: &Registers) {
+    if vm.faults.fetch_add(1, Ordering::Relaxed) >= REPORTED_FAULTS {
+        return;
     }
-}
-
-/// RDMSR: the VMCS-held MSRs; anything else is #GP.
-pub fn rdmsr(msr: u32) -> Option<u64> {
-    vmcs_field(msr).map(vmx::read)
-}
-
-/// WRMSR: EFER (SCE, LME, NXE; LMA is the processor's), PAT (valid memory
-/// types only), FS/GS base (canonical); anything else is #GP.
-pub fn wrmsr(msr: u32, value: u64) -> bool {
-    let ok = match msr {
-        IA32_EFER => value & !(1 | 1 << 8 | 1 << 10 | 1 << 11) == 0,
-        IA32_PAT => value
-            .to_le_bytes()
-            .iter()
-            .all(|t| matches!(t, 0 | 1 | 4..=7)),
-        IA32_FS_BASE | IA32_GS_BASE => is_canonical(value),
-        _ => false,
-    };
-    let Some(field) = vmcs_field(msr).filter(|_| ok) else {
-        return false;
-    };
-    let value = if msr == IA32_EFER {
-        // LMA is not the guest's to write: keep the current one.
-        (value & !(1 << 10)) | (vmx::read(field) & (1 << 10))
-    } else {
-        value
-    };
-    vmx::write(field, value).is_ok()
-}
-
-fn is_canonical(addr: u64) -> bool {
-    ((addr as i64) << 16 >> 16) as u64 == addr
-}
-
-/// The hypercall ABI: not offered yet; every call returns "unknown call".
-pub fn hypercall(_node: &Node, _vm: &Vm, _vcpu: u16, regs: &mut Registers) -> Outcome {
-    regs.set(gpr::RAX, u64::MAX);
-    Outcome::Resume
+    console::event("vm_fault", |e| {
+        e.field("vm", vm.spec.name.as_str())
+            .field("node", node.index)
+            .field("vcpu", vcpu)
+            .field("vector", fault.vector)
+            .field("error_code", fault.error_code)
+            .field("rip", atoll_platform::event::Hex(regs.rip))
+    });
 }

@@ -1,29 +1,39 @@
 //! Each CPU's run loop: the vCPUs the plan assigns to this CPU, run round
-//! robin. A vCPU stays on its CPU for life, so its VMCS is only ever
-//! loaded here and no other CPU touches its state (thesis 6.4). When a CPU
-//! has more than one runnable vCPU, the VMX preemption timer ends each
-//! slice; a CPU with none halts until an interrupt (its tick, a kick).
+//! robin. A vCPU stays on its CPU for life, so its VMCS, registers, local
+//! APIC and MSRs are only ever touched here (thesis 6.4: other CPUs post
+//! requests to the VM's mailboxes and kick this CPU). When a CPU has more
+//! than one runnable vCPU, the VMX preemption timer ends each slice; a CPU
+//! with none halts until an interrupt (its tick, a kick).
 //!
 //! One exit, end to end:
 //!
 //! ```text
+//!  mailbox -> local APIC; timer; inject a pending interrupt
 //!  enter (vmx::run) -> Exit value -> host interrupt/NMI? take it here
 //!                                 -> else dispatch (atoll_vmm) -> Outcome
 //!  Outcome applied to the vCPU (registers, injection, CR writes, halt)
 //!  or to the VM (power off, stop: Vm::request_end)
 //! ```
+//!
+//! Switching vCPUs on a CPU swaps, besides the VMCS, only what the
+//! hardware does not switch: extended (FPU/SSE/AVX) state, XCR0 and the
+//! processor-held MSRs (thesis 4.5.5, selective switching).
 
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use atoll_platform::vmcs::{self, StartMode};
 use atoll_platform::vmx::VmxCaps;
-use atoll_vmm::GuestPhysAddr;
-use atoll_vmm::dispatch::{self, ExitEnv, Fault, Outcome, StopReason};
-use atoll_vmm::exit::{EptAccess, Exit, Registers, gpr};
+use atoll_vmm::dispatch::{self, Fault, Outcome, StopReason};
+use atoll_vmm::exit::{Exit, Registers, gpr};
+use atoll_vmm::lapic::Lapic;
+use atoll_vmm::msr::GuestMsrs;
+use x86::vmx::vmcs::control::PrimaryControls;
 use x86::vmx::vmcs::{control, guest};
 
+use crate::arch::fpu::FpuArea;
 use crate::arch::{cpu, percpu, shared, vmx};
+use crate::exits::Env;
 use crate::node::Node;
 use crate::vcpu::{Vcpu, VcpuState, VmcsTemplate};
 use crate::vm::{End, Vm};
@@ -33,14 +43,33 @@ const SLICE_US: u64 = 10_000;
 /// Exits handled in a row before the loop looks at its other vCPUs and
 /// the VM's requests again (so a storm of exits cannot starve them).
 const EXITS_PER_TURN: u32 = 64;
+/// XCR0 after reset: x87 only (SDM Vol. 1, 13.3).
+const XCR0_RESET: u64 = 1;
 
-/// One vCPU this CPU runs, with the VM generation it was reset for.
-struct Slot {
-    vm: &'static Vm,
-    vcpu: Vcpu,
+/// One vCPU this CPU runs, and everything of it the hardware does not
+/// keep in the VMCS.
+pub struct Slot {
+    pub vm: &'static Vm,
+    pub vcpu: Vcpu,
+    pub lapic: Lapic,
+    pub msrs: GuestMsrs,
+    pub xcr0: u64,
+    fpu: FpuArea,
+    /// The VM generation this vCPU was reset for.
     generation: u32,
     /// Whether this slot checked out of the current generation.
     parked: bool,
+    /// RFLAGS.IF at the HLT that halted it: whether an interrupt wakes it.
+    halted_interruptible: bool,
+}
+
+/// What the loop needs about the machine.
+struct LoopContext {
+    /// Preemption-timer value of a full slice.
+    slice: u32,
+    /// The preemption timer counts once every 2^shift TSC ticks.
+    shift: u32,
+    xsave: bool,
 }
 
 /// This CPU's part after it is up: run its vCPUs forever. Returns only if
@@ -62,26 +91,26 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
     if mine.is_empty() {
         return None;
     }
-    if let Err(e) = vmx::enable_on_this_cpu(caps, &mut node.kmem.lock()) {
-        log::error!("CPU {}: VMX cannot be turned on: {e}", me.cpu);
-        for (vm, _) in &mine {
-            vm.request_end(
-                node,
-                End::Stopped {
-                    reason: StopReason::EntryFailed {
-                        instruction_error: 0,
-                    },
-                    vcpu: 0,
-                    regs: Registers::default(),
-                },
-            );
-        }
-        return None;
-    }
-    let controls = match vmcs::controls(caps) {
-        Ok(c) => c,
+    let setup = vmx::enable_on_this_cpu(caps, &mut node.kmem.lock())
+        .map_err(|e| alloc::format!("VMX cannot be turned on: {e}"))
+        .and_then(|()| vmcs::controls(caps).map_err(|e| alloc::format!("{e}")));
+    let controls = match setup {
+        Ok(controls) => controls,
         Err(e) => {
             log::error!("CPU {}: {e}", me.cpu);
+            for (vm, _) in &mine {
+                let reason = StopReason::EntryFailed {
+                    instruction_error: 0,
+                };
+                vm.request_end(
+                    node,
+                    End::Stopped {
+                        reason,
+                        vcpu: 0,
+                        regs: Registers::default(),
+                    },
+                );
+            }
             return None;
         }
     };
@@ -93,28 +122,49 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
             eptp: vm.eptp,
             vpid: vm.vpid,
         };
-        let built = Vcpu::new(
-            id,
-            caps,
-            template,
-            &mut node.kmem.lock(),
-            start_mode(vm, id),
-        );
-        match built {
-            Ok(mut vcpu) => {
-                prepare_boot_registers(vm, &mut vcpu);
-                slots.push(Slot {
-                    vm,
+        let mut kmem = node.kmem.lock();
+        let built = Vcpu::new(id, caps, template, &mut kmem, start_mode(vm, id))
+            .map_err(|e| alloc::format!("{e}"))
+            .and_then(|vcpu| {
+                Ok((
                     vcpu,
+                    FpuArea::new(&mut kmem).ok_or("no memory for FPU state")?,
+                ))
+            });
+        drop(kmem);
+        match built {
+            Ok((vcpu, fpu)) => {
+                let mut slot = Slot {
+                    vm,
+                    lapic: new_lapic(id),
+                    vcpu,
+                    msrs: GuestMsrs::default(),
+                    xcr0: XCR0_RESET,
+                    fpu,
                     generation: 0,
                     parked: false,
-                });
+                    halted_interruptible: false,
+                };
+                prepare_boot_registers(&mut slot);
+                slots.push(slot);
             }
             Err(e) => log::error!("VM '{}' vCPU {id}: {e}", vm.spec.name),
         }
     }
-    let slice = slice_ticks(caps, slots.len());
-    run_loop(node, &mut slots, slice)
+    let ctx = LoopContext {
+        slice: slice_ticks(caps, slots.len()),
+        shift: (caps.misc & 0x1f) as u32,
+        xsave: cpu::has_xsave(),
+    };
+    run_loop(node, &mut slots, &ctx)
+}
+
+fn new_lapic(id: u16) -> Lapic {
+    let mut lapic = Lapic::new(u32::from(id));
+    // The virtual APIC timer counts at the TSC rate (CPUID 0x40000010
+    // tells the guest so).
+    lapic.set_timer_clock(1);
+    lapic
 }
 
 /// vCPU 0 starts at the kernel's entry; the others wait for a start-up IPI.
@@ -128,14 +178,16 @@ fn start_mode(vm: &Vm, id: u16) -> StartMode {
     }
 }
 
-/// The boot protocol's registers for vCPU 0 (multiboot: EAX, EBX).
-fn prepare_boot_registers(vm: &Vm, vcpu: &mut Vcpu) {
-    if vcpu.id == 0 {
-        let entry = vm.entry();
-        vcpu.set_gpr(gpr::RAX, u64::from(entry.eax));
-        vcpu.set_gpr(gpr::RBX, u64::from(entry.ebx));
+/// The boot protocol's registers for vCPU 0 (multiboot: EAX, EBX); the
+/// others wait for a start-up IPI, so nothing but an IPI can run them.
+fn prepare_boot_registers(slot: &mut Slot) {
+    if slot.vcpu.id == 0 {
+        let entry = slot.vm.entry();
+        slot.vcpu.set_gpr(gpr::RAX, u64::from(entry.eax));
+        slot.vcpu.set_gpr(gpr::RBX, u64::from(entry.ebx));
     } else {
-        vm.blocked.fetch_add(1, Ordering::AcqRel);
+        slot.vcpu.state = VcpuState::WaitForSipi;
+        slot.vm.blocked.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -151,12 +203,15 @@ fn slice_ticks(caps: &VmxCaps, vcpus: usize) -> u32 {
     u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
 }
 
-fn run_loop(node: &'static Node, slots: &mut [Slot], slice: u32) -> ! {
+fn run_loop(node: &'static Node, slots: &mut [Slot], ctx: &LoopContext) -> ! {
     let mut current: Option<usize> = None;
     let mut next = 0;
     loop {
+        // Resetting a vCPU (restart, INIT, SIPI) loads its VMCS: the
+        // current vCPU's must be loaded again before it runs.
+        let mut vmcs_moved = false;
         for slot in slots.iter_mut() {
-            sync_with_vm(node, slot);
+            vmcs_moved |= sync_with_vm(node, slot);
         }
         let count = slots.len();
         let pick = (0..count)
@@ -168,15 +223,32 @@ fn run_loop(node: &'static Node, slots: &mut [Slot], slice: u32) -> ! {
             continue;
         };
         next = i + 1;
-        if let Some(slot) = slots.get_mut(i) {
-            if current != Some(i) {
-                if slot.vcpu.load().is_err() {
-                    log::error!("VM '{}': VMPTRLD failed", slot.vm.spec.name);
-                }
-                current = Some(i);
-            }
-            run_turn(node, slot, slice);
+        if current != Some(i) {
+            switch(slots, current, i, ctx.xsave);
+            current = Some(i);
+        } else if vmcs_moved && let Some(slot) = slots.get(i) {
+            let _ = slot.vcpu.load();
         }
+        if let Some(slot) = slots.get_mut(i) {
+            run_turn(node, slot, ctx);
+        }
+    }
+}
+
+/// Hands the CPU from vCPU `from` to vCPU `to`: extended state, XCR0 and
+/// the processor-held MSRs, then the VMCS.
+fn switch(slots: &mut [Slot], from: Option<usize>, to: usize, xsave: bool) {
+    if let Some(old) = from.and_then(|f| slots.get_mut(f)) {
+        old.fpu.save(xsave);
+    }
+    let Some(new) = slots.get_mut(to) else { return };
+    cpu::set_xcr0(new.xcr0);
+    new.fpu.restore(xsave);
+    for (msr, value) in new.msrs.processor_held() {
+        cpu::load_guest_msr(msr, value);
+    }
+    if new.vcpu.load().is_err() {
+        log::error!("VM '{}': VMPTRLD failed", new.vm.spec.name);
     }
 }
 
@@ -185,35 +257,110 @@ fn runnable(slot: &Slot) -> bool {
 }
 
 /// Applies the VM's requests to one of this CPU's vCPUs: a new generation
-/// (restart) resets it; an ending VM parks it.
-fn sync_with_vm(node: &Node, slot: &mut Slot) {
+/// (restart) resets it; an ending VM parks it; posted interrupts, INIT and
+/// SIPI reach its local APIC; a due timer or interrupt wakes it from HLT.
+/// Returns whether it loaded the vCPU's VMCS (to reset it).
+fn sync_with_vm(node: &Node, slot: &mut Slot) -> bool {
+    let mut loaded = false;
     let generation = slot.vm.generation.load(Ordering::Acquire);
     if generation != slot.generation && slot.vm.is_running() {
-        // The restarted guest builds new page tables in the same memory:
-        // translations this CPU cached for the old incarnation (tagged
-        // with the VM's VPID and EPT) must go first (SDM 29.4.3.3). Every
-        // CPU with a vCPU of the VM does this for itself when the restart
-        // kick reaches it.
-        vmx::invvpid_single(slot.vm.vpid);
-        vmx::invept_single(slot.vm.eptp);
-        let mode = start_mode(slot.vm, slot.vcpu.id);
-        if slot.vcpu.reset(mode).is_err() {
-            log::error!("VM '{}': vCPU reset failed", slot.vm.spec.name);
-        }
-        prepare_boot_registers(slot.vm, &mut slot.vcpu);
+        restart_vcpu(slot);
         slot.generation = generation;
-        slot.parked = false;
+        loaded = true;
     }
     if !slot.parked && !slot.vm.is_running() && !slot.vm.has_ended() {
         slot.parked = true;
         slot.vcpu.state = VcpuState::Done;
         slot.vm.check_out(node);
+        return loaded;
     }
+    if slot.parked {
+        return loaded;
+    }
+    loaded |= take_mailbox(node, slot);
+    slot.lapic.tick(cpu::rdtsc());
+    if slot.vcpu.state == VcpuState::Halted
+        && slot.halted_interruptible
+        && slot.lapic.pending().is_some()
+    {
+        slot.vcpu.state = VcpuState::Runnable;
+    }
+    loaded
+}
+
+/// A restarted VM: this vCPU from scratch.
+fn restart_vcpu(slot: &mut Slot) {
+    // The restarted guest builds new page tables in the same memory:
+    // translations this CPU cached for the old incarnation (tagged with
+    // the VM's VPID and EPT) must go first (SDM 29.4.3.3). Every CPU with a
+    // vCPU of the VM does this for itself when the restart kick reaches it.
+    vmx::invvpid_single(slot.vm.vpid);
+    vmx::invept_single(slot.vm.eptp);
+    let mode = start_mode(slot.vm, slot.vcpu.id);
+    if slot.vcpu.reset(mode).is_err() {
+        log::error!("VM '{}': vCPU reset failed", slot.vm.spec.name);
+    }
+    slot.lapic = new_lapic(slot.vcpu.id);
+    slot.msrs = GuestMsrs::default();
+    slot.xcr0 = XCR0_RESET;
+    slot.fpu.clear();
+    slot.parked = false;
+    prepare_boot_registers(slot);
+}
+
+/// Moves what other vCPUs posted for this one into its local APIC
+/// (interrupts) or its run state (INIT, then SIPI, in that order).
+/// Returns whether it reset the vCPU (which loads its VMCS).
+fn take_mailbox(node: &Node, slot: &mut Slot) -> bool {
+    let id = slot.vcpu.id;
+    let Some(mailbox) = slot.vm.mailbox(id) else {
+        return false;
+    };
+    let mut reset = false;
+    for (i, word) in mailbox.irr.iter().enumerate() {
+        let mut bits = word.swap(0, Ordering::AcqRel);
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            slot.lapic.raise((i as u32 * 64 + bit) as u8);
+        }
+    }
+    if mailbox.init.swap(false, Ordering::AcqRel) {
+        // INIT (SDM 10.4.7.3): the vCPU waits for a start-up IPI.
+        let was_blocked = matches!(slot.vcpu.state, VcpuState::WaitForSipi)
+            || slot.vcpu.state == VcpuState::Halted && !slot.halted_interruptible;
+        let _ = slot.vcpu.load();
+        let regs = slot.vcpu.registers();
+        let _ = slot.vcpu.reset(StartMode::RealMode { vector: 0 });
+        slot.vcpu.state = VcpuState::WaitForSipi;
+        slot.lapic = new_lapic(id);
+        reset = true;
+        if !was_blocked {
+            block(node, slot, regs);
+        }
+    }
+    let sipi = mailbox.sipi.swap(0, Ordering::AcqRel);
+    if sipi != 0 && slot.vcpu.state == VcpuState::WaitForSipi {
+        let vector = (sipi - 1) as u8;
+        let _ = slot.vcpu.reset(StartMode::RealMode { vector });
+        slot.vcpu.state = VcpuState::Runnable;
+        slot.vm.blocked.fetch_sub(1, Ordering::AcqRel);
+        reset = true;
+    }
+    reset
 }
 
 /// Runs one vCPU until its slice ends, it blocks, or its VM ends.
-fn run_turn(node: &Node, slot: &mut Slot, slice: u32) {
+fn run_turn(node: &Node, slot: &mut Slot, ctx: &LoopContext) {
     for _ in 0..EXITS_PER_TURN {
+        take_mailbox(node, slot);
+        let now = cpu::rdtsc();
+        slot.lapic.tick(now);
+        inject_pending_interrupt(slot);
+        let slice = slot.lapic.next_deadline().map_or(ctx.slice, |deadline| {
+            let ticks = deadline.saturating_sub(now) >> ctx.shift;
+            u32::try_from(ticks).unwrap_or(u32::MAX).min(ctx.slice)
+        });
         let entered = cpu::rdtsc();
         let exit = match slot.vcpu.enter(slice) {
             Ok(exit) => exit,
@@ -230,9 +377,43 @@ fn run_turn(node: &Node, slot: &mut Slot, slice: u32) {
         let keep_going = handle_exit(node, slot, &exit);
         slot.vm
             .record_exit(exit.reason, exited - entered, cpu::rdtsc() - exited);
-        if !keep_going || !slot.vm.is_running() {
+        if !keep_going || !slot.vm.is_running() || slot.vcpu.state != VcpuState::Runnable {
             return;
         }
+    }
+}
+
+/// Delivers the local APIC's highest pending interrupt if the guest can
+/// take it now (RFLAGS.IF set, no STI/MOV SS blocking, no event already
+/// being injected); otherwise asks for an exit as soon as it can
+/// (interrupt-window exiting, SDM 25.6.2).
+fn inject_pending_interrupt(slot: &mut Slot) {
+    let Some(vector) = slot.lapic.pending() else {
+        set_interrupt_window(false);
+        return;
+    };
+    let injecting = vmx::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) != 0;
+    let open = vmx::read(guest::RFLAGS) & (1 << 9) != 0
+        && vmx::read(guest::INTERRUPTIBILITY_STATE) & 0x3 == 0;
+    if injecting || !open {
+        set_interrupt_window(true);
+        return;
+    }
+    // External interrupt, type 0, valid (SDM 26.6.1.1).
+    let _ = vmx::write(
+        control::VMENTRY_INTERRUPTION_INFO_FIELD,
+        u64::from(vector) | (1 << 31),
+    );
+    slot.lapic.acknowledge(vector);
+    set_interrupt_window(false);
+}
+
+fn set_interrupt_window(on: bool) {
+    let bit = u64::from(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits());
+    let controls = vmx::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+    let wanted = if on { controls | bit } else { controls & !bit };
+    if wanted != controls {
+        let _ = vmx::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, wanted);
     }
 }
 
@@ -247,14 +428,7 @@ fn stopped(slot: &Slot, reason: StopReason, regs: Registers) -> End {
 /// Handles one exit; false when the vCPU should not be re-entered now.
 fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
     let mut regs = slot.vcpu.registers();
-    let outcome = {
-        let mut env = Env {
-            node,
-            slot_vm: slot.vm,
-            vcpu: slot.vcpu.id,
-        };
-        dispatch::dispatch(exit, &mut regs, &mut env)
-    };
+    let outcome = dispatch::dispatch(exit, &mut regs, &mut Env::new(node, slot));
     let vm = slot.vm;
     match outcome {
         Outcome::HostInterrupt => {
@@ -267,12 +441,19 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
             }
             true
         }
-        Outcome::Resume => write_back(slot, &regs, vm, node),
-        Outcome::Inject(fault) => inject(fault) && write_back(slot, &regs, vm, node),
+        Outcome::Resume => write_back(node, slot, &regs),
+        Outcome::Inject(fault) => {
+            crate::exits::report_fault(node, vm, slot.vcpu.id, fault, &regs);
+            inject(fault) && write_back(node, slot, &regs)
+        }
         Outcome::Yield => false,
         Outcome::Halt { interrupts_enabled } => {
             let _ = slot.vcpu.set_registers(&regs);
+            if interrupts_enabled && slot.lapic.pending().is_some() {
+                return true; // HLT with an interrupt waiting: it wakes at once
+            }
             slot.vcpu.state = VcpuState::Halted;
+            slot.halted_interruptible = interrupts_enabled;
             if !interrupts_enabled {
                 block(node, slot, regs);
             }
@@ -285,20 +466,19 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
         }
         Outcome::WriteCr { cr, value } => {
             write_cr(cr, value, slot);
-            write_back(slot, &regs, vm, node)
+            write_back(node, slot, &regs)
         }
         Outcome::SetXcr0(value) => {
             cpu::set_xcr0(value);
-            write_back(slot, &regs, vm, node)
+            slot.xcr0 = value;
+            write_back(node, slot, &regs)
         }
         Outcome::PowerOff { status } => {
-            vm.request_end(
-                node,
-                End::Exited {
-                    status,
-                    vcpu: slot.vcpu.id,
-                },
-            );
+            let end = End::Exited {
+                status,
+                vcpu: slot.vcpu.id,
+            };
+            vm.request_end(node, end);
             false
         }
         Outcome::Stop(reason) => {
@@ -308,19 +488,19 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
     }
 }
 
-fn write_back(slot: &mut Slot, regs: &Registers, vm: &Vm, node: &Node) -> bool {
+fn write_back(node: &Node, slot: &mut Slot, regs: &Registers) -> bool {
     if slot.vcpu.set_registers(regs).is_err() {
         let reason = StopReason::EntryFailed {
             instruction_error: 0,
         };
-        vm.request_end(node, stopped(slot, reason, *regs));
+        slot.vm.request_end(node, stopped(slot, reason, *regs));
         return false;
     }
     true
 }
 
-/// A vCPU that nothing can wake yet; when every vCPU of its VM is so, the
-/// VM can never run again and is stopped.
+/// A vCPU that nothing can wake but INIT or SIPI; when every vCPU of its
+/// VM is so, the VM can never run again and is stopped.
 fn block(node: &Node, slot: &Slot, regs: Registers) {
     let blocked = slot.vm.blocked.fetch_add(1, Ordering::AcqRel) + 1;
     if blocked >= u32::from(slot.vm.spec.vcpus) {
@@ -365,51 +545,5 @@ fn write_cr(cr: u8, value: u64, slot: &Slot) {
             let _ = vmx::write(guest::CR4, fixed.guest_cr4(value));
             let _ = vmx::write(control::CR4_READ_SHADOW, value);
         }
-    }
-}
-
-/// The services the dispatcher calls, for one exit of one vCPU.
-struct Env<'a> {
-    node: &'a Node,
-    slot_vm: &'a Vm,
-    vcpu: u16,
-}
-
-impl ExitEnv for Env<'_> {
-    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        crate::exits::cpuid(self.slot_vm, self.vcpu, leaf, subleaf)
-    }
-
-    fn port_in(&mut self, port: u16, size: u8) -> u32 {
-        crate::exits::port_in(self.node, self.slot_vm, port, size)
-    }
-
-    fn port_out(&mut self, port: u16, size: u8, value: u32) -> Option<Outcome> {
-        crate::exits::port_out(self.node, self.slot_vm, port, size, value)
-    }
-
-    fn rdmsr(&mut self, msr: u32) -> Option<u64> {
-        crate::exits::rdmsr(msr)
-    }
-
-    fn wrmsr(&mut self, msr: u32, value: u64) -> bool {
-        crate::exits::wrmsr(msr, value)
-    }
-
-    fn hypercall(&mut self, regs: &mut Registers) -> Outcome {
-        crate::exits::hypercall(self.node, self.slot_vm, self.vcpu, regs)
-    }
-
-    fn mmio(
-        &mut self,
-        _gpa: GuestPhysAddr,
-        _access: EptAccess,
-        _regs: &mut Registers,
-    ) -> Option<Outcome> {
-        None
-    }
-
-    fn xcr0_supported(&self) -> u64 {
-        cpu::xcr0_supported()
     }
 }

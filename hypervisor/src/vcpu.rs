@@ -93,6 +93,11 @@ impl Vcpu {
         self.template.fixed
     }
 
+    /// The secondary processor-based controls it runs with.
+    pub fn secondary_controls(&self) -> u32 {
+        self.template.controls.secondary
+    }
+
     /// Makes this vCPU's VMCS current on this CPU.
     pub fn load(&self) -> Result<(), VmxFail> {
         self.vmcs.load()

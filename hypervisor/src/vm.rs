@@ -18,7 +18,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use atoll_cluster::config::OnCrash;
 use atoll_cluster::plan::{NodePlan, Plan};
@@ -28,6 +28,7 @@ use atoll_platform::event::{Hex, HexRange};
 use atoll_vmm::devices::{DeviceSet, LegacyPorts};
 use atoll_vmm::dispatch::StopReason;
 use atoll_vmm::exit::{ExitReason, Registers};
+use atoll_vmm::lapic::{Delivery, Destination, Ipi};
 use atoll_vmm::loader::{self, EntryState, Module};
 use atoll_vmm::stats::{self, REASONS, Snapshot};
 use spin::Mutex;
@@ -90,6 +91,27 @@ pub enum End {
     },
 }
 
+/// What other vCPUs (on any CPU of the node) posted for one vCPU; its own
+/// CPU moves it into the vCPU at its next look (thesis 6.4).
+pub struct Mailbox {
+    /// Requested interrupt vectors (bit n of word n / 64).
+    pub irr: [AtomicU64; 4],
+    /// An INIT IPI arrived.
+    pub init: AtomicBool,
+    /// A start-up IPI arrived: its vector + 1 (0 = none).
+    pub sipi: AtomicU32,
+}
+
+impl Mailbox {
+    const fn new() -> Self {
+        Mailbox {
+            irr: [const { AtomicU64::new(0) }; 4],
+            init: AtomicBool::new(false),
+            sipi: AtomicU32::new(0),
+        }
+    }
+}
+
 const RUNNING: u8 = 0;
 const ENDING: u8 = 1;
 const ENDED: u8 = 2;
@@ -113,6 +135,11 @@ pub struct Vm {
     /// vCPUs that cannot run until something wakes them (halted with
     /// interrupts off, or waiting for a start-up IPI).
     pub blocked: AtomicU32,
+    mailboxes: Vec<Mailbox>,
+    /// IPIs to vCPUs that do not exist (dropped).
+    pub lost_ipis: AtomicU64,
+    /// Faults injected so far (the first few are reported).
+    pub faults: AtomicU32,
     end: Mutex<Option<End>>,
     restarts: AtomicU32,
     counts: [AtomicU64; REASONS.len()],
@@ -194,6 +221,9 @@ impl Vm {
             run: AtomicU8::new(RUNNING),
             active: AtomicU32::new(u32::from(vcpus)),
             blocked: AtomicU32::new(0),
+            mailboxes: (0..vcpus).map(|_| Mailbox::new()).collect(),
+            lost_ipis: AtomicU64::new(0),
+            faults: AtomicU32::new(0),
             end: Mutex::new(None),
             restarts: AtomicU32::new(0),
             counts: [const { AtomicU64::new(0) }; REASONS.len()],
@@ -255,6 +285,65 @@ impl Vm {
         }
         s.guest_ticks = self.guest_ticks.load(Ordering::Relaxed);
         s
+    }
+
+    /// vCPU `id`'s mailbox.
+    pub fn mailbox(&self, id: u16) -> Option<&Mailbox> {
+        self.mailboxes.get(usize::from(id))
+    }
+
+    /// Delivers an IPI from vCPU `from` (its local APIC's ICR): posts it to
+    /// each target's mailbox and kicks the target's CPU if it is another.
+    /// Targets are vCPUs by x2APIC ID (= vCPU number); an ID the VM does
+    /// not have is counted and dropped, as a real APIC bus would drop it.
+    pub fn post_ipi(&self, node: &Node, from: u16, ipi: Ipi) {
+        let targets: Vec<u16> = match ipi.destination {
+            Destination::Apic(id) => {
+                match u16::try_from(id).ok().filter(|&t| t < self.spec.vcpus) {
+                    Some(t) => alloc::vec![t],
+                    None => {
+                        self.lost_ipis.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+            Destination::SelfOnly => alloc::vec![from],
+            Destination::AllIncludingSelf => (0..self.spec.vcpus).collect(),
+            Destination::AllExcludingSelf => (0..self.spec.vcpus).filter(|&t| t != from).collect(),
+        };
+        let me = crate::arch::percpu::current().map(|c| c.cpu);
+        for target in targets {
+            let Some(mailbox) = self.mailbox(target) else {
+                continue;
+            };
+            match ipi.delivery {
+                Delivery::Fixed(vector) => {
+                    if let Some(word) = mailbox.irr.get(usize::from(vector >> 6)) {
+                        word.fetch_or(1 << (vector & 63), Ordering::AcqRel);
+                    }
+                }
+                Delivery::Init => mailbox.init.store(true, Ordering::Release),
+                Delivery::Startup(vector) => {
+                    mailbox.sipi.store(u32::from(vector) + 1, Ordering::Release);
+                }
+                // Virtual NMIs are not offered: an NMI IPI is dropped.
+                Delivery::Nmi => {
+                    self.lost_ipis.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            let cpu = self.spec.vcpu_cpus.get(usize::from(target)).copied();
+            if cpu.is_some() && cpu != me {
+                self.kick_cpu(node, cpu);
+            }
+        }
+    }
+
+    fn kick_cpu(&self, node: &Node, cpu: Option<u32>) {
+        let Some(plan) = node.plan.get() else { return };
+        if let Some(c) = plan.cpus.iter().find(|c| Some(c.index.0) == cpu) {
+            let _ = apic::send_fixed(c.apic_id, idt::KICK_VECTOR);
+        }
     }
 
     /// Asks the VM to end (the first request wins) and kicks the CPUs that

@@ -25,6 +25,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod dispatch;
 pub mod exit;
+pub mod hypercall;
 pub mod lapic;
 pub mod loader;
 pub mod memory;

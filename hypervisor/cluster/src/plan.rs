@@ -17,7 +17,7 @@ mod ranges;
 mod vms;
 
 pub use memory::{KERNEL_ALIGN, TRAMPOLINE_END, TRAMPOLINE_FIRST};
-pub use vms::{DEVICES, VM_ALIGN, VmPlan};
+pub use vms::{DEVICES, VM_ALIGN, VmPlan, VmSignalPlan};
 
 use alloc::format;
 use alloc::string::String;
@@ -100,6 +100,18 @@ pub struct Plan {
 impl Plan {
     pub fn node(&self, id: NodeId) -> Option<&NodePlan> {
         self.nodes.get(usize::from(id.0))
+    }
+
+    /// The VM (index into `vms`) on node `to` that receives notification
+    /// `n` when node `from` raises it, if any VM holds such a capability.
+    pub fn receiver(&self, from: NodeId, to: NodeId, n: u8) -> Option<usize> {
+        let bit = 1u64.checked_shl(u32::from(n))?;
+        self.vms
+            .iter()
+            .filter(|vm| vm.node == from)
+            .flat_map(|vm| &vm.signals)
+            .find(|s| s.node == to && s.notifications & bit != 0)
+            .map(|s| s.target)
     }
 }
 
@@ -260,7 +272,7 @@ pub fn plan(config: &ClusterConfig, topology: &Topology) -> Result<Plan, Vec<Con
             doorbell,
         })
         .collect();
-    let vms = vms::place(config, &nodes, &mut problems);
+    let vms = vms::place(config, &nodes, &channels, &mut problems);
     if !problems.is_empty() {
         return Err(problems.into_sorted());
     }

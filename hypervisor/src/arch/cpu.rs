@@ -106,6 +106,8 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
 
 /// CR4.OSXSAVE (SDM Vol. 3A, 2.5): lets XSETBV/XGETBV run.
 const CR4_OSXSAVE: usize = 1 << 18;
+/// CR4.OSFXSR: FXSAVE/FXRSTOR include the SSE registers.
+const CR4_OSFXSR: usize = 1 << 9;
 
 /// The XCR0 bits this processor supports (CPUID.(EAX=0DH,ECX=0):EDX:EAX),
 /// or 0 without XSAVE (CPUID.1:ECX[26]).
@@ -117,18 +119,46 @@ pub fn xcr0_supported() -> u64 {
     (u64::from(d) << 32) | u64::from(a)
 }
 
-/// Turns on CR4.OSXSAVE when the processor has XSAVE, so a guest's XSETBV
-/// (which always exits) can be carried out here.
-pub fn enable_xsave() {
-    if xcr0_supported() == 0 {
-        return;
-    }
-    // SAFETY: OSXSAVE only enables the XSAVE instruction family; Atoll's own
-    // code never uses extended state (the target has no SSE/AVX code).
+/// Turns on CR4.OSFXSR, and CR4.OSXSAVE when the processor has XSAVE, so
+/// guests' extended state can be saved whole when vCPUs switch and a
+/// guest's XSETBV (which always exits) can be carried out here.
+pub fn enable_extended_state() {
+    let xsave = if has_xsave() { CR4_OSXSAVE } else { 0 };
+    // SAFETY: OSFXSR and OSXSAVE only enable the FXSAVE/XSAVE instruction
+    // families; Atoll's own code never uses extended state (the target has
+    // no SSE/AVX code).
     unsafe {
-        let cr4 = x86::controlregs::cr4().bits() | CR4_OSXSAVE;
+        let cr4 = x86::controlregs::cr4().bits() | CR4_OSFXSR | xsave;
         x86::controlregs::cr4_write(x86::controlregs::Cr4::from_bits_truncate(cr4));
     }
+}
+
+/// CPUID.80000001H:EDX.RDTSCP[bit 27]: IA32_TSC_AUX exists.
+pub fn has_rdtscp() -> bool {
+    cpuid(0x8000_0001, 0)[3] & (1 << 27) != 0
+}
+
+/// CPUID.1:ECX.XSAVE[bit 26].
+pub fn has_xsave() -> bool {
+    cpuid(1, 0)[2] & (1 << 26) != 0
+}
+
+/// Loads a guest's value of one of the MSRs the processor holds for the
+/// running vCPU (`atoll_vmm::msr::PROCESSOR_HELD`: SYSCALL targets,
+/// KERNEL_GS_BASE, TSC_AUX). Other MSRs are refused.
+pub fn load_guest_msr(msr: u32, value: u64) {
+    if !atoll_vmm::msr::PROCESSOR_HELD.contains(&msr) {
+        return;
+    }
+    if msr == atoll_vmm::msr::index::TSC_AUX && !has_rdtscp() {
+        return;
+    }
+    // SAFETY: these MSRs exist on every x86-64 processor (TSC_AUX when
+    // RDTSCP does, checked above), the MSR policy checked the value
+    // (canonical addresses), and the host never
+    // uses SYSCALL, SWAPGS or RDTSCP, so the guest's values cannot affect
+    // it.
+    unsafe { x86::msr::wrmsr(msr, value) }
 }
 
 /// XSETBV XCR0 with a value the dispatcher checked against
@@ -138,7 +168,7 @@ pub fn set_xcr0(value: u64) {
     if xcr0_supported() == 0 {
         return;
     }
-    // SAFETY: CR4.OSXSAVE is set (`enable_xsave` runs before any vCPU),
+    // SAFETY: CR4.OSXSAVE is set (`enable_extended_state` runs before any vCPU),
     // ECX = 0 names XCR0, and the value passed the #GP checks of XSETBV.
     unsafe {
         core::arch::asm!(

@@ -6,6 +6,7 @@ pub mod apic;
 pub mod biglock;
 pub mod cpu;
 pub mod entry;
+pub mod fpu;
 pub mod gdt;
 pub mod guestram;
 pub mod heap;

@@ -100,7 +100,7 @@ pub fn enable_on_this_cpu(caps: &VmxCaps, kmem: &mut KernelMemory) -> Result<(),
     let region = kmem
         .alloc_zeroed(4096, 4096)
         .ok_or(EnableError::OutOfKernelMemory)?;
-    super::cpu::enable_xsave();
+    super::cpu::enable_extended_state();
     // SAFETY: the page is fresh and zeroed, from this node's kernel memory,
     // and the caller checked CPUID.VMX (the capabilities were read).
     unsafe { enable(caps, region) }

@@ -191,7 +191,30 @@ pub struct VmConfig {
     pub pin: Vec<Located<CpuIndex>>,
     /// `on_crash` when the file sets it.
     pub on_crash: Option<Located<OnCrash>>,
+    /// The IPI capabilities it holds, in order (a capability's handle is
+    /// its index).
+    pub signals: Vec<VmSignalConfig>,
+    /// The channels it may map, in order (handle = index).
+    pub channels: Vec<Located<String>>,
     pub at: Location,
+}
+
+/// One `signal = [{ vm = ..., notifications = [...] }]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSignalConfig {
+    /// The receiving VM's name (resolved by the planner).
+    pub vm: Located<String>,
+    pub notifications: Vec<Located<u8>>,
+    pub at: Location,
+}
+
+impl VmSignalConfig {
+    /// The notifications as a bit mask.
+    pub fn mask(&self) -> u64 {
+        self.notifications.iter().fold(0, |m, n| {
+            m | 1u64.checked_shl(u32::from(n.value)).unwrap_or(0)
+        })
+    }
 }
 
 impl VmConfig {

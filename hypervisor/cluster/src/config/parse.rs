@@ -15,7 +15,7 @@ use super::read::{Field, Key, Reader, Section, Table, closest, sorted_entries, s
 use super::{
     ChannelConfig, ChannelGrant, ClusterConfig, CpuSelection, DEFAULT_KERNEL_MIB, IpiConfig,
     MAX_MEM_MIB, MAX_NAME_LEN, MAX_NODES, MIN_KERNEL_MIB, NOTIFICATIONS, NodeConfig, OnCrash,
-    VmConfig,
+    VmConfig, VmSignalConfig,
 };
 use crate::plan::{Access, NodeId};
 use crate::topology::{CpuIndex, DomainId};
@@ -159,6 +159,30 @@ const VM_ON_CRASH: Key = Key {
     example: "on_crash = \"restart\"",
     meaning: "\"stop\" or \"restart\"",
 };
+const VM_SIGNAL: Key = Key {
+    name: "signal",
+    example: "signal = [{ vm = \"log\", notifications = [0] }]",
+    meaning: "the IPI capabilities it holds: notifications it may raise in VMs of other nodes",
+};
+const VM_CHANNELS: Key = Key {
+    name: "channels",
+    example: "channels = [\"db-log\"]",
+    meaning: "the channels it may map",
+};
+const SIGNAL_VM: Key = Key {
+    name: "vm",
+    example: "vm = \"log\"",
+    meaning: "the VM that receives the notifications",
+};
+const SIGNAL_NOTIFICATIONS: Key = Key {
+    name: "notifications",
+    example: "notifications = [0, 1]",
+    meaning: "the notifications (0 to 63) it may raise there",
+};
+const SIGNAL: Section = Section {
+    header: "a `signal` entry { vm = ..., notifications = [...] }",
+    keys: &[SIGNAL_VM, SIGNAL_NOTIFICATIONS],
+};
 const VM: Section = Section {
     header: "[[vm]]",
     keys: &[
@@ -173,6 +197,8 @@ const VM: Section = Section {
         VM_DEVICES,
         VM_PIN,
         VM_ON_CRASH,
+        VM_SIGNAL,
+        VM_CHANNELS,
     ],
 };
 
@@ -1164,6 +1190,18 @@ fn read_vm(
         };
     let modules = optional_strings(r, &VM_MODULES);
     let devices = optional_strings(r, &VM_DEVICES);
+    let channels = optional_strings(r, &VM_CHANNELS);
+    let signals = match r.optional(&t, &VM_SIGNAL) {
+        None => Ok(Vec::new()),
+        Some(f) => r
+            .array(&f)
+            .and_then(|items| {
+                let read: Vec<Option<VmSignalConfig>> =
+                    items.iter().map(|item| read_vm_signal(r, item)).collect();
+                read.into_iter().collect::<Option<Vec<_>>>()
+            })
+            .ok_or(()),
+    };
     let pin = match r.optional(&t, &VM_PIN) {
         None => Ok(Vec::new()),
         Some(f) => r.array(&f).and_then(|items| read_cpus(r, &items)).ok_or(()),
@@ -1200,6 +1238,24 @@ fn read_vm(
         devices: devices.ok()?,
         pin: pin.ok()?,
         on_crash: on_crash.ok()?,
+        signals: signals.ok()?,
+        channels: channels.ok()?,
+        at: t.at.clone(),
+    })
+}
+
+/// One `signal` entry of a `[[vm]]`: `{ vm = "...", notifications = [...] }`.
+/// The VM name is resolved by the planner (VMs may be declared later).
+fn read_vm_signal(r: &mut Reader<'_>, item: &Field<'_, '_>) -> Option<VmSignalConfig> {
+    let t = r.field_table(item, &SIGNAL)?;
+    let path = t.path.clone();
+    let vm = r.required(&t, &SIGNAL_VM, &path).and_then(|f| r.string(&f));
+    let notifications = r
+        .required(&t, &SIGNAL_NOTIFICATIONS, &path)
+        .and_then(|f| read_notifications(r, &f, &path));
+    Some(VmSignalConfig {
+        vm: vm?,
+        notifications: notifications?,
         at: t.at.clone(),
     })
 }

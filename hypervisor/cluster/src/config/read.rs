@@ -99,14 +99,31 @@ impl<'s> Reader<'s> {
         section: &Section,
     ) -> Option<Table<'t, 'i>> {
         let at = self.locate(path.clone(), value.span());
-        let DeValue::Table(table) = value.get_ref() else {
+        self.table_at(path, at, value.get_ref(), section)
+    }
+
+    /// Opens an array element (or other field) as a table of `section`,
+    /// like [`Reader::table`].
+    pub(crate) fn field_table<'t, 'i>(
+        &mut self,
+        field: &Field<'t, 'i>,
+        section: &Section,
+    ) -> Option<Table<'t, 'i>> {
+        self.table_at(field.at.key.clone(), field.at.clone(), field.value, section)
+    }
+
+    fn table_at<'t, 'i>(
+        &mut self,
+        path: String,
+        at: Location,
+        value: &'t DeValue<'i>,
+        section: &Section,
+    ) -> Option<Table<'t, 'i>> {
+        let DeValue::Table(table) = value else {
             self.report(
                 &at,
                 ErrorKind::WrongType,
-                format!(
-                    "{path} must be a table, not {}",
-                    article(value.get_ref().type_str())
-                ),
+                format!("{path} must be a table, not {}", article(value.type_str())),
                 format!("write {} followed by its keys", section.header),
             );
             return None;

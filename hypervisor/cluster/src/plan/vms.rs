@@ -8,7 +8,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{NodePlan, Problems};
+use super::{Access, ChannelPlan, NodePlan, Problems};
 use crate::config::{ClusterConfig, ErrorKind, OnCrash, VmConfig};
 use crate::plan::NodeId;
 use crate::topology::{CpuIndex, PhysRange};
@@ -39,6 +39,20 @@ pub struct VmPlan {
     /// Names from [`DEVICES`].
     pub devices: Vec<String>,
     pub on_crash: OnCrash,
+    /// IPI capabilities, by handle (index).
+    pub signals: Vec<VmSignalPlan>,
+    /// Channels it may map, by handle: index into `Plan::channels`, and
+    /// its node's access.
+    pub channels: Vec<(usize, Access)>,
+}
+
+/// The right to raise `notifications` in VM `target` (an index into
+/// `Plan::vms`) on node `node`, through the node-to-node IPI capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmSignalPlan {
+    pub target: usize,
+    pub node: NodeId,
+    pub notifications: u64,
 }
 
 /// Plans every VM of `config` into `nodes`. VMs with errors are left out
@@ -46,6 +60,7 @@ pub struct VmPlan {
 pub(super) fn place(
     config: &ClusterConfig,
     nodes: &[NodePlan],
+    channels: &[ChannelPlan],
     problems: &mut Problems<'_>,
 ) -> Vec<VmPlan> {
     let mut free: Vec<Vec<PhysRange>> = nodes.iter().map(guest_memory).collect();
@@ -58,10 +73,19 @@ pub(super) fn place(
         let index = usize::from(node.id.0);
         let cpus = vcpu_cpus(vm, node, next_cpu.get_mut(index), problems);
         let devices = devices(vm, problems);
+        let signals = signals(config, vm, problems);
+        let vm_channels = vm_channels(vm, node, channels, problems);
         let memory = free
             .get_mut(index)
             .and_then(|free| memory(vm, node, free, problems));
-        if let (Some((vcpu_cpus, pinned)), Some(devices), Some(memory)) = (cpus, devices, memory) {
+        if let (
+            Some((vcpu_cpus, pinned)),
+            Some(devices),
+            Some(memory),
+            Some(signals),
+            Some(channels),
+        ) = (cpus, devices, memory, signals, vm_channels)
+        {
             out.push(VmPlan {
                 name: vm.name.value.clone(),
                 node: node.id,
@@ -77,10 +101,182 @@ pub(super) fn place(
                     .map_or_else(String::new, |c| c.value.clone()),
                 devices,
                 on_crash: vm.on_crash(),
+                signals,
+                channels,
             });
         }
     }
+    check_routes(config, problems);
     out
+}
+
+/// Resolves a VM's `signal` entries: the target VM exists, lives on
+/// another node, and an `[[ipi]]` from this VM's node to that node grants
+/// every notification.
+fn signals(
+    config: &ClusterConfig,
+    vm: &VmConfig,
+    problems: &mut Problems<'_>,
+) -> Option<Vec<VmSignalPlan>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    let names: Vec<&str> = config.vms.iter().map(|v| v.name.value.as_str()).collect();
+    let from = vm.node.value;
+    for s in &vm.signals {
+        let Some(target) = config.vms.iter().position(|v| v.name.value == s.vm.value) else {
+            ok = false;
+            problems.error(
+                &s.vm.at,
+                ErrorKind::BadValue,
+                format!(
+                    "VM '{}' signals VM '{}', which no [[vm]] declares",
+                    vm.name.value, s.vm.value
+                ),
+                format!("name one of the VMs: {}", names.join(", ")),
+            );
+            continue;
+        };
+        let to = config.vms.get(target).map_or(from, |t| t.node.value);
+        if to == from {
+            ok = false;
+            problems.error(
+                &s.vm.at,
+                ErrorKind::BadValue,
+                format!(
+                    "VM '{}' signals VM '{}' on its own node '{}'; signal capabilities reach VMs on other nodes",
+                    vm.name.value,
+                    s.vm.value,
+                    config.node_name(from)
+                ),
+                "move one of the VMs to another node, or drop this signal entry".into(),
+            );
+            continue;
+        }
+        let granted: u64 = config
+            .signals()
+            .iter()
+            .filter(|g| g.from == from && g.to == to)
+            .map(|g| g.notifications)
+            .sum();
+        let missing = s.mask() & !granted;
+        if missing != 0 {
+            ok = false;
+            let list: Vec<String> = (0..64)
+                .filter(|b| missing & (1 << b) != 0)
+                .map(|b| format!("{b}"))
+                .collect();
+            problems.error(
+                &s.at,
+                ErrorKind::BadValue,
+                format!(
+                    "VM '{}' may raise notifications {} in VM '{}', but no [[ipi]] from node '{}' to node '{}' grants them",
+                    vm.name.value,
+                    list.join(", "),
+                    s.vm.value,
+                    config.node_name(from),
+                    config.node_name(to)
+                ),
+                format!(
+                    "add an [[ipi]] with from = \"{}\", to = \"{}\", notifications = [{}]",
+                    config.node_name(from),
+                    config.node_name(to),
+                    list.join(", ")
+                ),
+            );
+            continue;
+        }
+        out.push(VmSignalPlan {
+            target,
+            node: to,
+            notifications: s.mask(),
+        });
+    }
+    ok.then_some(out)
+}
+
+/// A notification from one node to another must reach one VM: two VMs of
+/// a node may not both receive notification n from the same node.
+fn check_routes(config: &ClusterConfig, problems: &mut Problems<'_>) {
+    let mut routes: Vec<(NodeId, NodeId, u64, usize)> = Vec::new();
+    for vm in &config.vms {
+        for s in &vm.signals {
+            let Some(target) = config.vms.iter().position(|v| v.name.value == s.vm.value) else {
+                continue;
+            };
+            let to = config
+                .vms
+                .get(target)
+                .map_or(vm.node.value, |t| t.node.value);
+            let clash = routes.iter().find(|&&(f, t, mask, other)| {
+                f == vm.node.value && t == to && mask & s.mask() != 0 && other != target
+            });
+            if let Some(&(_, _, mask, other)) = clash {
+                let both = mask & s.mask();
+                let other_name = config.vms.get(other).map_or("?", |v| v.name.value.as_str());
+                problems.error(
+                    &s.at,
+                    ErrorKind::Conflict,
+                    format!(
+                        "notification {} from node '{}' would reach both VM '{other_name}' and VM '{}'",
+                        both.trailing_zeros(),
+                        config.node_name(vm.node.value),
+                        s.vm.value
+                    ),
+                    "give each receiving VM its own notification numbers".into(),
+                );
+            }
+            routes.push((vm.node.value, to, s.mask(), target));
+        }
+    }
+}
+
+/// Resolves a VM's `channels`: each exists and its node holds it.
+fn vm_channels(
+    vm: &VmConfig,
+    node: &NodePlan,
+    channels: &[ChannelPlan],
+    problems: &mut Problems<'_>,
+) -> Option<Vec<(usize, Access)>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for c in &vm.channels {
+        let held = channels
+            .iter()
+            .position(|p| p.name == c.value)
+            .and_then(|i| node.channels.iter().find(|(ci, _)| *ci == i).copied());
+        match held {
+            Some(grant) => out.push(grant),
+            None => {
+                ok = false;
+                let names: Vec<String> = node
+                    .channels
+                    .iter()
+                    .filter_map(|(i, _)| channels.get(*i).map(|p| p.name.clone()))
+                    .collect();
+                problems.error(
+                    &c.at,
+                    ErrorKind::BadValue,
+                    format!(
+                        "VM '{}' maps channel '{}', which node '{}' does not hold",
+                        vm.name.value, c.value, node.name
+                    ),
+                    if names.is_empty() {
+                        format!(
+                            "declare a [[channel]] whose access includes node '{}'",
+                            node.name
+                        )
+                    } else {
+                        format!(
+                            "choose a channel of node '{}': {}",
+                            node.name,
+                            names.join(", ")
+                        )
+                    },
+                );
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 /// The node's memory minus its kernel memory, 2 MiB aligned inward.

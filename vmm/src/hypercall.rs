@@ -1,0 +1,368 @@
+//! The hypercall ABI, version 1 (vmm/HYPERCALLS.md): decode, then perform.
+//! [`decode`] checks everything that can be checked without side effects
+//! (privilege, call number, handles, notification numbers, addresses and
+//! lengths, with overflow-safe arithmetic) and yields a [`Hypercall`] whose
+//! every field is valid; the hypervisor then performs it and turns the
+//! result into registers with [`result_registers`]. A bad argument is an
+//! error code in RAX, never a fault, never a panic.
+
+use crate::addr::GuestPhysAddr;
+
+/// Call numbers (RAX).
+pub mod number {
+    pub const VERSION: u64 = 0;
+    pub const CONSOLE_WRITE: u64 = 1;
+    pub const IDS: u64 = 2;
+    pub const SIGNAL: u64 = 3;
+    pub const WAIT: u64 = 4;
+    pub const MAP_CHANNEL: u64 = 5;
+    pub const POWER_OFF: u64 = 6;
+    pub const REPORT_STATS: u64 = 7;
+}
+
+/// The longest console write.
+pub const CONSOLE_MAX: u64 = 4096;
+/// Guest-physical addresses a channel may be mapped below (the guest's
+/// physical-address width, CPUID 0x80000008).
+pub const GUEST_PHYS_LIMIT: u64 = 1 << crate::cpuid::PHYS_BITS;
+const PAGE: u64 = 4096;
+
+/// Error codes, returned in RAX as negative numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    UnknownCall = -1,
+    /// Called from CPL 1-3: hypercalls belong to the guest kernel.
+    NotPermitted = -2,
+    /// No capability with that handle.
+    BadHandle = -3,
+    /// A notification, length or status out of range.
+    BadArgument = -4,
+    /// An address that is unaligned, outside the allowed range, or
+    /// overlaps RAM, a device or a mapped channel.
+    BadAddress = -5,
+    /// The channel is mapped already.
+    Busy = -6,
+    /// The receiving VM is not running.
+    Unavailable = -7,
+}
+
+impl Error {
+    /// The RAX value.
+    pub fn code(self) -> u64 {
+        self as i64 as u64
+    }
+}
+
+/// The registers a hypercall reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Args {
+    pub rax: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub cpl: u8,
+}
+
+/// A guest-physical range that map_channel must not overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub len: u64,
+}
+
+/// What the calling VM holds, for checking a call.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    pub ram_bytes: u64,
+    /// Per signal handle, the notifications it may raise (bit n).
+    pub signals: &'a [u64],
+    /// Per channel handle, its size in bytes and whether it is mapped.
+    pub channels: &'a [(u64, bool)],
+    /// Guest-physical ranges taken by devices and mapped channels.
+    pub taken: &'a [Region],
+}
+
+/// A fully checked call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypercall {
+    Version,
+    /// Print `len` bytes (at most [`CONSOLE_MAX`]) of RAM at `gpa`.
+    ConsoleWrite {
+        gpa: GuestPhysAddr,
+        len: u64,
+    },
+    Ids,
+    Signal {
+        handle: u16,
+        notification: u8,
+    },
+    /// Wait for a notification; `None` = forever, `Some(0)` = poll.
+    Wait {
+        timeout_us: Option<u64>,
+    },
+    MapChannel {
+        handle: u16,
+        gpa: GuestPhysAddr,
+        len: u64,
+    },
+    PowerOff {
+        status: u32,
+    },
+    ReportStats,
+}
+
+/// Checks a call; see the module doc.
+pub fn decode(args: &Args, ctx: &Context<'_>) -> Result<Hypercall, Error> {
+    if args.cpl != 0 {
+        return Err(Error::NotPermitted);
+    }
+    match args.rax {
+        number::VERSION => Ok(Hypercall::Version),
+        number::CONSOLE_WRITE => console_write(args, ctx),
+        number::IDS => Ok(Hypercall::Ids),
+        number::SIGNAL => signal(args, ctx),
+        number::WAIT => Ok(Hypercall::Wait {
+            timeout_us: (args.rdi != u64::MAX).then_some(args.rdi),
+        }),
+        number::MAP_CHANNEL => map_channel(args, ctx),
+        number::POWER_OFF => u32::try_from(args.rdi)
+            .map(|status| Hypercall::PowerOff { status })
+            .map_err(|_| Error::BadArgument),
+        number::REPORT_STATS => Ok(Hypercall::ReportStats),
+        _ => Err(Error::UnknownCall),
+    }
+}
+
+fn console_write(args: &Args, ctx: &Context<'_>) -> Result<Hypercall, Error> {
+    let (gpa, len) = (args.rdi, args.rsi);
+    if len > CONSOLE_MAX {
+        return Err(Error::BadArgument);
+    }
+    match gpa.checked_add(len) {
+        Some(end) if end <= ctx.ram_bytes => Ok(Hypercall::ConsoleWrite {
+            gpa: GuestPhysAddr(gpa),
+            len,
+        }),
+        _ => Err(Error::BadAddress),
+    }
+}
+
+fn signal(args: &Args, ctx: &Context<'_>) -> Result<Hypercall, Error> {
+    let handle = u16::try_from(args.rdi).map_err(|_| Error::BadHandle)?;
+    let allowed = *ctx
+        .signals
+        .get(usize::from(handle))
+        .ok_or(Error::BadHandle)?;
+    let notification = u8::try_from(args.rsi).ok().filter(|&n| n < 64);
+    match notification {
+        Some(n) if allowed & (1 << n) != 0 => Ok(Hypercall::Signal {
+            handle,
+            notification: n,
+        }),
+        _ => Err(Error::BadArgument),
+    }
+}
+
+fn map_channel(args: &Args, ctx: &Context<'_>) -> Result<Hypercall, Error> {
+    let handle = u16::try_from(args.rdi).map_err(|_| Error::BadHandle)?;
+    let &(len, mapped) = ctx
+        .channels
+        .get(usize::from(handle))
+        .ok_or(Error::BadHandle)?;
+    if mapped {
+        return Err(Error::Busy);
+    }
+    let gpa = args.rsi;
+    let end = gpa.checked_add(len).ok_or(Error::BadAddress)?;
+    let overlaps = |start: u64, size: u64| gpa < start.saturating_add(size) && start < end;
+    if !gpa.is_multiple_of(PAGE)
+        || end > GUEST_PHYS_LIMIT
+        || overlaps(0, ctx.ram_bytes)
+        || ctx.taken.iter().any(|r| overlaps(r.start, r.len))
+    {
+        return Err(Error::BadAddress);
+    }
+    Ok(Hypercall::MapChannel {
+        handle,
+        gpa: GuestPhysAddr(gpa),
+        len,
+    })
+}
+
+/// What a performed call returns besides success.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+}
+
+/// The registers a call writes back: RAX = 0 and the outputs, or RAX = the
+/// error code and the outputs unchanged (`None`).
+pub fn result_registers(result: Result<Output, Error>) -> (u64, Option<Output>) {
+    match result {
+        Ok(out) => (0, Some(out)),
+        Err(e) => (e.code(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn ctx() -> Context<'static> {
+        Context {
+            ram_bytes: 16 * MIB,
+            signals: &[0b1, 1 << 63],
+            channels: &[(64 * 1024, false), (4096, true)],
+            taken: &[Region {
+                start: 0xfee0_0000,
+                len: 4096,
+            }],
+        }
+    }
+
+    fn call(rax: u64, rdi: u64, rsi: u64) -> Result<Hypercall, Error> {
+        decode(
+            &Args {
+                rax,
+                rdi,
+                rsi,
+                ..Args::default()
+            },
+            &ctx(),
+        )
+    }
+
+    #[test]
+    fn console_write_bounds() {
+        use number::CONSOLE_WRITE as W;
+        assert!(call(W, 0, 0).is_ok());
+        assert!(call(W, 16 * MIB - 4096, 4096).is_ok());
+        assert_eq!(call(W, 0, 4097), Err(Error::BadArgument));
+        assert_eq!(call(W, 16 * MIB - 4095, 4096), Err(Error::BadAddress));
+        assert_eq!(call(W, u64::MAX - 10, 100), Err(Error::BadAddress));
+        assert_eq!(
+            call(W, 16 * MIB, 0),
+            Ok(Hypercall::ConsoleWrite {
+                gpa: GuestPhysAddr(16 * MIB),
+                len: 0
+            })
+        );
+        assert_eq!(call(W, 16 * MIB + 1, 0), Err(Error::BadAddress));
+    }
+
+    #[test]
+    fn signal_handles_and_notifications() {
+        use number::SIGNAL as S;
+        assert_eq!(
+            call(S, 0, 0),
+            Ok(Hypercall::Signal {
+                handle: 0,
+                notification: 0
+            })
+        );
+        assert_eq!(call(S, 0, 1), Err(Error::BadArgument), "not granted");
+        assert_eq!(
+            call(S, 1, 63),
+            Ok(Hypercall::Signal {
+                handle: 1,
+                notification: 63
+            })
+        );
+        assert_eq!(call(S, 1, 64), Err(Error::BadArgument));
+        assert_eq!(call(S, 1, u64::MAX), Err(Error::BadArgument));
+        assert_eq!(call(S, 2, 0), Err(Error::BadHandle));
+        assert_eq!(call(S, 1 << 16, 0), Err(Error::BadHandle));
+    }
+
+    #[test]
+    fn map_channel_placement() {
+        use number::MAP_CHANNEL as M;
+        let ok = call(M, 0, 0x40_0000_0000 - 0x1_0000);
+        assert_eq!(
+            ok,
+            Ok(Hypercall::MapChannel {
+                handle: 0,
+                gpa: GuestPhysAddr(0x40_0000_0000 - 0x1_0000),
+                len: 0x1_0000
+            })
+        );
+        assert_eq!(call(M, 0, 0x80_0000_0000 - 0x1_0000).map(|_| ()), Ok(()));
+        assert_eq!(
+            call(M, 0, 0x80_0000_0000 - 0x8000),
+            Err(Error::BadAddress),
+            "crosses the limit"
+        );
+        assert_eq!(
+            call(M, 0, 16 * MIB - 4096),
+            Err(Error::BadAddress),
+            "overlaps RAM"
+        );
+        assert!(call(M, 0, 16 * MIB).is_ok(), "just above RAM");
+        assert_eq!(call(M, 0, 0x1000_0800), Err(Error::BadAddress), "unaligned");
+        assert_eq!(
+            call(M, 0, 0xfedf_8000),
+            Err(Error::BadAddress),
+            "overlaps the APIC page"
+        );
+        assert_eq!(call(M, 0, !0xfffu64), Err(Error::BadAddress));
+        assert_eq!(call(M, 1, 0x1_0000_0000), Err(Error::Busy));
+        assert_eq!(call(M, 2, 0x1_0000_0000), Err(Error::BadHandle));
+    }
+
+    #[test]
+    fn the_rest_and_privilege() {
+        assert_eq!(call(number::VERSION, 0, 0), Ok(Hypercall::Version));
+        assert_eq!(
+            call(number::WAIT, u64::MAX, 0),
+            Ok(Hypercall::Wait { timeout_us: None })
+        );
+        assert_eq!(
+            call(number::WAIT, 0, 0),
+            Ok(Hypercall::Wait {
+                timeout_us: Some(0)
+            })
+        );
+        assert_eq!(
+            call(number::POWER_OFF, 7, 0),
+            Ok(Hypercall::PowerOff { status: 7 })
+        );
+        assert_eq!(call(number::POWER_OFF, 1 << 32, 0), Err(Error::BadArgument));
+        assert_eq!(call(8, 0, 0), Err(Error::UnknownCall));
+        assert_eq!(call(u64::MAX, 0, 0), Err(Error::UnknownCall));
+        let user = Args {
+            rax: number::VERSION,
+            cpl: 3,
+            ..Args::default()
+        };
+        assert_eq!(decode(&user, &ctx()), Err(Error::NotPermitted));
+        assert_eq!(Error::NotPermitted.code(), u64::MAX - 1);
+        assert_eq!(
+            result_registers(Err(Error::BadHandle)),
+            (u64::MAX - 2, None)
+        );
+    }
+
+    proptest::proptest! {
+        /// Any registers, any CPL: an answer, never a panic; CPL 1-3 is
+        /// always refused; a decoded console write is always inside RAM.
+        #[test]
+        fn decode_is_total(rax in 0u64..10, rdi: u64, rsi: u64, rdx: u64, rcx: u64, cpl in 0u8..4) {
+            let args = Args { rax, rdi, rsi, rdx, rcx, cpl };
+            let result = decode(&args, &ctx());
+            if cpl != 0 {
+                proptest::prop_assert_eq!(result, Err(Error::NotPermitted));
+            }
+            if let Ok(Hypercall::ConsoleWrite { gpa, len }) = result {
+                proptest::prop_assert!(gpa.0 + len <= 16 * MIB);
+            }
+            if let Ok(Hypercall::MapChannel { gpa, len, .. }) = result {
+                proptest::prop_assert!(gpa.0 >= 16 * MIB && gpa.0 + len <= GUEST_PHYS_LIMIT);
+            }
+        }
+    }
+}
