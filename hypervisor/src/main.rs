@@ -12,9 +12,11 @@ mod arch;
 mod boot;
 mod console;
 mod exits;
+mod hypercalls;
 mod node;
 mod sched;
 mod selftest;
+mod signals;
 mod vcpu;
 mod vm;
 

@@ -217,7 +217,7 @@ fn build_vms(node: &'static Node, plan: &NodePlan) {
     let mut devices = Vec::with_capacity(specs.len());
     for spec in specs {
         let name = spec.name.clone();
-        let built = Vm::build(vms.len(), spec, plan, &mut node.kmem.lock());
+        let built = Vm::build(vms.len(), spec, plan, &node.kmem);
         match built {
             Ok(vm) => {
                 devices.push(vm.new_devices());
@@ -370,7 +370,7 @@ pub fn on_interrupt(vector: u8) {
         return;
     };
     match vector {
-        idt::SIGNAL_VECTOR => selftest::take_doorbells(cpu.node),
+        idt::SIGNAL_VECTOR => crate::signals::take_doorbells(cpu.node),
         idt::STOP_VECTOR => {
             apic::eoi();
             cpu::halt_forever();

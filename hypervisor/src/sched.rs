@@ -61,6 +61,10 @@ pub struct Slot {
     parked: bool,
     /// RFLAGS.IF at the HLT that halted it: whether an interrupt wakes it.
     halted_interruptible: bool,
+    /// When a `wait` hypercall gives up (TSC; `u64::MAX` = never).
+    pub wait_deadline: u64,
+    /// The VM's EPT generation this CPU's translations are current for.
+    ept_generation: u32,
 }
 
 /// What the loop needs about the machine.
@@ -144,6 +148,8 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
                     generation: 0,
                     parked: false,
                     halted_interruptible: false,
+                    wait_deadline: u64::MAX,
+                    ept_generation: 0,
                 };
                 prepare_boot_registers(&mut slot);
                 slots.push(slot);
@@ -278,12 +284,24 @@ fn sync_with_vm(node: &Node, slot: &mut Slot) -> bool {
         return loaded;
     }
     loaded |= take_mailbox(node, slot);
-    slot.lapic.tick(cpu::rdtsc());
+    let now = cpu::rdtsc();
+    slot.lapic.tick(now);
     if slot.vcpu.state == VcpuState::Halted
         && slot.halted_interruptible
         && slot.lapic.pending().is_some()
     {
         slot.vcpu.state = VcpuState::Runnable;
+    }
+    if slot.vcpu.state == VcpuState::Waiting
+        && (slot.vm.has_notifications() || now >= slot.wait_deadline)
+    {
+        crate::hypercalls::finish_wait(slot);
+    }
+    let ept_generation = slot.vm.ept_generation.load(Ordering::Acquire);
+    if ept_generation != slot.ept_generation {
+        // A mapping was removed: drop what this CPU cached (SDM 29.4.3.1).
+        vmx::invept_single(slot.vm.eptp);
+        slot.ept_generation = ept_generation;
     }
     loaded
 }
@@ -446,7 +464,12 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
             crate::exits::report_fault(node, vm, slot.vcpu.id, fault, &regs);
             inject(fault) && write_back(node, slot, &regs)
         }
-        Outcome::Yield => false,
+        // The slice ended, or a hypercall blocked the vCPU (its RIP and
+        // result registers must still be written back).
+        Outcome::Yield => {
+            write_back(node, slot, &regs);
+            false
+        }
         Outcome::Halt { interrupts_enabled } => {
             let _ = slot.vcpu.set_registers(&regs);
             if interrupts_enabled && slot.lapic.pending().is_some() {

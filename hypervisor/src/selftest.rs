@@ -25,8 +25,7 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use atoll_cluster::doorbell::Doorbell;
-use atoll_cluster::plan::{Access, NodeId, Plan};
+use atoll_cluster::plan::{Access, Plan};
 
 use crate::arch::biglock::BigLock;
 use crate::arch::status::{self, NodeState};
@@ -207,54 +206,6 @@ fn report_timeout(node: &Node, what: &str) {
 
 // ---------------------------------------------------------------- signals
 
-/// The interrupt handler's part: take every doorbell rung for this node and
-/// record the notifications, per sender (thesis 4.5.6: the IPI becomes a
-/// notification on the receiving side).
-pub fn take_doorbells(node: &Node) {
-    let me = NodeId(node.index as u16);
-    for signal in node.boot.plan.signals.iter().filter(|s| s.to == me) {
-        let Some(word) = sharedmem::doorbell_word(node.index, signal) else {
-            continue;
-        };
-        let bits = Doorbell::new(word).take();
-        if let Some(pending) = node.pending.get(usize::from(signal.from.0)) {
-            pending.fetch_or(bits, Ordering::AcqRel);
-        }
-    }
-}
-
-/// Raises `notification` in node `to`, if this node holds the capability
-/// (decode, then perform: every check comes before the doorbell write).
-/// Sends the IPI only when the doorbell was empty (coalescing); returns
-/// whether it did.
-fn signal(node: &Node, to: usize, notification: u32) -> Result<bool, &'static str> {
-    let plan = &node.boot.plan;
-    let from = NodeId(node.index as u16);
-    let cap = plan
-        .signals
-        .iter()
-        .find(|s| s.from == from && usize::from(s.to.0) == to)
-        .ok_or("no IPI capability for that node")?;
-    let bit = atoll_cluster::doorbell::check(cap.notifications, notification)
-        .map_err(|_| "notification not allowed by the capability")?;
-    let word = sharedmem::doorbell_word(node.index, cap).ok_or("doorbell not mapped")?;
-    let target = plan
-        .nodes
-        .get(to)
-        .and_then(|n| n.cpus.first())
-        .ok_or("target node has no CPU")?;
-    // An interrupt sent to a CPU that has not been started yet (or was
-    // stopped) is not just lost: some platforms then fail to start it.
-    if status::page(to).is_none_or(|p| p.state() != NodeState::Up) {
-        return Err("the target node is not up");
-    }
-    if !Doorbell::new(word).raise(bit) {
-        return Ok(false);
-    }
-    apic::send_fixed(target.apic_id, idt::SIGNAL_VECTOR).map_err(|_| "IPI not delivered")?;
-    Ok(true)
-}
-
 // ---------------------------------------------------------------- ipi test
 
 /// A node this node can ping: a shared read-write channel plus IPI
@@ -336,7 +287,7 @@ fn serve(node: &Node, peers: &[Peer]) {
         let ping = peer.their_ping().load(Ordering::Acquire);
         if peer.their_pong().load(Ordering::Relaxed) != ping {
             peer.their_pong().store(ping, Ordering::Release);
-            if let Err(e) = signal(node, peer.node, peer.notification) {
+            if let Err(e) = crate::signals::signal(node, peer.node, peer.notification) {
                 log::error!("node {}: cannot answer node {}: {e}", node.index, peer.node);
             }
         }
@@ -363,7 +314,7 @@ fn run_pings(node: &'static Node) -> bool {
         for round in 1..=IPI_ROUNDS {
             let start = cpu::rdtsc();
             peer.my_ping().store(round, Ordering::Release);
-            if signal(node, peer.node, peer.notification).is_err()
+            if crate::signals::signal(node, peer.node, peer.notification).is_err()
                 || !wait_pong(node, &peers, peer, round)
             {
                 ok = false;
@@ -385,7 +336,7 @@ fn run_pings(node: &'static Node) -> bool {
 fn flood(node: &Node, peer: &Peer) -> bool {
     let mut ipis = 0u64;
     for _ in 0..FLOOD_SIGNALS {
-        match signal(node, peer.node, peer.notification) {
+        match crate::signals::signal(node, peer.node, peer.notification) {
             Ok(sent) => ipis += u64::from(sent),
             Err(_) => return false,
         }

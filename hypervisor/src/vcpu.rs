@@ -19,6 +19,8 @@ pub enum VcpuState {
     Runnable,
     /// Executed HLT: waits for an interrupt for it.
     Halted,
+    /// In the `wait` hypercall: waits for a notification or its timeout.
+    Waiting,
     /// An AP before its start-up IPI (SDM Vol. 3A, 10.4.2: wait-for-SIPI).
     WaitForSipi,
     /// Its VM ended; never runs again (until a restart resets it).

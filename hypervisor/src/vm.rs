@@ -21,20 +21,21 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use atoll_cluster::config::OnCrash;
-use atoll_cluster::plan::{NodePlan, Plan};
+use atoll_cluster::plan::{Access, NodePlan, Plan, VmSignalPlan};
 use atoll_cluster::topology::PhysRange;
-use atoll_platform::ept::{Access, Ept, RegionKind};
+use atoll_platform::ept::{self, Ept, EptError, RegionKind};
 use atoll_platform::event::{Hex, HexRange};
 use atoll_vmm::devices::{DeviceSet, LegacyPorts};
 use atoll_vmm::dispatch::StopReason;
 use atoll_vmm::exit::{ExitReason, Registers};
+use atoll_vmm::hypercall::Region;
 use atoll_vmm::lapic::{Delivery, Destination, Ipi};
 use atoll_vmm::loader::{self, EntryState, Module};
 use atoll_vmm::stats::{self, REASONS, Snapshot};
 use spin::Mutex;
 
 use crate::arch::guestram::{self, GuestRam};
-use crate::arch::kmem::KernelMemory;
+use crate::arch::kmem::{KernelMemory, SharedFrames};
 use crate::arch::{apic, idt, images};
 use crate::console;
 use crate::node::Node;
@@ -53,14 +54,21 @@ pub struct VmSpec {
     pub cmdline: String,
     pub devices: DeviceSet,
     pub on_crash: OnCrash,
+    /// Its index in the plan's VM list (what `Plan::receiver` names).
+    pub global: usize,
+    /// Its IPI capabilities, by handle.
+    pub signals: Vec<VmSignalPlan>,
+    /// Its channels, by handle: the memory and the access its node has.
+    pub channels: Vec<(PhysRange, Access)>,
 }
 
 /// The VMs of node `node` as the plan gives them.
 pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
     plan.vms
         .iter()
-        .filter(|vm| usize::from(vm.node.0) == node)
-        .map(|vm| VmSpec {
+        .enumerate()
+        .filter(|(_, vm)| usize::from(vm.node.0) == node)
+        .map(|(global, vm)| VmSpec {
             name: vm.name.clone(),
             vcpus: vm.vcpus.min(u32::from(u16::MAX)) as u16,
             memory: vm.memory,
@@ -74,6 +82,13 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
                 fw_cfg: vm.devices.iter().any(|d| d == "fw-cfg"),
             },
             on_crash: vm.on_crash,
+            global,
+            signals: vm.signals.clone(),
+            channels: vm
+                .channels
+                .iter()
+                .filter_map(|&(i, access)| plan.channels.get(i).map(|c| (c.range, access)))
+                .collect(),
         })
         .collect()
 }
@@ -122,6 +137,15 @@ pub struct Vm {
     pub spec: VmSpec,
     pub ram: GuestRam,
     pub eptp: u64,
+    /// The EPT, for mappings added later (channels).
+    ept: Mutex<Ept<SharedFrames>>,
+    /// Where each channel (by handle) is mapped, once it is.
+    mapped: Mutex<Vec<Option<u64>>>,
+    /// Bumped when a mapping is removed: each CPU running a vCPU of the VM
+    /// invalidates its cached translations when it sees a new value.
+    pub ept_generation: AtomicU32,
+    /// Notifications raised in this VM and not yet taken by `wait`.
+    notifications: AtomicU64,
     /// Non-zero, unique among the VMs of a node (so of a CPU).
     pub vpid: u16,
     kernel: &'static [u8],
@@ -179,7 +203,7 @@ impl Vm {
         local: usize,
         spec: VmSpec,
         node_plan: &NodePlan,
-        kmem: &mut KernelMemory,
+        kmem: &'static Mutex<KernelMemory>,
     ) -> Result<Vm, BuildError> {
         let kernel =
             images::find(&spec.kernel).ok_or(BuildError::MissingImage(spec.kernel.clone()))?;
@@ -192,24 +216,29 @@ impl Vm {
                     .ok_or_else(|| BuildError::MissingImage(m.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut ept = Ept::new(&mut *kmem).map_err(BuildError::Ept)?;
+        let mut ept = Ept::new(SharedFrames(kmem)).map_err(BuildError::Ept)?;
         ept.map(
             0,
             spec.memory.start.0,
             spec.memory.len,
-            Access::RWX,
+            ept::Access::RWX,
             RegionKind::Ram,
         )
         .map_err(BuildError::Ept)?;
         let eptp = ept.pointer();
         let ram = guestram::for_vm(node_plan, spec.memory).ok_or(BuildError::NotNodeMemory)?;
         let vcpus = spec.vcpus;
+        let channels = spec.channels.len();
         let vm = Vm {
             local,
             vpid: local as u16 + 1,
             spec,
             ram,
             eptp,
+            ept: Mutex::new(ept),
+            mapped: Mutex::new(alloc::vec![None; channels]),
+            ept_generation: AtomicU32::new(0),
+            notifications: AtomicU64::new(0),
             kernel,
             modules,
             entry: Mutex::new(EntryState {
@@ -285,6 +314,87 @@ impl Vm {
         }
         s.guest_ticks = self.guest_ticks.load(Ordering::Relaxed);
         s
+    }
+
+    /// Raises notifications `bits` in this VM (an inter-node signal) and
+    /// wakes its vCPUs' CPUs, one of which may be waiting for them.
+    pub fn notify(&self, node: &Node, bits: u64) {
+        self.notifications.fetch_or(bits, Ordering::AcqRel);
+        self.kick_cpus(node);
+    }
+
+    /// Takes the pending notifications (the `wait` hypercall).
+    pub fn take_notifications(&self) -> u64 {
+        self.notifications.swap(0, Ordering::AcqRel)
+    }
+
+    pub fn has_notifications(&self) -> bool {
+        self.notifications.load(Ordering::Acquire) != 0
+    }
+
+    /// Per channel handle: its size and whether it is mapped.
+    pub fn channel_state(&self) -> Vec<(u64, bool)> {
+        let mapped = self.mapped.lock();
+        self.spec
+            .channels
+            .iter()
+            .zip(mapped.iter())
+            .map(|((range, _), at)| (range.len, at.is_some()))
+            .collect()
+    }
+
+    /// Guest-physical ranges a channel may not be mapped over: the local
+    /// APIC page (its MMIO address, though Atoll offers only x2APIC) and
+    /// the channels mapped so far.
+    pub fn taken_regions(&self) -> Vec<Region> {
+        let mut taken = alloc::vec![Region {
+            start: atoll_vmm::lapic::APIC_BASE_DEFAULT,
+            len: 4096,
+        }];
+        let mapped = self.mapped.lock();
+        for ((range, _), at) in self.spec.channels.iter().zip(mapped.iter()) {
+            if let Some(gpa) = at {
+                taken.push(Region {
+                    start: *gpa,
+                    len: range.len,
+                });
+            }
+        }
+        taken
+    }
+
+    /// Maps channel `handle` at `gpa` (checked by the hypercall decoder:
+    /// page aligned, clear of RAM and of everything taken).
+    pub fn map_channel(&self, handle: u16, gpa: u64) -> Result<u64, EptError> {
+        let Some(&(range, access)) = self.spec.channels.get(usize::from(handle)) else {
+            return Err(EptError::BadRange { gpa, len: 0 });
+        };
+        let mut mapped = self.mapped.lock();
+        let slot = mapped
+            .get_mut(usize::from(handle))
+            .ok_or(EptError::BadRange { gpa, len: 0 })?;
+        let rights = match access {
+            Access::ReadWrite => ept::Access::RW,
+            Access::Read => ept::Access::R,
+        };
+        self.ept
+            .lock()
+            .map(gpa, range.start.0, range.len, rights, RegionKind::Channel)?;
+        *slot = Some(gpa);
+        Ok(range.len)
+    }
+
+    /// Removes every channel mapping (a restart): the CPUs invalidate their
+    /// cached translations when they reset their vCPUs.
+    fn unmap_channels(&self) {
+        let mut mapped = self.mapped.lock();
+        let mut ept = self.ept.lock();
+        for ((range, _), at) in self.spec.channels.iter().zip(mapped.iter_mut()) {
+            if let Some(gpa) = at.take() {
+                ept.unmap(gpa, range.len);
+            }
+        }
+        self.ept_generation.fetch_add(1, Ordering::Release);
     }
 
     /// vCPU `id`'s mailbox.
@@ -403,6 +513,7 @@ impl Vm {
     fn restart(&self, node: &Node) -> bool {
         let fresh = self.new_devices();
         node.with_devices(self.local, |devices| *devices = fresh);
+        self.unmap_channels();
         if let Err(e) = self.load_images() {
             log::error!("VM '{}' cannot restart: {e}", self.spec.name);
             return false;
@@ -411,6 +522,7 @@ impl Vm {
         self.blocked.store(0, Ordering::Relaxed);
         self.active
             .store(u32::from(self.spec.vcpus), Ordering::Relaxed);
+        self.notifications.store(0, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Release);
         self.run.store(RUNNING, Ordering::Release);
         console::event("vm_restarted", |e| {

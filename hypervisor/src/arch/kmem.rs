@@ -82,3 +82,26 @@ impl TableMemory for KernelMemory {
         unsafe { core::ptr::write_volatile((table as *mut u64).add(index % 512), entry) }
     }
 }
+
+/// Page-table frames from a node's kernel memory behind its lock: for
+/// tables that grow after boot (a VM's EPT when a channel is mapped).
+pub struct SharedFrames(pub &'static spin::Mutex<KernelMemory>);
+
+impl TableMemory for SharedFrames {
+    fn alloc_frame(&mut self) -> Option<u64> {
+        self.0.lock().alloc_frame()
+    }
+
+    fn read_entry(&self, table: u64, index: usize) -> u64 {
+        // SAFETY: as for KernelMemory: `table` came from `alloc_frame`.
+        unsafe { core::ptr::read_volatile((table as *const u64).add(index % 512)) }
+    }
+
+    fn write_entry(&mut self, table: u64, index: usize, entry: u64) {
+        // SAFETY: as for KernelMemory; an EPT entry written while the VM
+        // runs only adds a mapping (absent -> present), which needs no
+        // invalidation, and removals are followed by INVEPT on every CPU
+        // of the VM (vm.rs).
+        unsafe { core::ptr::write_volatile((table as *mut u64).add(index % 512), entry) }
+    }
+}
