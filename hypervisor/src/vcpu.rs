@@ -109,6 +109,9 @@ impl Vcpu {
     /// guest state written afresh, registers zeroed. The VMCS must be
     /// current ([`load`](Self::load) is called here).
     pub fn reset(&mut self, mode: StartMode) -> Result<(), VmxFail> {
+        // A VMCS that was launched must be cleared before VMLAUNCH may use
+        // it again (VM-instruction error 4 otherwise, SDM 31.4).
+        self.vmcs.clear()?;
         self.vmcs.load()?;
         let t = &self.template;
         let c = &t.controls;

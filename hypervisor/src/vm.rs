@@ -127,6 +127,10 @@ impl Mailbox {
     }
 }
 
+/// Restarts a crashing VM gets before it stays stopped: a guest that
+/// crashes at once would otherwise restart forever.
+pub const MAX_RESTARTS: u32 = 3;
+
 const RUNNING: u8 = 0;
 const ENDING: u8 = 1;
 const ENDED: u8 = 2;
@@ -499,8 +503,17 @@ impl Vm {
         if let Some(end) = end {
             report_end(self, node, &end);
         }
-        if crashed && self.spec.on_crash == OnCrash::Restart && self.restart(node) {
-            return;
+        let may_restart = self.restarts.load(Ordering::Relaxed) < MAX_RESTARTS;
+        if crashed && self.spec.on_crash == OnCrash::Restart {
+            if may_restart && self.restart(node) {
+                return;
+            }
+            if !may_restart {
+                log::warn!(
+                    "VM '{}' crashed after {MAX_RESTARTS} restarts; it stays stopped",
+                    self.spec.name
+                );
+            }
         }
         report_stats(self, node);
         self.run.store(ENDED, Ordering::Release);

@@ -191,6 +191,16 @@ pub fn dispatch(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Ou
         }
         ExitReason::MachineCheck => Outcome::Stop(StopReason::MachineCheck),
         ExitReason::Sipi => Outcome::Stop(StopReason::UnknownExit { reason: 4 }),
+        // VMX instructions (VMCALL aside): the guest sees no VMX (CPUID),
+        // so they are undefined for it (SDM Vol. 3C, 26.1.3 makes them
+        // exit; the architecture without VMX raises #UD).
+        ExitReason::Other(19..=27 | 50 | 53) => Outcome::Inject(Fault::UD),
+        // INVD would drop dirty cache lines the host may own; it is done
+        // as WBINVD, which needs nothing here (EPT memory is coherent).
+        ExitReason::Other(13) => {
+            regs.advance(exit);
+            Outcome::Resume
+        }
         ExitReason::Other(reason) => Outcome::Stop(StopReason::UnknownExit { reason }),
     }
 }
@@ -549,6 +559,15 @@ mod tests {
         assert_eq!(
             dispatch(&exit(ExitReason::Other(62), 0, 0), &mut r, &mut env),
             stop(StopReason::UnknownExit { reason: 62 })
+        );
+        // VMXON (27) and INVEPT (50) are #UD for a guest without VMX.
+        assert_eq!(
+            dispatch(&exit(ExitReason::Other(27), 0, 4), &mut r, &mut env),
+            Outcome::Inject(Fault::UD)
+        );
+        assert_eq!(
+            dispatch(&exit(ExitReason::Other(50), 0, 5), &mut r, &mut env),
+            Outcome::Inject(Fault::UD)
         );
         let mut violation = exit(ExitReason::EptViolation, 0x2, 0);
         violation.guest_phys = GuestPhysAddr(0x4000_0000);

@@ -43,7 +43,8 @@ struct Boot {
     name: &'static str,
     emulator: Emulator,
     config: &'static str,
-    selftest: &'static str,
+    /// The self-test to run, or none (the config's VMs are the benchmark).
+    selftest: Option<&'static str>,
     what: &'static str,
 }
 
@@ -52,22 +53,29 @@ const BOOTS: &[Boot] = &[
         name: "ipi-bochs",
         emulator: Emulator::Bochs,
         config: "configs/core.toml",
-        selftest: "ipi",
+        selftest: Some("ipi"),
         what: "inter-node round trips (channel write + IPI capability), 2 nodes x 2 CPUs",
     },
     Boot {
         name: "ipi-qemu",
         emulator: Emulator::Qemu,
         config: "configs/multikernel.toml",
-        selftest: "ipi",
+        selftest: Some("ipi"),
         what: "inter-node round trips between 4 one-CPU nodes",
     },
     Boot {
         name: "lock-bochs",
         emulator: Emulator::Bochs,
         config: "configs/core.toml",
-        selftest: "lock",
+        selftest: Some("lock"),
         what: "the node lock under all CPUs of a node",
+    },
+    Boot {
+        name: "exitbench",
+        emulator: Emulator::Bochs,
+        config: "configs/exitbench.toml",
+        selftest: None,
+        what: "guest exit round trips (the exitbench guest under Atoll)",
     },
 ];
 
@@ -160,7 +168,9 @@ fn run_boots(boots: &[&Boot]) -> Result<bool> {
         eprintln!("running {} ({})", boot.name, boot.what);
         let spec = RunSpec {
             emulator: boot.emulator,
-            cmdline: format!("selftest={}", boot.selftest),
+            cmdline: boot
+                .selftest
+                .map_or(String::new(), |t| format!("selftest={t}")),
             config: ConfigModule::File(workspace_root().join(boot.config)),
             ..RunSpec::new(hypervisor.clone())
         };
@@ -201,6 +211,13 @@ fn boot_row(bench: &str, event: &atoll_tests::Event) -> Option<[String; 5]> {
                 format!("{} ({} contended)", n("acquisitions"), n("contended")),
             ])
         }
+        "guest_exitbench" => Some([
+            format!("{bench} {}", event.str("op").unwrap_or("?")),
+            n("median_cycles"),
+            n("min_cycles"),
+            n("max_cycles"),
+            n("iterations"),
+        ]),
         _ => None,
     }
 }
@@ -305,6 +322,15 @@ mod tests {
         assert_eq!(row[1], "20");
         assert_eq!(row[4], "4000 (10 contended)");
         assert!(boot_table(&[row]).starts_with("benchmark"));
+        let exit = atoll_tests::Event::parse(
+            "[exitbench] @ev {\"ev\":\"guest_exitbench\",\"op\":\"cpuid\",\"iterations\":1000,\"median_cycles\":900,\"min_cycles\":880,\"max_cycles\":5000}",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            boot_row("exitbench", &exit).unwrap(),
+            ["exitbench cpuid", "900", "880", "5000", "1000"]
+        );
     }
 
     #[test]

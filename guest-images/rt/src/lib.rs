@@ -16,6 +16,10 @@
 use core::arch::{asm, global_asm};
 use core::fmt::{self, Write};
 
+pub mod hypercall;
+pub mod idt;
+pub mod x2apic;
+
 // The multiboot header and the 32-bit entry stub.
 global_asm!(
     r#"
@@ -41,13 +45,13 @@ _start:
     xor %eax, %eax
     rep stosb
     mov $guest_pdpt, %eax
-    or $0x3, %eax
+    or $0x7, %eax                /* present, writable, user */
     mov %eax, guest_pml4
     xor %ecx, %ecx
 1:  mov %ecx, %eax
     shl $12, %eax
     add $guest_pd, %eax
-    or $0x3, %eax
+    or $0x7, %eax
     mov %eax, guest_pdpt(,%ecx,8)
     inc %ecx
     cmp $4, %ecx
@@ -55,7 +59,7 @@ _start:
     xor %ecx, %ecx
 2:  mov %ecx, %eax
     shl $21, %eax
-    or $0x83, %eax
+    or $0x87, %eax               /* 2 MiB, present, writable, user */
     mov %eax, guest_pd(,%ecx,8)
     inc %ecx
     cmp $2048, %ecx
@@ -90,12 +94,17 @@ guest_long_mode:
     hlt
     jmp 3b
 
-    .section .rodata
+    .section .data
     .balign 8
+    .global guest_gdt
 guest_gdt:
     .quad 0
     .quad 0x00af9b000000ffff     /* 0x08: 64-bit code */
     .quad 0x00cf93000000ffff     /* 0x10: data */
+    .quad 0x00affb000000ffff     /* 0x18: 64-bit code, DPL 3 */
+    .quad 0x00cff3000000ffff     /* 0x20: data, DPL 3 */
+    .quad 0                      /* 0x28: TSS, filled in by idt::init */
+    .quad 0
 guest_gdt_end:
 guest_gdt_pointer:
     .short guest_gdt_end - guest_gdt - 1
@@ -176,6 +185,7 @@ fn read_boot_info(magic: u32, info: u32) -> BootInfo {
 
 #[unsafe(no_mangle)]
 extern "C" fn guest_rt_start(magic: u32, info: u32) -> ! {
+    idt::init();
     let boot = read_boot_info(magic, info);
     unsafe extern "Rust" {
         fn atoll_guest_main(info: &BootInfo) -> u32;
@@ -184,6 +194,25 @@ extern "C" fn guest_rt_start(magic: u32, info: u32) -> ! {
     // `entry!`, with exactly this signature.
     let status = unsafe { atoll_guest_main(&boot) };
     exit(status)
+}
+
+/// The number after `key=` among the command line's words (decimal, or
+/// hexadecimal with `0x`).
+pub fn arg(cmdline: &str, key: &str) -> Option<u64> {
+    cmdline.split_whitespace().find_map(|word| {
+        let value = word.strip_prefix(key)?.strip_prefix('=')?;
+        match value.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => value.parse().ok(),
+        }
+    })
+}
+
+/// The word after `key=` on the command line.
+pub fn word<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Names the guest's `main(&BootInfo) -> u32`.
@@ -216,6 +245,15 @@ pub mod port {
     pub fn outl(port: u16, value: u32) {
         // SAFETY: as for `outb`.
         unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) }
+    }
+
+    /// REP OUTSB: `bytes` to `port`.
+    pub fn outsb(port: u16, bytes: &[u8]) {
+        // SAFETY: OUTS reads `bytes` (valid for its length) and writes
+        // the port; DF is clear (the ABI).
+        unsafe {
+            asm!("rep outsb", in("dx") port, inout("rsi") bytes.as_ptr() => _, inout("rcx") bytes.len() => _, options(nostack))
+        }
     }
 
     pub fn inb(port: u16) -> u8 {
@@ -298,6 +336,70 @@ pub mod fw_cfg {
         let mut b = [0; 8];
         read(RAM_SIZE, &mut b);
         u64::from_le_bytes(b)
+    }
+}
+
+/// Raw memory accesses by physical address (the guest identity-maps its
+/// first 4 GiB), for tests that touch memory on purpose.
+pub mod mem {
+    pub fn write_u64(addr: u64, value: u64) {
+        // SAFETY: a deliberate access to a guest-physical address below
+        // 4 GiB (identity-mapped); outside the VM's RAM it ends the VM.
+        unsafe { core::ptr::write_volatile(addr as *mut u64, value) }
+    }
+
+    pub fn read_u64(addr: u64) -> u64 {
+        // SAFETY: as for `write_u64`.
+        unsafe { core::ptr::read_volatile(addr as *const u64) }
+    }
+
+    /// Jumps to `addr`.
+    pub fn jump(addr: u64) -> ! {
+        // SAFETY: a deliberate jump; whatever is (not) there decides.
+        unsafe { core::arch::asm!("jmp {}", in(reg) addr, options(noreturn)) }
+    }
+}
+
+/// Control registers and privileged instructions.
+pub mod cr {
+    use core::arch::asm;
+
+    pub fn read_cr4() -> u64 {
+        let v: u64;
+        // SAFETY: reading CR4 at CPL 0 has no side effects.
+        unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack)) }
+        v
+    }
+
+    pub fn write_cr4(value: u64) {
+        // SAFETY: a deliberate CR4 write; a refused one faults.
+        unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack)) }
+    }
+
+    pub fn xsetbv(xcr: u32, value: u64) {
+        // SAFETY: a deliberate XSETBV; a refused one faults.
+        unsafe {
+            asm!("xsetbv", in("ecx") xcr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
+        }
+    }
+
+    pub fn vmxon(region: u64) {
+        // SAFETY: a deliberate VMXON, which a guest without VMX sees #UD.
+        unsafe { asm!("vmxon [{}]", in(reg) &region, options(nostack)) }
+    }
+
+    /// UD2.
+    pub fn ud2() -> ! {
+        // SAFETY: raises #UD, handled by the IDT.
+        unsafe { asm!("ud2", options(noreturn)) }
+    }
+
+    /// Loads an empty IDT and raises an exception: #NP on delivery, then
+    /// a double fault that cannot be delivered either: a triple fault.
+    pub fn triple_fault() -> ! {
+        let empty: [u64; 2] = [0, 0];
+        // SAFETY: deliberately breaks this CPU; nothing runs after.
+        unsafe { asm!("lidt [{}]", "int3", "ud2", in(reg) &empty, options(noreturn)) }
     }
 }
 

@@ -135,6 +135,14 @@ impl Vmcs {
         Some(Vmcs { phys: region })
     }
 
+    /// Clears the VMCS (VMCLEAR, SDM 24.11.3): its launch state becomes
+    /// "clear", so the next entry must be VMLAUNCH; it stops being current.
+    pub fn clear(&self) -> Result<(), VmxFail> {
+        // SAFETY: `phys` is this VMCS's region; VMX is on (a `Vmcs` exists
+        // only then); VMCLEAR only flushes and marks that region.
+        unsafe { x86::bits64::vmx::vmclear(self.phys) }.map_err(|_| VmxFail)
+    }
+
     /// Makes this the current VMCS of this CPU (VMPTRLD).
     pub fn load(&self) -> Result<(), VmxFail> {
         // SAFETY: `phys` is a cleared VMCS region with the right revision;

@@ -1,0 +1,65 @@
+//! The `exitbench` test guest: the round-trip cost, in TSC ticks, of the
+//! exits a guest causes most: CPUID, a hypercall (VMCALL), port I/O, and
+//! an interrupt that wakes a halted vCPU (self-IPI, then HLT). Each is
+//! timed one operation at a time with RDTSC around it, `iterations` times
+//! (command line `iterations=N`, 1000 by default), and reported as a
+//! `guest_exitbench` event with the median, minimum and maximum. The
+//! `rdtsc` row is the timing's own cost (no exit), the floor of the others.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+use atoll_guest_rt::hypercall::{self, call};
+use atoll_guest_rt::{BootInfo, arg, cpuid, idt, port, println, rdtsc, x2apic};
+
+atoll_guest_rt::entry!(main);
+
+const MAX_ITERATIONS: usize = 4096;
+const WAKE_VECTOR: u8 = 0x41;
+
+fn main(info: &BootInfo) -> u32 {
+    let n = arg(info.cmdline(), "iterations")
+        .unwrap_or(1000)
+        .clamp(1, MAX_ITERATIONS as u64) as usize;
+    x2apic::enable();
+    measure("rdtsc", n, || {});
+    measure("cpuid", n, || {
+        cpuid(0, 0);
+    });
+    measure("vmcall", n, || {
+        call(hypercall::VERSION, 0, 0, 0, 0);
+    });
+    measure("pio_out", n, || port::outb(0x80, 0));
+    measure("pio_in", n, || {
+        port::inb(0x80);
+    });
+    measure("hlt_wakeup", n, || {
+        idt::disable_interrupts();
+        x2apic::self_ipi(WAKE_VECTOR);
+        idt::wait_for_interrupt();
+    });
+    idt::disable_interrupts();
+    let woken = idt::interrupts(WAKE_VECTOR) as usize;
+    if woken != n {
+        println!("exitbench: {woken} wake-ups for {n} halts");
+        return 1;
+    }
+    0
+}
+
+fn measure(op: &str, n: usize, mut f: impl FnMut()) {
+    let mut samples = [0u64; MAX_ITERATIONS];
+    for slot in samples.iter_mut().take(n) {
+        let start = rdtsc();
+        f();
+        *slot = rdtsc().wrapping_sub(start);
+    }
+    let taken = &mut samples[..n];
+    taken.sort_unstable();
+    println!(
+        "@ev {{\"ev\":\"guest_exitbench\",\"op\":\"{op}\",\"iterations\":{n},\"median_cycles\":{},\"min_cycles\":{},\"max_cycles\":{}}}",
+        taken[n / 2],
+        taken[0],
+        taken[n - 1]
+    );
+}

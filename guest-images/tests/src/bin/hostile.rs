@@ -1,0 +1,322 @@
+//! The `hostile` test guest: one misbehaviour per run, chosen by the
+//! command line (`case=NAME`; the cases are the table below, each named
+//! after the class of guest input it exercises, ../shared/docs/bad-inputs.md).
+//!
+//! Each case ends one of three ways, which the tests check:
+//! - Atoll stops the VM (`vm_stopped` with a reason);
+//! - Atoll injects a fault, which this guest reports as `guest_exception`
+//!   and exits with status 0x100 + vector (`vm_fault` from Atoll too);
+//! - the attempt is refused or absorbed, the guest checks that and exits
+//!   with status 0 (1 if Atoll answered wrongly), after a `guest_case`
+//!   event saying what it saw.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+use atoll_guest_rt::hypercall::{self, call};
+use atoll_guest_rt::idt::{self, TrapFrame};
+use atoll_guest_rt::{BootInfo, arg, cpuid, port, println, word, x2apic};
+
+atoll_guest_rt::entry!(main);
+
+/// (name, what it does).
+const CASES: &[(&str, fn(&BootInfo) -> u32)] = &[
+    // Memory the VM does not own: EPT violations stop the VM.
+    ("write-above-ram", |_| write_at(0x4000_0000)),
+    ("read-above-ram", |_| read_at(0x3000_0000)),
+    ("fetch-above-ram", |_| jump_to(0x2000_0000)),
+    ("write-other-vm", |i| {
+        write_at(arg(i.cmdline(), "addr").unwrap_or(0x0280_0000))
+    }),
+    ("write-other-node", |i| {
+        write_at(arg(i.cmdline(), "addr").unwrap_or(0x0540_0000))
+    }),
+    ("write-apic-mmio", |_| write_at(0xfee0_00b0)),
+    ("host-address-is-own-ram", |_| own_ram_at_host_address()),
+    // MSRs and control registers: #GP.
+    ("wrmsr-unknown", |_| wrmsr(0xdead_beef, 0)),
+    ("rdmsr-unknown", |_| rdmsr(0x1234_5678)),
+    ("efer-reserved-bit", |_| {
+        wrmsr(0xc000_0080, x2apic::rdmsr(0xc000_0080) | 1 << 1)
+    }),
+    ("efer-lme-off-while-paging", |_| {
+        wrmsr(0xc000_0080, x2apic::rdmsr(0xc000_0080) & !(1 << 8))
+    }),
+    ("fs-base-non-canonical", |_| {
+        wrmsr(0xc000_0100, 0x8000_0000_0000)
+    }),
+    ("gs-base-non-canonical", |_| {
+        wrmsr(0xc000_0101, 0xdead_0000_0000_0000)
+    }),
+    ("kernel-gs-base-non-canonical", |_| {
+        wrmsr(0xc000_0102, 1 << 63)
+    }),
+    ("lstar-non-canonical", |_| {
+        wrmsr(0xc000_0082, 0x0000_8000_0000_1000)
+    }),
+    ("sysenter-eip-non-canonical", |_| {
+        wrmsr(0x176, 0x00ff_0000_0000_0000)
+    }),
+    ("pat-invalid-type", |_| wrmsr(0x277, 0x0007_0406_0007_0402)),
+    ("apic-base-moved", |_| wrmsr(0x1b, 0xfed0_0900)),
+    ("cr4-vmxe", |_| set_cr4_bit(13)),
+    ("xsetbv-without-x87", |_| xsetbv_without_x87()),
+    ("vmxon", |_| vmxon()),
+    // Crashes: the VM is stopped.
+    ("triple-fault", |_| triple_fault()),
+    ("halt-forever", |_| halt_forever()),
+    ("string-io", |_| string_io()),
+    // Hypercalls: refused with error codes, never a crash.
+    ("hypercall-from-user-mode", |_| hypercall_from_user()),
+    ("hypercall-boundaries", |_| hypercall_boundaries()),
+    ("hypercall-random", |_| hypercall_random()),
+    // Storms: absorbed and accounted; neighbours keep running.
+    ("io-storm", |i| {
+        io_storm(arg(i.cmdline(), "count").unwrap_or(100_000))
+    }),
+    ("cpuid-storm", |i| {
+        cpuid_storm(arg(i.cmdline(), "count").unwrap_or(100_000))
+    }),
+    ("interrupt-storm", |i| {
+        interrupt_storm(arg(i.cmdline(), "count").unwrap_or(20_000))
+    }),
+    ("signal-flood", |i| {
+        signal_flood(arg(i.cmdline(), "count").unwrap_or(10_000))
+    }),
+    ("init-sipi-to-missing-vcpus", |_| init_sipi_missing()),
+];
+
+fn main(info: &BootInfo) -> u32 {
+    let name = word(info.cmdline(), "case").unwrap_or("");
+    let Some((_, case)) = CASES.iter().find(|(n, _)| *n == name) else {
+        println!("hostile: unknown case '{name}'");
+        return 2;
+    };
+    println!("hostile: {name}");
+    case(info)
+}
+
+fn report(case: &str, ok: bool, detail: &str) -> u32 {
+    println!(
+        "@ev {{\"ev\":\"guest_case\",\"case\":\"{case}\",\"ok\":{ok},\"detail\":\"{detail}\"}}"
+    );
+    u32::from(!ok)
+}
+
+fn write_at(addr: u64) -> u32 {
+    atoll_guest_rt::mem::write_u64(addr, 0x6666_6666_6666_6666);
+    report("write", false, "the write went through")
+}
+
+fn read_at(addr: u64) -> u32 {
+    let _ = atoll_guest_rt::mem::read_u64(addr);
+    report("read", false, "the read went through")
+}
+
+fn jump_to(addr: u64) -> u32 {
+    atoll_guest_rt::mem::jump(addr)
+}
+
+/// Writes at the host-physical address of the hypervisor image (2 MiB):
+/// EPT maps it to this VM's own RAM, so the value reads back and nothing
+/// else changes.
+fn own_ram_at_host_address() -> u32 {
+    let addr = 0x20_0000;
+    atoll_guest_rt::mem::write_u64(addr, 0x1234_5678_9abc_def0);
+    let back = atoll_guest_rt::mem::read_u64(addr);
+    report(
+        "host-address-is-own-ram",
+        back == 0x1234_5678_9abc_def0,
+        "own RAM",
+    )
+}
+
+fn wrmsr(msr: u32, value: u64) -> u32 {
+    x2apic::wrmsr(msr, value);
+    report("wrmsr", false, "the write was accepted")
+}
+
+fn rdmsr(msr: u32) -> u32 {
+    let _ = x2apic::rdmsr(msr);
+    report("rdmsr", false, "the read was accepted")
+}
+
+fn set_cr4_bit(bit: u32) -> u32 {
+    atoll_guest_rt::cr::write_cr4(atoll_guest_rt::cr::read_cr4() | 1 << bit);
+    report("cr4", false, "CR4 took the bit")
+}
+
+fn xsetbv_without_x87() -> u32 {
+    if cpuid(1, 0)[2] & (1 << 26) == 0 {
+        // No XSAVE: XSETBV is #UD by the architecture; report it as the
+        // #GP this case expects so the test stays one shape.
+        println!(
+            "@ev {{\"ev\":\"guest_exception\",\"vector\":13,\"error_code\":0,\"rip\":\"0x0\"}}"
+        );
+        atoll_guest_rt::exit(0x10d);
+    }
+    atoll_guest_rt::cr::write_cr4(atoll_guest_rt::cr::read_cr4() | 1 << 18);
+    atoll_guest_rt::cr::xsetbv(0, 0x2);
+    report("xsetbv", false, "XCR0 without x87 was accepted")
+}
+
+fn vmxon() -> u32 {
+    atoll_guest_rt::cr::vmxon(0x10_0000);
+    report("vmxon", false, "VMXON did not fault")
+}
+
+fn triple_fault() -> u32 {
+    atoll_guest_rt::cr::triple_fault()
+}
+
+fn halt_forever() -> u32 {
+    idt::disable_interrupts();
+    loop {
+        idt::halt();
+    }
+}
+
+fn string_io() -> u32 {
+    port::outsb(0x3f8, b"rep outsb\n");
+    report("string-io", false, "OUTS was emulated")
+}
+
+static USER_RESULT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// VMCALL from ring 3 must come back with "not permitted" (-2).
+fn hypercall_from_user() -> u32 {
+    idt::set_exception_hook(Some(back_from_user));
+    idt::run_user(user_code)
+}
+
+extern "C" fn user_code() -> ! {
+    let (rax, ..) = call(hypercall::VERSION, 0, 0, 0, 0);
+    USER_RESULT.store(rax, core::sync::atomic::Ordering::SeqCst);
+    atoll_guest_rt::cr::ud2()
+}
+
+fn back_from_user(frame: &mut TrapFrame) {
+    let rax = USER_RESULT.load(core::sync::atomic::Ordering::SeqCst) as i64;
+    let from_user = frame.cs & 3 == 3 && frame.vector == 6;
+    let status = report(
+        "hypercall-from-user-mode",
+        rax == -2 && from_user,
+        "not permitted",
+    );
+    atoll_guest_rt::exit(status)
+}
+
+/// Boundary arguments, each with the answer the ABI promises.
+fn hypercall_boundaries() -> u32 {
+    let ram = arg_ram();
+    let cases: [(u64, u64, u64, i64); 12] = [
+        (hypercall::CONSOLE_WRITE, 0, 4097, -4),
+        (hypercall::CONSOLE_WRITE, ram - 4095, 4096, -5),
+        (hypercall::CONSOLE_WRITE, u64::MAX - 10, 100, -5),
+        (hypercall::CONSOLE_WRITE, ram, 0, 0),
+        (hypercall::SIGNAL, 1, 0, -3),
+        (hypercall::SIGNAL, 0, 1, -4),
+        (hypercall::MAP_CHANNEL, 0, 0x1_0000_0000, -3),
+        (hypercall::WAIT, 0, 0, 0),
+        (hypercall::POWER_OFF, 1 << 32, 0, -4),
+        (8, 0, 0, -1),
+        (u64::MAX, 0, 0, -1),
+        (hypercall::VERSION, 0, 0, 0),
+    ];
+    let mut wrong = 0;
+    for (nr, a0, a1, expected) in cases {
+        let (rax, ..) = call(nr, a0, a1, 0, 0);
+        if hypercall::status(rax) != expected {
+            println!(
+                "hostile: call {nr} ({a0:#x}, {a1:#x}) returned {} not {expected}",
+                rax as i64
+            );
+            wrong += 1;
+        }
+    }
+    report(
+        "hypercall-boundaries",
+        wrong == 0,
+        "every boundary refused as documented",
+    )
+}
+
+fn arg_ram() -> u64 {
+    let mut ram = [0u8; 8];
+    atoll_guest_rt::fw_cfg::read(atoll_guest_rt::fw_cfg::RAM_SIZE, &mut ram);
+    u64::from_le_bytes(ram)
+}
+
+/// Random calls and arguments (xorshift), leaving out only what would
+/// end or block this VM (power_off, a waiting wait).
+fn hypercall_random() -> u32 {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut errors = 0u32;
+    for _ in 0..5000 {
+        let nr = match next() % 12 {
+            6 => 0,
+            n => n,
+        };
+        let a0 = if nr == hypercall::WAIT { 0 } else { next() };
+        let (rax, ..) = call(nr, a0, next(), next(), next());
+        errors += u32::from(rax != 0);
+    }
+    report("hypercall-random", errors > 0, "random calls answered")
+}
+
+fn io_storm(count: u64) -> u32 {
+    for i in 0..count {
+        port::outb(0x80, i as u8);
+    }
+    report("io-storm", true, "survived")
+}
+
+fn cpuid_storm(count: u64) -> u32 {
+    let mut sum = 0u32;
+    for _ in 0..count {
+        sum = sum.wrapping_add(cpuid(0, 0)[0]);
+    }
+    report("cpuid-storm", sum != 0, "survived")
+}
+
+/// Self-IPIs as fast as the guest can send them, each delivered.
+fn interrupt_storm(count: u64) -> u32 {
+    x2apic::enable();
+    idt::enable_interrupts();
+    for _ in 0..count {
+        x2apic::self_ipi(0x40);
+    }
+    idt::disable_interrupts();
+    let got = u64::from(idt::interrupts(0x40));
+    report(
+        "interrupt-storm",
+        got == count,
+        "every self-IPI delivered once",
+    )
+}
+
+/// Signals through capability 0 as fast as possible.
+fn signal_flood(count: u64) -> u32 {
+    let mut refused = 0;
+    for _ in 0..count {
+        let (rax, ..) = call(hypercall::SIGNAL, 0, 0, 0, 0);
+        refused += u64::from(rax != 0);
+    }
+    report("signal-flood", refused == 0, "every signal accepted")
+}
+
+/// INIT and SIPI to x2APIC IDs no vCPU has: dropped, nothing breaks.
+fn init_sipi_missing() -> u32 {
+    x2apic::enable();
+    for dest in [5, 200, 0xffff_ffff] {
+        x2apic::send_ipi(dest, 5, 0);
+        x2apic::send_ipi(dest, 6, 0x10);
+    }
+    report("init-sipi-to-missing-vcpus", true, "still running")
+}

@@ -1,0 +1,279 @@
+//! Hostile guests (../shared/docs/bad-inputs.md): each case of the
+//! `hostile` test guest runs in its own VM next to two `heartbeat` VMs, one
+//! in the same node and one in the other. Every case must end with its VM
+//! stopped (`vm_stopped` with the reason), faulted (`vm_fault`, and the
+//! guest's own report) or refused without harm (the guest's `guest_case`
+//! with ok = true); both neighbours must keep beating after it, and the
+//! hypervisor must power off, not panic.
+
+mod common;
+
+use atoll_tests::{ConfigModule, Ending, Event, RunOutcome, RunSpec};
+use common::{boot, spec};
+use std::time::Duration;
+
+/// How a case must end.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    Stopped(&'static str),
+    Faulted(u64),
+    Refused,
+}
+
+use Expect::*;
+
+const CASES: &[(&str, Expect)] = &[
+    ("write-above-ram", Stopped("ept_violation")),
+    ("read-above-ram", Stopped("ept_violation")),
+    ("fetch-above-ram", Stopped("ept_violation")),
+    ("write-other-vm", Stopped("ept_violation")),
+    ("write-other-node", Stopped("ept_violation")),
+    ("write-apic-mmio", Stopped("ept_violation")),
+    ("host-address-is-own-ram", Refused),
+    ("wrmsr-unknown", Faulted(13)),
+    ("rdmsr-unknown", Faulted(13)),
+    ("efer-reserved-bit", Faulted(13)),
+    ("efer-lme-off-while-paging", Faulted(13)),
+    ("fs-base-non-canonical", Faulted(13)),
+    ("gs-base-non-canonical", Faulted(13)),
+    ("kernel-gs-base-non-canonical", Faulted(13)),
+    ("lstar-non-canonical", Faulted(13)),
+    ("sysenter-eip-non-canonical", Faulted(13)),
+    ("pat-invalid-type", Faulted(13)),
+    ("apic-base-moved", Faulted(13)),
+    ("cr4-vmxe", Faulted(13)),
+    ("xsetbv-without-x87", Faulted(13)),
+    ("vmxon", Faulted(6)),
+    ("triple-fault", Stopped("triple_fault")),
+    ("halt-forever", Stopped("halted_forever")),
+    ("string-io", Stopped("string_io")),
+    ("hypercall-from-user-mode", Refused),
+    ("hypercall-boundaries", Refused),
+    ("hypercall-random", Refused),
+    ("io-storm", Refused),
+    ("cpuid-storm", Refused),
+    ("interrupt-storm", Refused),
+    ("signal-flood", Refused),
+    ("init-sipi-to-missing-vcpus", Refused),
+];
+
+/// Two nodes; `beat-a` shares node a, and CPU 0, with the hostile VMs
+/// (time-sliced with them); `beat-b` runs in node b and receives the
+/// signal flood. Each beats `beats` times.
+fn config(vms: &str, beats: u32) -> String {
+    format!(
+        r#"
+[[node]]
+name = "a"
+cpus = [0, 1]
+mem_mib = 96
+
+[[node]]
+name = "b"
+cpus = [2, 3]
+mem_mib = 32
+
+[[ipi]]
+from = "a"
+to = "b"
+notifications = [0]
+
+[[vm]]
+name = "beat-a"
+node = "a"
+vcpus = 1
+mem_mib = 4
+kernel = "heartbeat"
+cmdline = "beats={beats}"
+pin = [0]
+
+[[vm]]
+name = "beat-b"
+node = "b"
+vcpus = 1
+mem_mib = 4
+kernel = "heartbeat"
+cmdline = "beats={beats}"
+{vms}"#
+    )
+}
+
+fn hostile_vm(case: &str) -> String {
+    format!(
+        r#"
+[[vm]]
+name = "{case}"
+node = "a"
+vcpus = 1
+mem_mib = 4
+kernel = "hostile"
+cmdline = "case={case} count=20000"
+pin = [0]
+signal = [{{ vm = "beat-b", notifications = [0] }}]
+"#
+    )
+}
+
+fn run(config: String) -> RunOutcome {
+    let spec = RunSpec {
+        config: ConfigModule::Bytes(config.into_bytes()),
+        timeout: Duration::from_secs(300),
+        ..spec()
+    };
+    let out = boot(&spec);
+    assert!(
+        matches!(out.ending, Ending::PoweredOff { .. }),
+        "the hypervisor must outlive its guests\n{}",
+        out.diagnostics()
+    );
+    out
+}
+
+fn is(e: &Event, name: &str, vm: &str) -> bool {
+    e.name == name && e.str("vm") == Some(vm)
+}
+
+/// Checks how `case` ended; returns the position of its last event.
+fn check_case(out: &RunOutcome, case: &str, expect: Expect) -> usize {
+    let why = || format!("case {case}, expected {expect:?}\n{}", out.diagnostics());
+    let events = &out.events;
+    let end = events
+        .iter()
+        .rposition(|e| is(e, "vm_stopped", case) || is(e, "vm_exit", case))
+        .unwrap_or_else(|| panic!("no vm_stopped or vm_exit\n{}", why()));
+    match expect {
+        Stopped(reason) => {
+            assert_eq!(events[end].name, "vm_stopped", "{}", why());
+            assert_eq!(events[end].str("reason"), Some(reason), "{}", why());
+        }
+        Faulted(vector) => {
+            let fault = events.iter().find(|e| is(e, "vm_fault", case));
+            assert_eq!(
+                fault.and_then(|f| f.u64("vector")),
+                Some(vector),
+                "{}",
+                why()
+            );
+            assert_eq!(events[end].u64("status"), Some(0x100 | vector), "{}", why());
+        }
+        Refused => {
+            let report = events.iter().find(|e| is(e, "guest_case", case));
+            assert_eq!(report.and_then(|r| r.bool("ok")), Some(true), "{}", why());
+            assert_eq!(events[end].u64("status"), Some(0), "{}", why());
+        }
+    }
+    assert!(
+        events.iter().any(|e| is(e, "stats", case)),
+        "stats for {case}\n{}",
+        why()
+    );
+    end
+}
+
+/// Both neighbours beat after position `after`.
+fn assert_neighbours_beat_after(out: &RunOutcome, after: usize, case: &str) {
+    for beat in ["beat-a", "beat-b"] {
+        assert!(
+            out.events[after..]
+                .iter()
+                .any(|e| is(e, "guest_heartbeat", beat)),
+            "{beat} did not beat after {case} ended\n{}",
+            out.diagnostics()
+        );
+    }
+}
+
+fn run_batch(cases: &[(&str, Expect)], beats: u32) {
+    let vms: String = cases.iter().map(|(c, _)| hostile_vm(c)).collect();
+    let out = run(config(&vms, beats));
+    for &(case, expect) in cases {
+        let end = check_case(&out, case, expect);
+        assert_neighbours_beat_after(&out, end, case);
+    }
+    for beat in ["beat-a", "beat-b"] {
+        let exit = out.events.iter().find(|e| is(e, "vm_exit", beat));
+        assert_eq!(
+            exit.and_then(|e| e.u64("status")),
+            Some(0),
+            "{}",
+            out.diagnostics()
+        );
+    }
+}
+
+#[test]
+fn the_suite_has_at_least_25_cases() {
+    assert!(CASES.len() >= 25);
+}
+
+#[test]
+fn memory_the_vm_does_not_own() {
+    run_batch(&CASES[0..7], 40);
+}
+
+#[test]
+fn msr_and_control_register_writes() {
+    run_batch(&CASES[7..21], 40);
+}
+
+#[test]
+fn crashes_and_hypercalls() {
+    run_batch(&CASES[21..27], 40);
+}
+
+#[test]
+fn storms() {
+    run_batch(&CASES[27..], 120);
+}
+
+#[test]
+fn a_crashing_vm_with_on_crash_restart_comes_back_and_its_neighbours_never_notice() {
+    let crashy = r#"
+[[vm]]
+name = "crashy"
+node = "a"
+vcpus = 1
+mem_mib = 4
+kernel = "hostile"
+cmdline = "case=triple-fault"
+pin = [0]
+on_crash = "restart"
+"#;
+    let out = run(config(crashy, 60));
+    let why = out.diagnostics();
+    let restarts: Vec<&Event> = out.events_named("vm_restarted");
+    assert_eq!(restarts.len(), 3, "restarted up to the limit\n{why}");
+    assert_eq!(
+        restarts.last().and_then(|e| e.u64("restarts")),
+        Some(3),
+        "{why}"
+    );
+    let stops = out
+        .events
+        .iter()
+        .filter(|e| is(e, "vm_stopped", "crashy") && e.str("reason") == Some("triple_fault"))
+        .count();
+    assert_eq!(stops, 4, "each incarnation crashed\n{why}");
+    let runs = out
+        .lines
+        .iter()
+        .filter(|l| *l == "[crashy] hostile: triple-fault")
+        .count();
+    assert_eq!(runs, 4, "the VM came back and ran again each time\n{why}");
+    // The neighbours beat on through every restart, none missing.
+    for beat in ["beat-a", "beat-b"] {
+        let counts: Vec<u64> = out
+            .events
+            .iter()
+            .filter(|e| is(e, "guest_heartbeat", beat))
+            .filter_map(|e| e.u64("count"))
+            .collect();
+        assert_eq!(counts, (1..=60).collect::<Vec<u64>>(), "{beat}\n{why}");
+    }
+    let last_restart = out
+        .events
+        .iter()
+        .rposition(|e| e.name == "vm_restarted")
+        .expect("a restart");
+    assert_neighbours_beat_after(&out, last_restart, "the last restart");
+}
