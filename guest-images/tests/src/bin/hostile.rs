@@ -19,8 +19,12 @@ use atoll_guest_rt::{BootInfo, arg, cpuid, port, println, word, x2apic};
 
 atoll_guest_rt::entry!(main);
 
-/// (name, what it does).
-const CASES: &[(&str, fn(&BootInfo) -> u32)] = &[
+/// A case: what it does, given the boot information; returns the exit
+/// status when it returns at all.
+type Case = fn(&BootInfo) -> u32;
+
+/// (name, case).
+const CASES: &[(&str, Case)] = &[
     // Memory the VM does not own: EPT violations stop the VM.
     ("write-above-ram", |_| write_at(0x4000_0000)),
     ("read-above-ram", |_| read_at(0x3000_0000)),
