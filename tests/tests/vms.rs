@@ -124,3 +124,76 @@ devices = ["uart", "debug-exit"]
     assert_eq!(hello.first().and_then(|e| e.u64("cpus")), Some(0), "{why}");
     assert_eq!(out.ending, Ending::PoweredOff { status: 0 }, "{why}");
 }
+
+#[test]
+fn a_vm_signals_a_vm_on_another_node_through_its_capability() {
+    let out = boot(&config_bytes(
+        r#"
+[[node]]
+name = "a"
+cpus = [0, 1]
+mem_mib = 32
+
+[[node]]
+name = "b"
+cpus = [2, 3]
+mem_mib = 32
+
+[[ipi]]
+from = "a"
+to = "b"
+notifications = [0]
+
+[[ipi]]
+from = "b"
+to = "a"
+notifications = [0]
+
+[[vm]]
+name = "ping"
+node = "a"
+vcpus = 1
+mem_mib = 4
+kernel = "signal"
+cmdline = "role=ping rounds=50"
+signal = [{ vm = "pong", notifications = [0] }]
+
+[[vm]]
+name = "pong"
+node = "b"
+vcpus = 1
+mem_mib = 4
+kernel = "signal"
+cmdline = "role=pong rounds=50"
+signal = [{ vm = "ping", notifications = [0] }]
+"#,
+    ));
+    let why = out.diagnostics();
+    assert!(out.success(), "{why}");
+    let rtt = vm_events(&out, "guest_signal", "ping");
+    assert_eq!(rtt.len(), 1, "{why}");
+    assert_eq!(rtt[0].u64("rounds"), Some(50), "{why}");
+    let (min, median) = (
+        rtt[0].u64("min_cycles").unwrap(),
+        rtt[0].u64("median_cycles").unwrap(),
+    );
+    assert!(0 < min && min <= median, "{why}");
+    // Both sides blocked in `wait` between signals: their vmcall exits
+    // (signal + wait per round) are counted.
+    for vm in ["ping", "pong"] {
+        let stats = vm_events(&out, "stats", vm);
+        let reasons = stats[0]
+            .get("reasons")
+            .and_then(|r| r.as_array())
+            .expect("reasons");
+        let counts = stats[0].u64_list("counts").expect("counts");
+        let vmcalls = reasons
+            .iter()
+            .position(|r| r == "vmcall")
+            .map(|i| counts[i]);
+        assert!(
+            vmcalls.is_some_and(|n| n >= 100),
+            "{vm}: {vmcalls:?}\n{why}"
+        );
+    }
+}
