@@ -113,6 +113,7 @@ fn check_config_accepts_and_plans_every_shipped_config() {
         ("configs/default.toml", "cpus=4,numa=1,mem-mib=512"),
         ("configs/core.toml", "cpus=4,numa=1,mem-mib=512"),
         ("configs/exitbench.toml", "cpus=4,numa=1,mem-mib=512"),
+        ("configs/signal.toml", "cpus=4,numa=1,mem-mib=512"),
         ("configs/single-node.toml", "cpus=4,numa=1,mem-mib=512"),
         ("configs/multikernel.toml", "cpus=4,numa=1,mem-mib=512"),
         ("configs/numa.toml", "cpus=4,numa=2,mem-mib=1024"),
@@ -122,5 +123,5 @@ fn check_config_accepts_and_plans_every_shipped_config() {
         assert!(out.contains("node 0 "), "{config} prints its plan:\n{out}");
     }
     let shipped = std::fs::read_dir(root.join("configs")).unwrap().count();
-    assert_eq!(shipped, 6, "a new config in configs/ needs a line above");
+    assert_eq!(shipped, 7, "a new config in configs/ needs a line above");
 }

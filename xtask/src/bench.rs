@@ -77,6 +77,13 @@ const BOOTS: &[Boot] = &[
         selftest: None,
         what: "guest exit round trips (the exitbench guest under Atoll)",
     },
+    Boot {
+        name: "signal",
+        emulator: Emulator::Bochs,
+        config: "configs/signal.toml",
+        selftest: None,
+        what: "VM-to-VM signal round trips across two nodes (signal + wait hypercalls)",
+    },
 ];
 
 /// One measurement line.
@@ -211,6 +218,13 @@ fn boot_row(bench: &str, event: &atoll_tests::Event) -> Option<[String; 5]> {
                 format!("{} ({} contended)", n("acquisitions"), n("contended")),
             ])
         }
+        "guest_signal" => Some([
+            format!("{bench} VM round trip"),
+            n("median_cycles"),
+            n("min_cycles"),
+            n("max_cycles"),
+            n("rounds"),
+        ]),
         "guest_exitbench" => Some([
             format!("{bench} {}", event.str("op").unwrap_or("?")),
             n("median_cycles"),
