@@ -14,7 +14,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The test guests guest-images/ builds: the binaries of one package.
-pub const GUESTS: &[&str] = &["hello", "heartbeat", "hostile", "exitbench", "signal"];
+pub const GUESTS: &[&str] = &[
+    "hello",
+    "heartbeat",
+    "hostile",
+    "exitbench",
+    "signal",
+    "smp",
+];
 const GUEST_PACKAGE: &str = "atoll-test-guests";
 
 /// Where the release build of guest `name` lands.

@@ -172,10 +172,18 @@ pub fn init() {
             | (0x89 << 40)
             | (((base >> 24) & 0xff) << 56);
         (*gdt)[6] = base >> 32;
-        let pointer: [u64; 2] = [(4095u64) | ((idt as u64) << 16), (idt as u64) >> 48];
-        asm!("lidt [{}]", in(reg) &raw const pointer, options(nostack));
         asm!("ltr {0:x}", in(reg) TSS_SELECTOR, options(nostack));
     }
+    load();
+}
+
+/// Loads the IDT on this CPU (APs share the BSP's; they get no TSS, so
+/// they never run user code).
+pub fn load() {
+    let idt = (&raw const IDT) as u64;
+    let pointer: [u64; 2] = [4095 | (idt << 16), idt >> 48];
+    // SAFETY: the pointer names the static IDT `init` filled in.
+    unsafe { asm!("lidt [{}]", in(reg) &raw const pointer, options(nostack)) };
 }
 
 /// Sets the exception hook (`None`: the default report-and-exit).
@@ -230,7 +238,7 @@ pub fn run_user(code: extern "C" fn() -> !) -> ! {
             ss = in(reg) USER_DATA,
             rsp = in(reg) stack_top,
             cs = in(reg) USER_CODE,
-            rip = in(reg) code as usize as u64,
+            rip = in(reg) code as *const () as u64,
             options(noreturn)
         )
     }

@@ -18,6 +18,7 @@ use core::fmt::{self, Write};
 
 pub mod hypercall;
 pub mod idt;
+pub mod smp;
 pub mod x2apic;
 
 // The multiboot header and the 32-bit entry stub.
@@ -106,6 +107,7 @@ guest_gdt:
     .quad 0                      /* 0x28: TSS, filled in by idt::init */
     .quad 0
 guest_gdt_end:
+    .global guest_gdt_pointer
 guest_gdt_pointer:
     .short guest_gdt_end - guest_gdt - 1
     .quad guest_gdt
@@ -279,9 +281,20 @@ impl Write for Serial {
     }
 }
 
+/// Serialises lines from several vCPUs (the UART is one device).
+static PRINT_LOCK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 #[doc(hidden)]
 pub fn print_args(args: fmt::Arguments<'_>) {
+    use core::sync::atomic::Ordering;
+    while PRINT_LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
     let _ = Serial.write_fmt(args);
+    PRINT_LOCK.store(false, Ordering::Release);
 }
 
 #[macro_export]
