@@ -15,6 +15,7 @@
 mod bench;
 mod check_config;
 mod progress;
+mod stats;
 mod test;
 
 use anyhow::{Context, Result, bail};
@@ -64,6 +65,11 @@ enum Cmd {
         /// Only benchmarks whose name contains this, e.g. planner.
         filter: Option<String>,
     },
+    /// The VMs' exit statistics (`stats` events) of a run as a table.
+    Stats {
+        /// A console log; the newest run's (target/atoll-runs) by default.
+        log: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { file, topology } => check_config::check(&file, topology.as_deref()),
         Cmd::Lint => lint(),
         Cmd::Bench { filter } => bench::run(filter.as_deref()),
+        Cmd::Stats { log } => stats::run(log.as_deref()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
