@@ -160,7 +160,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
     let ctx = LoopContext {
         slice: slice_ticks(caps, slots.len()),
         shift: (caps.misc & 0x1f) as u32,
-        xsave: cpu::has_xsave(),
+        xsave: cpu::has_xsave() && cpu::xsave_area_bytes() <= crate::arch::fpu::AREA_BYTES,
     };
     run_loop(node, &mut slots, &ctx)
 }
@@ -242,14 +242,20 @@ fn run_loop(node: &'static Node, slots: &mut [Slot], ctx: &LoopContext) -> ! {
 }
 
 /// Hands the CPU from vCPU `from` to vCPU `to`: extended state, XCR0 and
-/// the processor-held MSRs, then the VMCS.
+/// the processor-held MSRs, then the VMCS. XSAVE and XRSTOR run with XCR0
+/// set to everything the processor supports: a guest's XCR0 may leave out
+/// state it uses anyway (SSE registers work with XCR0 = x87 only, SDM
+/// Vol. 1, 13.3), and that state must be switched too.
 fn switch(slots: &mut [Slot], from: Option<usize>, to: usize, xsave: bool) {
+    if xsave {
+        cpu::set_xcr0(cpu::xcr0_supported());
+    }
     if let Some(old) = from.and_then(|f| slots.get_mut(f)) {
         old.fpu.save(xsave);
     }
     let Some(new) = slots.get_mut(to) else { return };
-    cpu::set_xcr0(new.xcr0);
     new.fpu.restore(xsave);
+    cpu::set_xcr0(new.xcr0);
     for (msr, value) in new.msrs.processor_held() {
         cpu::load_guest_msr(msr, value);
     }

@@ -21,6 +21,7 @@ pub const GUESTS: &[&str] = &[
     "exitbench",
     "signal",
     "smp",
+    "fpu",
 ];
 const GUEST_PACKAGE: &str = "atoll-test-guests";
 

@@ -208,3 +208,47 @@ signal = [{ vm = "ping", notifications = [0] }]
         );
     }
 }
+
+#[test]
+fn vcpus_sharing_a_cpu_keep_their_own_sse_registers() {
+    let vm = |name: &str, seed: u32| {
+        format!(
+            r#"
+[[vm]]
+name = "{name}"
+node = "a"
+vcpus = 1
+mem_mib = 4
+kernel = "fpu"
+cmdline = "seed={seed} rounds=40"
+pin = [0]
+"#
+        )
+    };
+    let config = format!(
+        "[[node]]\nname = \"a\"\ncpus = [0, 1]\nmem_mib = 32\n{}{}",
+        vm("fpu-1", 1000),
+        vm("fpu-2", 2000)
+    );
+    let out = boot(&config_bytes(&config));
+    let why = out.diagnostics();
+    assert!(out.success(), "{why}");
+    for name in ["fpu-1", "fpu-2"] {
+        let case = vm_events(&out, "guest_case", name);
+        assert_eq!(
+            case.first().and_then(|c| c.bool("ok")),
+            Some(true),
+            "{name}\n{why}"
+        );
+        // The two really were switched on the CPU, by the preemption timer.
+        let stats = vm_events(&out, "stats", name);
+        let reasons = stats[0]
+            .get("reasons")
+            .and_then(|r| r.as_array())
+            .expect("reasons");
+        assert!(
+            reasons.iter().any(|r| r == "preemption_timer"),
+            "{name}\n{why}"
+        );
+    }
+}

@@ -416,6 +416,75 @@ pub mod cr {
     }
 }
 
+/// SSE registers, for tests of extended-state switching.
+pub mod sse {
+    use core::arch::asm;
+
+    /// CR0.MP set, EM clear; CR4.OSFXSR and OSXMMEXCPT (SDM Vol. 3A, 13.1.3).
+    pub fn enable() {
+        // SAFETY: enabling SSE only changes how SSE instructions behave;
+        // this guest uses them only through `fill` and `check`.
+        unsafe {
+            asm!(
+                "mov {t}, cr0",
+                "and {t}, ~4",
+                "or {t}, 2",
+                "mov cr0, {t}",
+                "mov {t}, cr4",
+                "or {t}, 0x600",
+                "mov cr4, {t}",
+                t = out(reg) _,
+                options(nostack)
+            );
+        }
+    }
+
+    /// Loads `seed + n` into both halves of XMM n, for n = 0..16.
+    pub fn fill(seed: u64) {
+        let values: [u64; 16] = core::array::from_fn(|n| seed.wrapping_add(n as u64));
+        // SAFETY: SSE is enabled (`enable`); the loads read the local array.
+        unsafe {
+            asm!(
+                "movddup xmm0, [{v}]", "movddup xmm1, [{v} + 8]", "movddup xmm2, [{v} + 16]",
+                "movddup xmm3, [{v} + 24]", "movddup xmm4, [{v} + 32]", "movddup xmm5, [{v} + 40]",
+                "movddup xmm6, [{v} + 48]", "movddup xmm7, [{v} + 56]", "movddup xmm8, [{v} + 64]",
+                "movddup xmm9, [{v} + 72]", "movddup xmm10, [{v} + 80]", "movddup xmm11, [{v} + 88]",
+                "movddup xmm12, [{v} + 96]", "movddup xmm13, [{v} + 104]", "movddup xmm14, [{v} + 112]",
+                "movddup xmm15, [{v} + 120]",
+                v = in(reg) values.as_ptr(),
+                out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _,
+                out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _, out("xmm9") _,
+                out("xmm10") _, out("xmm11") _, out("xmm12") _, out("xmm13") _, out("xmm14") _,
+                out("xmm15") _,
+                options(nostack)
+            );
+        }
+    }
+
+    /// Whether every XMM register still holds what `fill(seed)` put there.
+    pub fn check(seed: u64) -> bool {
+        let mut seen = [0u64; 16];
+        // SAFETY: SSE is enabled; the stores write the local array. The
+        // registers are read as they are: nothing in between touches them
+        // (the target's Rust code does not use SSE).
+        unsafe {
+            asm!(
+                "movq [{s}], xmm0", "movq [{s} + 8], xmm1", "movq [{s} + 16], xmm2",
+                "movq [{s} + 24], xmm3", "movq [{s} + 32], xmm4", "movq [{s} + 40], xmm5",
+                "movq [{s} + 48], xmm6", "movq [{s} + 56], xmm7", "movq [{s} + 64], xmm8",
+                "movq [{s} + 72], xmm9", "movq [{s} + 80], xmm10", "movq [{s} + 88], xmm11",
+                "movq [{s} + 96], xmm12", "movq [{s} + 104], xmm13", "movq [{s} + 112], xmm14",
+                "movq [{s} + 120], xmm15",
+                s = in(reg) seen.as_mut_ptr(),
+                options(nostack)
+            );
+        }
+        seen.iter()
+            .enumerate()
+            .all(|(n, v)| *v == seed.wrapping_add(n as u64))
+    }
+}
+
 /// The time-stamp counter.
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the counter.

@@ -138,6 +138,12 @@ pub fn has_rdtscp() -> bool {
     cpuid(0x8000_0001, 0)[3] & (1 << 27) != 0
 }
 
+/// Bytes XSAVE needs for every feature the processor supports
+/// (CPUID.(EAX=0DH,ECX=0):ECX).
+pub fn xsave_area_bytes() -> u64 {
+    u64::from(cpuid(0xd, 0)[2])
+}
+
 /// CPUID.1:ECX.XSAVE[bit 26].
 pub fn has_xsave() -> bool {
     cpuid(1, 0)[2] & (1 << 26) != 0

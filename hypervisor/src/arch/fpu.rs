@@ -8,8 +8,9 @@
 use super::kmem::KernelMemory;
 
 /// Bytes reserved per vCPU: more than XSAVE needs for every feature the
-/// processor has (CPUID.(EAX=0DH,ECX=0):ECX, at most about 2.7 KiB today).
-const AREA_BYTES: u64 = 4096;
+/// processor has (CPUID.(EAX=0DH,ECX=0):ECX, about 2.7 KiB with AVX-512);
+/// a processor that needs more is switched with FXSAVE (x87 and SSE).
+pub const AREA_BYTES: u64 = 4096;
 
 /// One vCPU's save area in node memory (64-byte aligned, as XSAVE wants).
 pub struct FpuArea {
@@ -27,9 +28,9 @@ impl FpuArea {
     /// Saves this CPU's extended state (the running vCPU's) here.
     pub fn save(&mut self, xsave: bool) {
         // SAFETY: the area is this vCPU's own 4 KiB, 64-byte aligned page of
-        // node memory; with `xsave` CR4.OSXSAVE is set (cpu::enable_xsave),
-        // and XSAVE stores only the features enabled in the current XCR0,
-        // which fit in the area.
+        // node memory; with `xsave` CR4.OSXSAVE is set
+        // (cpu::enable_extended_state), and XSAVE stores only the features
+        // enabled in XCR0, all of which fit in 4 KiB (AREA_BYTES).
         unsafe {
             if xsave {
                 core::arch::asm!("xsave64 [{0}]", in(reg) self.addr, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack));
