@@ -252,3 +252,64 @@ pin = [0]
         );
     }
 }
+
+#[test]
+fn an_existing_multiboot2_kernel_boots_unchanged_atoll_itself() {
+    // The hypervisor's own ELF is a Multiboot2 kernel. As a guest it boots,
+    // finds no ACPI tables (a VM gets none yet) and powers off through
+    // isa-debug-exit with status 1: every step shows on its console.
+    let elf = common::hypervisor();
+    let relative = elf
+        .strip_prefix(atoll_tests::build::workspace_root())
+        .expect("the build is inside the workspace");
+    let out = boot(&config_bytes(&format!(
+        r#"
+[[node]]
+name = "a"
+cpus = [0, 1]
+mem_mib = 64
+
+[[vm]]
+name = "inner"
+node = "a"
+vcpus = 1
+mem_mib = 32
+kernel = "{}"
+cmdline = "inner=1"
+"#,
+        relative.display()
+    )));
+    let why = out.diagnostics();
+    let inner: Vec<&atoll_tests::Event> = out
+        .events
+        .iter()
+        .filter(|e| e.str("vm") == Some("inner"))
+        .collect();
+    let boot_start = inner.iter().find(|e| e.name == "boot_start");
+    assert_eq!(
+        boot_start.and_then(|e| e.str("cmdline")),
+        Some("inner=1"),
+        "{why}"
+    );
+    let memory = inner
+        .iter()
+        .find(|e| e.name == "memory")
+        .expect("a memory event");
+    assert_eq!(
+        memory.u64("usable_mib"),
+        Some(31),
+        "the VM's memory map\n{why}"
+    );
+    assert!(
+        inner
+            .iter()
+            .any(|e| e.name == "error" && e.str("kind") == Some("acpi")),
+        "{why}"
+    );
+    let exit = vm_events(&out, "vm_exit", "inner");
+    assert_eq!(exit.first().and_then(|e| e.u64("status")), Some(1), "{why}");
+    assert!(
+        matches!(out.ending, Ending::PoweredOff { status: 1 }),
+        "{why}"
+    );
+}

@@ -1,7 +1,9 @@
-//! Guest loading as GRUB's `multiboot` command does it (Multiboot
-//! Specification 0.6.96): find the header, copy the ELF's loadable
-//! segments, place the modules and the information block, and describe the
-//! machine state the kernel starts in. The kernel file is hostile input:
+//! Guest loading as GRUB's `multiboot` and `multiboot2` commands do it
+//! (Multiboot Specification 0.6.96, Multiboot2 Specification 2.0): find the
+//! header, copy the ELF's loadable segments, place the modules and the
+//! information block, and describe the machine state the kernel starts in
+//! (the same for both: 32-bit protected mode, paging off, EAX = the
+//! protocol's magic, EBX = the information block). The kernel file is hostile input:
 //! every offset, address and length is checked with overflow-safe
 //! arithmetic, and everything must land inside the VM's RAM without
 //! overlapping.
@@ -103,29 +105,42 @@ impl From<MemoryError> for LoadError {
     }
 }
 
-/// Loads `kernel` with `modules` and `cmdline` into `mem`, which must be
-/// zeroed; returns the entry state.
+/// Loads `kernel` with `modules` and `cmdline` into `mem`; returns the
+/// entry state. A Multiboot2 header is preferred when the kernel has both
+/// (as GRUB's `multiboot2` command would be used for it).
 pub fn load(
     mem: &mut impl GuestMemory,
     kernel: &[u8],
     modules: &[Module<'_>],
     cmdline: &str,
 ) -> Result<EntryState, LoadError> {
-    let flags = find_header(kernel)?;
+    let protocol = match multiboot2_header(kernel)? {
+        Some(header) => Protocol::Multiboot2(header),
+        None => Protocol::Multiboot(find_header(kernel)?),
+    };
     let segments = elf_segments(kernel)?;
     let mut placed = Placement::new(mem.size());
     for s in &segments {
         placed.claim("kernel segment", s.paddr, s.memsz)?;
     }
-    let entry = elf_entry(kernel, &segments)?;
+    let entry = match protocol {
+        Protocol::Multiboot2(Mb2Header { entry: Some(e) }) => e,
+        _ => elf_entry(kernel, &segments)?,
+    };
     for s in &segments {
         let bytes = slice(kernel, s.offset, s.filesz, "segment offset")?;
         mem.write(GuestPhysAddr(s.paddr), bytes)?;
+        // The rest of the segment (its .bss) reads as zeroes (ELF gABI).
+        mem.zero(GuestPhysAddr(s.paddr + s.filesz), s.memsz - s.filesz)?;
     }
+    let page_align = match protocol {
+        Protocol::Multiboot(flags) => flags & FLAG_PAGE_ALIGN != 0,
+        Protocol::Multiboot2(_) => true,
+    };
     let mut next = placed.end.next_multiple_of(PAGE);
     let mut module_entries = Vec::with_capacity(modules.len());
     for m in modules {
-        let start = if flags & FLAG_PAGE_ALIGN != 0 {
+        let start = if page_align {
             next.next_multiple_of(PAGE)
         } else {
             next
@@ -136,7 +151,16 @@ pub fn load(
         next = start + m.bytes.len() as u64;
     }
     let info_at = next.next_multiple_of(PAGE);
-    let info = InfoBlock::build(info_at, mem.size(), cmdline, &module_entries);
+    let (info, eax) = match protocol {
+        Protocol::Multiboot(_) => (
+            InfoBlock::build(info_at, mem.size(), cmdline, &module_entries),
+            MULTIBOOT_BOOTLOADER_MAGIC,
+        ),
+        Protocol::Multiboot2(_) => (
+            multiboot2_info(mem.size(), cmdline, &module_entries),
+            MULTIBOOT2_BOOTLOADER_MAGIC,
+        ),
+    };
     placed.claim("boot information", info_at, info.len() as u64)?;
     mem.write(GuestPhysAddr(info_at), &info)?;
     let ebx = u32::try_from(info_at).map_err(|_| LoadError::DoesNotFit {
@@ -144,11 +168,145 @@ pub fn load(
         at: info_at,
         len: info.len() as u64,
     })?;
-    Ok(EntryState {
-        entry,
-        eax: MULTIBOOT_BOOTLOADER_MAGIC,
-        ebx,
-    })
+    Ok(EntryState { entry, eax, ebx })
+}
+
+/// Which boot protocol a kernel asks for.
+#[derive(Clone, Copy)]
+enum Protocol {
+    /// Multiboot (v1) with its header flags.
+    Multiboot(u32),
+    Multiboot2(Mb2Header),
+}
+
+/// What a Multiboot2 header asks for that Atoll honours.
+#[derive(Clone, Copy)]
+struct Mb2Header {
+    /// The entry address tag (type 3), overriding the ELF entry.
+    entry: Option<u32>,
+}
+
+/// The Multiboot2 header magic (spec 3.1.1) and the magic in EAX (3.3).
+pub const MULTIBOOT2_MAGIC: u32 = 0xe852_50d6;
+pub const MULTIBOOT2_BOOTLOADER_MAGIC: u32 = 0x36d7_6289;
+/// The header must lie 8-byte aligned within the first 32 KiB.
+const MB2_SEARCH: usize = 32768;
+
+/// Header tags (spec 3.1.3 onwards) and what Atoll does with them.
+mod mb2_tag {
+    pub const END: u16 = 0;
+    pub const INFORMATION_REQUEST: u16 = 1;
+    pub const ADDRESS: u16 = 2;
+    pub const ENTRY_ADDRESS: u16 = 3;
+    pub const CONSOLE_FLAGS: u16 = 4;
+    pub const MODULE_ALIGN: u16 = 6;
+    pub const RELOCATABLE: u16 = 10;
+    pub const OPTIONAL: u16 = 1;
+}
+
+/// Information tags Atoll provides (spec 3.6): command line (1), boot
+/// loader name (2), modules (3), basic memory (4), memory map (6).
+const MB2_PROVIDED: [u32; 5] = [1, 2, 3, 4, 6];
+
+/// Finds and checks a Multiboot2 header; `None` when there is none.
+fn multiboot2_header(kernel: &[u8]) -> Result<Option<Mb2Header>, LoadError> {
+    let search = kernel.get(..MB2_SEARCH.min(kernel.len())).unwrap_or(&[]);
+    let Some(at) = (0..search.len())
+        .step_by(8)
+        .find(|&at| read_u32(search, at) == Some(MULTIBOOT2_MAGIC))
+    else {
+        return Ok(None);
+    };
+    let field = |o: usize| read_u32(kernel, at + o).ok_or(LoadError::BadChecksum);
+    let (arch, length, checksum) = (field(4)?, field(8)?, field(12)?);
+    let sum = MULTIBOOT2_MAGIC
+        .wrapping_add(arch)
+        .wrapping_add(length)
+        .wrapping_add(checksum);
+    if sum != 0 || arch != 0 || length < 24 {
+        return Err(LoadError::BadChecksum);
+    }
+    let end = at.saturating_add(length as usize).min(kernel.len());
+    let mut header = Mb2Header { entry: None };
+    let mut tag = at + 16;
+    while tag + 8 <= end {
+        let kind = read_u16(kernel, tag).unwrap_or(0);
+        let flags = read_u16(kernel, tag + 2).unwrap_or(0);
+        let size = read_u32(kernel, tag + 4).unwrap_or(0) as usize;
+        let optional = flags & mb2_tag::OPTIONAL != 0;
+        match kind {
+            mb2_tag::END => break,
+            mb2_tag::INFORMATION_REQUEST if !optional => {
+                let requested = (tag + 8..tag + size.max(8)).step_by(4);
+                for r in requested.filter_map(|o| read_u32(kernel, o)) {
+                    if !MB2_PROVIDED.contains(&r) {
+                        return Err(LoadError::UnsupportedFlags(r));
+                    }
+                }
+            }
+            mb2_tag::ENTRY_ADDRESS => header.entry = read_u32(kernel, tag + 8),
+            mb2_tag::ADDRESS if !optional => return Err(LoadError::UnsupportedFlags(1 << 16)),
+            mb2_tag::INFORMATION_REQUEST
+            | mb2_tag::CONSOLE_FLAGS
+            | mb2_tag::MODULE_ALIGN
+            | mb2_tag::RELOCATABLE => {}
+            _ if optional => {}
+            other => return Err(LoadError::UnsupportedFlags(u32::from(other) << 16)),
+        }
+        if size < 8 {
+            return Err(LoadError::BadChecksum);
+        }
+        tag = tag.saturating_add(size).next_multiple_of(8);
+    }
+    Ok(Some(header))
+}
+
+/// The Multiboot2 information structure (spec 3.6), position-independent.
+fn multiboot2_info(ram: u64, cmdline: &str, modules: &[(u64, u64, &str)]) -> Vec<u8> {
+    let mut out = alloc::vec![0u8; 8];
+    let tag = |out: &mut Vec<u8>, kind: u32, body: &[u8]| {
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&(8 + body.len() as u32).to_le_bytes());
+        out.extend_from_slice(body);
+        while !out.len().is_multiple_of(8) {
+            out.push(0);
+        }
+    };
+    let cstr = |s: &str| {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        b
+    };
+    tag(&mut out, 1, &cstr(cmdline));
+    tag(&mut out, 2, LOADER_NAME);
+    for (start, end, name) in modules {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(*start as u32).to_le_bytes());
+        body.extend_from_slice(&(*end as u32).to_le_bytes());
+        body.extend_from_slice(&cstr(name));
+        tag(&mut out, 3, &body);
+    }
+    let upper = (ram.saturating_sub(HIGH_MEMORY_START) / 1024).min(u64::from(u32::MAX)) as u32;
+    let mut basic = Vec::new();
+    basic.extend_from_slice(&((LOW_MEMORY_END / 1024) as u32).to_le_bytes());
+    basic.extend_from_slice(&upper.to_le_bytes());
+    tag(&mut out, 4, &basic);
+    let mut mmap = Vec::new();
+    mmap.extend_from_slice(&24u32.to_le_bytes());
+    mmap.extend_from_slice(&0u32.to_le_bytes());
+    for (base, len, kind) in memory_map(ram) {
+        mmap.extend_from_slice(&base.to_le_bytes());
+        mmap.extend_from_slice(&len.to_le_bytes());
+        mmap.extend_from_slice(&kind.to_le_bytes());
+        mmap.extend_from_slice(&0u32.to_le_bytes());
+    }
+    tag(&mut out, 6, &mmap);
+    tag(&mut out, 0, &[]);
+    let total = out.len() as u32;
+    if let Some(head) = out.get_mut(..4) {
+        head.copy_from_slice(&total.to_le_bytes());
+    }
+    out
 }
 
 /// The header's flags, after the magic and checksum check.
@@ -554,6 +712,102 @@ mod tests {
         ));
     }
 
+    /// `elf64` with a Multiboot2 header (information request for `asks`,
+    /// an optional framebuffer tag, end tag) in front of the v1 header.
+    fn elf64_mb2(asks: &[u32], entry_tag: Option<u32>) -> Vec<u8> {
+        let mut tags: Vec<u8> = Vec::new();
+        let mut push_tag = |kind: u16, flags: u16, body: &[u8]| {
+            tags.extend_from_slice(&kind.to_le_bytes());
+            tags.extend_from_slice(&flags.to_le_bytes());
+            tags.extend_from_slice(&(8 + body.len() as u32).to_le_bytes());
+            tags.extend_from_slice(body);
+            while !tags.len().is_multiple_of(8) {
+                tags.push(0);
+            }
+        };
+        let request: Vec<u8> = asks.iter().flat_map(|a| a.to_le_bytes()).collect();
+        push_tag(1, 0, &request);
+        push_tag(5, 1, &[0; 12]);
+        if let Some(e) = entry_tag {
+            push_tag(3, 0, &e.to_le_bytes());
+        }
+        push_tag(0, 0, &[]);
+        let length = 16 + tags.len() as u32;
+        let mut header = Vec::new();
+        for w in [
+            MULTIBOOT2_MAGIC,
+            0,
+            length,
+            0u32.wrapping_sub(MULTIBOOT2_MAGIC).wrapping_sub(length),
+        ] {
+            header.extend_from_slice(&w.to_le_bytes());
+        }
+        header.extend_from_slice(&tags);
+        let mut kernel = elf64(MIB, 0, b"", 0x100, MIB);
+        // The headers go into the zero gap before the segment's file offset.
+        kernel[0x800..0x800 + header.len()].copy_from_slice(&header);
+        kernel
+    }
+
+    #[test]
+    fn multiboot2_kernels_get_a_multiboot2_info_block() {
+        let mut mem = VecMemory::new(8 * MIB as usize);
+        let kernel = elf64_mb2(&[1, 6], Some(MIB as u32 + 4));
+        let modules = [Module {
+            bytes: b"abc",
+            cmdline: "vm-image:m",
+        }];
+        let e = load(&mut mem, &kernel, &modules, "hello mb2").unwrap();
+        assert_eq!(e.eax, MULTIBOOT2_BOOTLOADER_MAGIC);
+        assert_eq!(e.entry, MIB as u32 + 4, "the entry address tag wins");
+        let info = u64::from(e.ebx);
+        let total = u64::from(u32_at(&mem, info));
+        let mut at = info + 8;
+        let mut seen = Vec::new();
+        while at < info + total {
+            let (kind, size) = (u32_at(&mem, at), u64::from(u32_at(&mem, at + 4)));
+            seen.push(kind);
+            match kind {
+                1 => assert_eq!(cstr(&mem, at + 8), "hello mb2"),
+                3 => {
+                    let start = u64::from(u32_at(&mem, at + 8));
+                    assert_eq!(&mem.bytes[start as usize..start as usize + 3], b"abc");
+                    assert_eq!(cstr(&mem, at + 16), "vm-image:m");
+                }
+                6 => assert_eq!((u32_at(&mem, at + 8), size), (24, 16 + 3 * 24)),
+                _ => {}
+            }
+            at += size.next_multiple_of(8);
+        }
+        assert_eq!(seen, [1, 2, 3, 4, 6, 0]);
+    }
+
+    #[test]
+    fn multiboot2_requests_atoll_cannot_serve_are_refused() {
+        let mut mem = VecMemory::new(8 * MIB as usize);
+        // Tag 8: framebuffer info, required.
+        let kernel = elf64_mb2(&[1, 8], None);
+        assert_eq!(
+            load(&mut mem, &kernel, &[], ""),
+            Err(LoadError::UnsupportedFlags(8))
+        );
+        let mut bad = elf64_mb2(&[1], None);
+        bad[0x80c] ^= 1;
+        assert_eq!(load(&mut mem, &bad, &[], ""), Err(LoadError::BadChecksum));
+    }
+
+    #[test]
+    fn a_segment_bss_is_zeroed_even_in_used_memory() {
+        let mut mem = VecMemory::new(4 * MIB as usize);
+        mem.bytes[MIB as usize + 0x20..MIB as usize + 0x40].fill(0xaa);
+        load(&mut mem, &elf64(MIB, 0, b"", 0x100, MIB), &[], "").unwrap();
+        assert!(
+            mem.bytes[MIB as usize + 0x20..MIB as usize + 0x40]
+                .iter()
+                .all(|b| *b == 0)
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_files_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..5000)) {
@@ -562,8 +816,8 @@ mod tests {
         }
 
         #[test]
-        fn mutated_kernels_never_panic(flips in proptest::collection::vec((0usize..0x1020, proptest::prelude::any::<u8>()), 1..12)) {
-            let mut kernel = elf64(MIB, 3, b"body", 64, MIB + 12);
+        fn mutated_kernels_never_panic(flips in proptest::collection::vec((0usize..0x1020, proptest::prelude::any::<u8>()), 1..12), mb2: bool) {
+            let mut kernel = if mb2 { elf64_mb2(&[1, 6], None) } else { elf64(MIB, 3, b"body", 64, MIB + 12) };
             for (at, value) in flips {
                 let len = kernel.len();
                 kernel[at % len] = value;
