@@ -438,7 +438,10 @@ fn attack(node: &Node) {
 fn wait_for_heartbeats(node: &Node) {
     let deadline = deadline();
     let boot = status::page(usize::from(node.boot.plan.boot_node.0));
-    while boot.is_some_and(|p| p.heartbeat.load(Ordering::SeqCst) < HEARTBEATS) {
+    // One beat more than needed: the boot node counts a beat before it
+    // prints it, so beat HEARTBEATS is whole on the console only once the
+    // next one is counted.
+    while boot.is_some_and(|p| p.heartbeat.load(Ordering::SeqCst) <= HEARTBEATS) {
         if cpu::rdtsc() > deadline {
             return;
         }

@@ -29,8 +29,10 @@ pub mod hypercall;
 pub mod lapic;
 pub mod loader;
 pub mod memory;
+pub mod mmio;
 pub mod msr;
 pub mod stats;
+pub mod walk;
 
 pub use addr::{GuestPhysAddr, VcpuId, VmId};
 pub use memory::{GuestMemory, MemoryError, VecMemory};

@@ -1,0 +1,561 @@
+//! Memory-mapped device accesses: an EPT violation at a device's
+//! guest-physical address is emulated by decoding the instruction that
+//! caused it (the exit gives the address, not the operands) and carrying
+//! out its data move against the device.
+//!
+//! Only the MOV forms compilers and drivers use on device registers are
+//! decoded (bad-inputs.md item 1: decode only what you support; everything
+//! else stops the VM):
+//!
+//! | opcode | form |
+//! |---|---|
+//! | 88 /r, 89 /r | MOV r/m, r (8 / 16, 32, 64 bits) |
+//! | 8A /r, 8B /r | MOV r, r/m |
+//! | C6 /0 ib, C7 /0 iz | MOV r/m, imm (imm32 sign-extended for 64 bits) |
+//! | 0F B6 /r, 0F B7 /r | MOVZX r, r/m8 / r/m16 |
+//! | A1, A3 | MOV eAX, moffs / moffs, eAX |
+//!
+//! Prefixes: 66 (16-bit operands), segment overrides (ignored: the exit
+//! gives the address), REX in 64-bit code. ModRM with SIB, disp8, disp32
+//! and RIP-relative addressing; the register operand (mod = 11) is never the
+//! memory one. The instruction bytes are fetched through the guest's own
+//! page tables, page by page (an instruction may straddle two pages,
+//! XSA-186), at most 15 bytes.
+
+use crate::addr::GuestPhysAddr;
+use crate::exit::Registers;
+use crate::memory::GuestMemory;
+use crate::walk::{self, Paging};
+
+/// The longest x86 instruction.
+const MAX_LEN: usize = 15;
+
+/// What the decoded instruction does with memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Read `size` bytes into register `reg` (`high_byte`: AH..BH);
+    /// `zero_extend`: MOVZX or a 32-bit load, which clear the rest.
+    Load {
+        reg: usize,
+        high_byte: bool,
+        zero_extend: bool,
+    },
+    /// Write `size` bytes of this value.
+    Store { value: u64 },
+}
+
+/// A decoded MMIO instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub size: u8,
+    pub operation: Operation,
+    /// Instruction length: RIP moves by this much.
+    pub len: u8,
+}
+
+/// Why an instruction cannot be emulated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes at RIP could not be fetched (not mapped, outside RAM).
+    Fetch,
+    /// Not one of the supported forms (the first opcode byte).
+    Unsupported(u8),
+    /// 16-bit code, which Atoll does not emulate MMIO for.
+    Mode,
+}
+
+/// The code segment's mode: 64-bit (CS.L with EFER.LMA) or 32-bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeMode {
+    Bits16,
+    Bits32,
+    Bits64,
+}
+
+/// Fetches up to 15 bytes at `rip`, translating each page on its own.
+pub fn fetch(
+    mem: &impl GuestMemory,
+    paging: &Paging,
+    rip: u64,
+    out: &mut [u8; MAX_LEN],
+) -> Result<usize, DecodeError> {
+    let mut got = 0;
+    while got < MAX_LEN {
+        let linear = rip.wrapping_add(got as u64);
+        let Ok(phys) = walk::translate(mem, paging, linear) else {
+            break;
+        };
+        let in_page = (4096 - (linear & 0xfff)) as usize;
+        let n = in_page.min(MAX_LEN - got);
+        let Some(dst) = out.get_mut(got..got + n) else {
+            break;
+        };
+        if mem.read(phys, dst).is_err() {
+            break;
+        }
+        got += n;
+    }
+    if got == 0 {
+        Err(DecodeError::Fetch)
+    } else {
+        Ok(got)
+    }
+}
+
+/// Decodes the instruction in `bytes` (as fetched; a short fetch that ends
+/// inside the instruction is a fetch error).
+pub fn decode(bytes: &[u8], mode: CodeMode, regs: &Registers) -> Result<Access, DecodeError> {
+    if mode == CodeMode::Bits16 {
+        return Err(DecodeError::Mode);
+    }
+    let byte = |i: usize| bytes.get(i).copied().ok_or(DecodeError::Fetch);
+    let mut i = 0;
+    let mut opsize16 = false;
+    let mut rex = 0u8;
+    loop {
+        match byte(i)? {
+            0x66 => opsize16 = true,
+            0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65 => {}
+            b @ 0x40..=0x4f if mode == CodeMode::Bits64 => {
+                rex = b;
+                i += 1;
+                break;
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    let rex_w = rex & 8 != 0;
+    let width = if rex_w {
+        8
+    } else if opsize16 {
+        2
+    } else {
+        4
+    };
+    let opcode = byte(i)?;
+    i += 1;
+    let (size, op) = match opcode {
+        0x88 | 0x89 | 0x8a | 0x8b | 0xc6 | 0xc7 => {
+            let size = if opcode & 1 == 0 { 1 } else { width };
+            (size, opcode)
+        }
+        0x0f => {
+            let second = byte(i)?;
+            i += 1;
+            match second {
+                0xb6 => (1, 0xb6),
+                0xb7 => (2, 0xb7),
+                _ => return Err(DecodeError::Unsupported(0x0f)),
+            }
+        }
+        0xa1 | 0xa3 => {
+            let moffs = if mode == CodeMode::Bits64 { 8 } else { 4 };
+            let len = i + moffs;
+            byte(len - 1)?;
+            let operation = if opcode == 0xa1 {
+                Operation::Load {
+                    reg: 0,
+                    high_byte: false,
+                    zero_extend: width == 4,
+                }
+            } else {
+                Operation::Store { value: regs.get(0) }
+            };
+            return Ok(Access {
+                size: width,
+                operation,
+                len: len as u8,
+            });
+        }
+        other => return Err(DecodeError::Unsupported(other)),
+    };
+    let modrm = byte(i)?;
+    i += 1;
+    let (md, reg_field, rm) = (modrm >> 6, (modrm >> 3) & 7, modrm & 7);
+    if md == 3 {
+        return Err(DecodeError::Unsupported(op));
+    }
+    // SIB and displacement only move the length: the address is known.
+    if rm == 4 {
+        let sib = byte(i)?;
+        i += 1;
+        if md == 0 && sib & 7 == 5 {
+            i += 4;
+        }
+    } else if md == 0 && rm == 5 {
+        i += 4; // disp32 (RIP-relative in 64-bit code)
+    }
+    i += match md {
+        1 => 1,
+        2 => 4,
+        _ => 0,
+    };
+    let reg = usize::from(reg_field) | if rex & 4 != 0 { 8 } else { 0 };
+    // Without REX, byte registers 4-7 are AH, CH, DH, BH.
+    let high_byte = size == 1 && rex == 0 && reg_field >= 4;
+    let byte_reg = if high_byte { reg - 4 } else { reg };
+    let operation = match op {
+        0x88 | 0x89 => {
+            let value = regs.get(byte_reg) >> if high_byte { 8 } else { 0 };
+            Operation::Store { value }
+        }
+        0x8a | 0x8b => Operation::Load {
+            reg: byte_reg,
+            high_byte,
+            zero_extend: size == 4,
+        },
+        0xc6 | 0xc7 => {
+            if reg_field != 0 {
+                return Err(DecodeError::Unsupported(op));
+            }
+            let imm_len = if size == 1 {
+                1
+            } else if size == 2 {
+                2
+            } else {
+                4
+            };
+            let mut imm = [0u8; 4];
+            for (k, b) in imm.iter_mut().enumerate().take(imm_len) {
+                *b = byte(i + k)?;
+            }
+            i += imm_len;
+            let raw = u32::from_le_bytes(imm);
+            let value = match size {
+                8 => raw as i32 as i64 as u64,
+                _ => u64::from(raw),
+            };
+            Operation::Store { value }
+        }
+        _ => {
+            // MOVZX: the destination is a full register (16, 32 or 64 bits).
+            let dest = usize::from(reg_field) | if rex & 4 != 0 { 8 } else { 0 };
+            return finish(
+                i,
+                bytes,
+                size,
+                Operation::Load {
+                    reg: dest,
+                    high_byte: false,
+                    zero_extend: true,
+                },
+            );
+        }
+    };
+    finish(i, bytes, size, operation)
+}
+
+fn finish(len: usize, bytes: &[u8], size: u8, operation: Operation) -> Result<Access, DecodeError> {
+    if len > bytes.len() || len > MAX_LEN {
+        return Err(DecodeError::Fetch);
+    }
+    Ok(Access {
+        size,
+        operation,
+        len: len as u8,
+    })
+}
+
+/// Writes a loaded value into its register with the architectural rules:
+/// 32-bit results and MOVZX clear the upper bits; 8- and 16-bit loads keep
+/// the rest; AH..BH are bits 15:8.
+pub fn complete_load(regs: &mut Registers, access: &Access, value: u64) {
+    let Operation::Load {
+        reg,
+        high_byte,
+        zero_extend,
+    } = access.operation
+    else {
+        return;
+    };
+    let mask = match access.size {
+        1 => 0xff,
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    };
+    let value = value & mask;
+    let old = regs.get(reg);
+    let new = if zero_extend || access.size == 8 {
+        value
+    } else if high_byte {
+        (old & !0xff00) | (value << 8)
+    } else {
+        (old & !mask) | value
+    };
+    regs.set(reg, new);
+}
+
+/// QEMU's pc-testdev has a scratch MMIO page for exactly this kind of
+/// test; Atoll's `testdev` device is one 4 KiB page at this address:
+/// reads return what was written there (little-endian).
+pub const TESTDEV_BASE: u64 = 0xfeb0_0000;
+pub const TESTDEV_LEN: u64 = 4096;
+
+/// The testdev scratch page.
+#[derive(Clone, Debug)]
+pub struct TestDev {
+    bytes: [u8; TESTDEV_LEN as usize],
+    pub accesses: u64,
+}
+
+impl Default for TestDev {
+    fn default() -> Self {
+        TestDev {
+            bytes: [0; TESTDEV_LEN as usize],
+            accesses: 0,
+        }
+    }
+}
+
+impl TestDev {
+    /// Whether `[gpa, gpa + size)` is wholly inside the page.
+    pub fn claims(gpa: GuestPhysAddr, size: u8) -> bool {
+        gpa.0 >= TESTDEV_BASE
+            && gpa
+                .0
+                .checked_add(u64::from(size))
+                .is_some_and(|end| end <= TESTDEV_BASE + TESTDEV_LEN)
+    }
+
+    fn span(gpa: GuestPhysAddr, size: u8) -> Option<core::ops::Range<usize>> {
+        let start = gpa.0.checked_sub(TESTDEV_BASE)? as usize;
+        Some(start..start.checked_add(usize::from(size))?)
+    }
+
+    pub fn read(&mut self, gpa: GuestPhysAddr, size: u8) -> u64 {
+        self.accesses += 1;
+        let mut v = [0u8; 8];
+        if let Some(src) = Self::span(gpa, size).and_then(|r| self.bytes.get(r))
+            && let Some(dst) = v.get_mut(..src.len())
+        {
+            dst.copy_from_slice(src);
+        }
+        u64::from_le_bytes(v)
+    }
+
+    pub fn write(&mut self, gpa: GuestPhysAddr, size: u8, value: u64) {
+        self.accesses += 1;
+        let bytes = value.to_le_bytes();
+        if let Some(dst) = Self::span(gpa, size).and_then(|r| self.bytes.get_mut(r))
+            && let Some(src) = bytes.get(..dst.len())
+        {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::gpr;
+
+    fn regs() -> Registers {
+        let mut r = Registers::default();
+        for (i, g) in r.gpr.iter_mut().enumerate() {
+            *g = 0x1111_1111_1111_1100 + i as u64;
+        }
+        r
+    }
+
+    fn d64(bytes: &[u8]) -> Result<Access, DecodeError> {
+        decode(bytes, CodeMode::Bits64, &regs())
+    }
+
+    fn store(size: u8, value: u64, len: u8) -> Result<Access, DecodeError> {
+        Ok(Access {
+            size,
+            operation: Operation::Store { value },
+            len,
+        })
+    }
+
+    fn load(
+        size: u8,
+        reg: usize,
+        high_byte: bool,
+        zero_extend: bool,
+        len: u8,
+    ) -> Result<Access, DecodeError> {
+        Ok(Access {
+            size,
+            operation: Operation::Load {
+                reg,
+                high_byte,
+                zero_extend,
+            },
+            len,
+        })
+    }
+
+    /// One row per accepted encoding (the Jailhouse-style table of
+    /// bad-inputs.md item 1).
+    #[test]
+    fn every_supported_encoding() {
+        let r = regs();
+        let cases: &[(&[u8], Result<Access, DecodeError>)] = &[
+            // mov [rax], ecx / rcx / cx / cl / ch
+            (&[0x89, 0x08], store(4, r.gpr[1], 2)),
+            (&[0x48, 0x89, 0x08], store(8, r.gpr[1], 3)),
+            (&[0x66, 0x89, 0x08], store(2, r.gpr[1], 3)),
+            (&[0x88, 0x08], store(1, r.gpr[1], 2)),
+            (&[0x88, 0x28], store(1, r.gpr[1] >> 8, 2)),
+            // mov [rax], r9d (REX.R); mov [rax], sil (REX makes 6 = SIL)
+            (&[0x44, 0x89, 0x08], store(4, r.gpr[9], 3)),
+            (&[0x40, 0x88, 0x30], store(1, r.gpr[6], 3)),
+            // mov eax, [rbx] / rax / ax / al / ah
+            (&[0x8b, 0x03], load(4, 0, false, true, 2)),
+            (&[0x48, 0x8b, 0x03], load(8, 0, false, false, 3)),
+            (&[0x66, 0x8b, 0x03], load(2, 0, false, false, 3)),
+            (&[0x8a, 0x03], load(1, 0, false, false, 2)),
+            (&[0x8a, 0x23], load(1, 0, true, false, 2)),
+            // disp8, disp32, SIB, SIB with no base + disp32, RIP-relative
+            (&[0x8b, 0x43, 0x10], load(4, 0, false, true, 3)),
+            (&[0x8b, 0x83, 0, 1, 0, 0], load(4, 0, false, true, 6)),
+            (&[0x8b, 0x04, 0x8b], load(4, 0, false, true, 3)),
+            (
+                &[0x8b, 0x04, 0x25, 0, 0, 0xb0, 0xfe],
+                load(4, 0, false, true, 7),
+            ),
+            (&[0x8b, 0x05, 0, 0, 0, 0], load(4, 0, false, true, 6)),
+            (&[0x8b, 0x44, 0x24, 0x08], load(4, 0, false, true, 4)),
+            // mov byte [rax], 0x5a; mov dword [rax+8], imm32; mov qword
+            // [rax], -1 (sign-extended); mov word [rax], 0x1234
+            (&[0xc6, 0x00, 0x5a], store(1, 0x5a, 3)),
+            (
+                &[0xc7, 0x40, 0x08, 0x78, 0x56, 0x34, 0x12],
+                store(4, 0x1234_5678, 7),
+            ),
+            (
+                &[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff],
+                store(8, u64::MAX, 7),
+            ),
+            (&[0x66, 0xc7, 0x00, 0x34, 0x12], store(2, 0x1234, 5)),
+            // movzx eax, byte [rbx]; movzx r10, word [rbx]
+            (&[0x0f, 0xb6, 0x03], load(1, 0, false, true, 3)),
+            (&[0x4c, 0x0f, 0xb7, 0x13], load(2, 10, false, true, 4)),
+            // mov eax, [moffs64]; mov [moffs64], rax
+            (
+                &[0xa1, 0, 0, 0xb0, 0xfe, 0, 0, 0, 0],
+                load(4, 0, false, true, 9),
+            ),
+            (
+                &[0x48, 0xa3, 0, 0, 0xb0, 0xfe, 0, 0, 0, 0],
+                store(8, r.gpr[0], 10),
+            ),
+            // segment override on a memory operand (XSA-123: ignored, the
+            // exit gives the address)
+            (&[0x64, 0x8b, 0x03], load(4, 0, false, true, 3)),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(&d64(bytes), expected, "{bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn everything_else_is_refused() {
+        for bytes in [
+            &[0x89, 0xc8][..],         // mov eax, ecx: no memory operand
+            &[0xc7, 0x08, 0, 0, 0, 0], // C7 /1 is not MOV
+            &[0x0f, 0xc7, 0x08],       // cmpxchg8b (XSA-200)
+            &[0xf3, 0xa5],             // rep movs
+            &[0x01, 0x08],             // add
+            &[0xff],
+        ] {
+            assert!(
+                matches!(d64(bytes), Err(DecodeError::Unsupported(_))),
+                "{bytes:02x?}"
+            );
+        }
+        // Cut short: the fetch ended inside the instruction.
+        assert_eq!(d64(&[0x8b, 0x83, 0, 1]), Err(DecodeError::Fetch));
+        assert_eq!(d64(&[0x48]), Err(DecodeError::Fetch));
+        assert_eq!(
+            decode(&[0x8b, 0x03], CodeMode::Bits16, &regs()),
+            Err(DecodeError::Mode)
+        );
+        // 32-bit code: 0x48 is DEC, not REX.
+        assert!(decode(&[0x48, 0x8b, 0x03], CodeMode::Bits32, &regs()).is_err());
+        assert_eq!(
+            decode(&[0xa1, 0, 0, 0xb0, 0xfe], CodeMode::Bits32, &regs()),
+            load(4, 0, false, true, 5)
+        );
+    }
+
+    #[test]
+    fn loads_follow_the_register_write_rules() {
+        let mut r = regs();
+        let a = d64(&[0x8b, 0x03]).unwrap();
+        complete_load(&mut r, &a, 0xffff_ffff_aabb_ccdd);
+        assert_eq!(r.gpr[gpr::RAX], 0xaabb_ccdd, "32-bit loads zero-extend");
+        let a = d64(&[0x66, 0x8b, 0x0b]).unwrap();
+        complete_load(&mut r, &a, 0x9999);
+        assert_eq!(r.gpr[gpr::RCX], 0x1111_1111_1111_9999);
+        let a = d64(&[0x8a, 0x23]).unwrap();
+        complete_load(&mut r, &a, 0x7f);
+        assert_eq!(r.gpr[gpr::RAX], 0xaabb_7fdd, "AH: bits 15:8 only");
+        let a = d64(&[0x0f, 0xb7, 0x13]).unwrap();
+        complete_load(&mut r, &a, 0xfffe);
+        assert_eq!(r.gpr[gpr::RDX], 0xfffe);
+    }
+
+    #[test]
+    fn fetch_crosses_pages_through_the_guest_tables() {
+        use crate::memory::VecMemory;
+        let mut m = VecMemory::new(1 << 20);
+        let put = |m: &mut VecMemory, at: u64, v: u64| {
+            m.write(GuestPhysAddr(at), &v.to_le_bytes()).unwrap()
+        };
+        // Linear 0x400000 + 0xffe -> physical 0x8ffe; the next page maps to
+        // 0x20000, not 0x9000.
+        put(&mut m, 0x1000, 0x2000 | 3);
+        put(&mut m, 0x2000, 0x3000 | 3);
+        put(&mut m, 0x3000 + 2 * 8, 0x4000 | 3);
+        put(&mut m, 0x4000, 0x8000 | 3);
+        put(&mut m, 0x4000 + 8, 0x20000 | 3);
+        m.write(GuestPhysAddr(0x8ffe), &[0x48, 0x8b]).unwrap();
+        m.write(GuestPhysAddr(0x20000), &[0x03]).unwrap();
+        let paging = Paging {
+            cr0: 1 << 31 | 1,
+            cr3: 0x1000,
+            cr4: 1 << 5,
+            efer: 1 << 10,
+        };
+        let mut bytes = [0u8; MAX_LEN];
+        let n = fetch(&m, &paging, 0x40_0ffe, &mut bytes).unwrap();
+        assert_eq!(&bytes[..3], &[0x48, 0x8b, 0x03]);
+        assert_eq!(d64(&bytes[..n]), load(8, 0, false, false, 3));
+        // The second page unmapped: only two bytes, too few.
+        put(&mut m, 0x4000 + 8, 0);
+        let n = fetch(&m, &paging, 0x40_0ffe, &mut bytes).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(d64(&bytes[..n]), Err(DecodeError::Fetch));
+    }
+
+    #[test]
+    fn testdev_bounds() {
+        let mut t = TestDev::default();
+        assert!(TestDev::claims(GuestPhysAddr(TESTDEV_BASE + 4088), 8));
+        assert!(
+            !TestDev::claims(GuestPhysAddr(TESTDEV_BASE + 4089), 8),
+            "straddles the end"
+        );
+        assert!(!TestDev::claims(GuestPhysAddr(TESTDEV_BASE - 1), 1));
+        assert!(!TestDev::claims(GuestPhysAddr(u64::MAX - 2), 8));
+        t.write(GuestPhysAddr(TESTDEV_BASE + 8), 4, 0x1234_5678);
+        assert_eq!(t.read(GuestPhysAddr(TESTDEV_BASE + 8), 2), 0x5678);
+        assert_eq!(t.read(GuestPhysAddr(TESTDEV_BASE + 9), 1), 0x56);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_any_mode_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16), mode in 0u8..3) {
+            let mode = [CodeMode::Bits16, CodeMode::Bits32, CodeMode::Bits64][usize::from(mode)];
+            if let Ok(a) = decode(&bytes, mode, &regs()) {
+                proptest::prop_assert!(usize::from(a.len) <= bytes.len());
+                proptest::prop_assert!(matches!(a.size, 1 | 2 | 4 | 8));
+            }
+        }
+    }
+}
