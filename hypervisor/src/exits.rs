@@ -10,7 +10,9 @@ use atoll_vmm::devices::{LINE_BYTES, PortEffect};
 use atoll_vmm::dispatch::{ExitEnv, Fault, Outcome};
 use atoll_vmm::exit::{EptAccess, Registers};
 use atoll_vmm::lapic;
+use atoll_vmm::mmio::{self, CodeMode};
 use atoll_vmm::msr::{self, VmcsMsr, WriteContext};
+use atoll_vmm::walk::Paging;
 use core::sync::atomic::Ordering;
 use x86::vmx::vmcs::guest;
 
@@ -139,15 +141,40 @@ impl ExitEnv for Env<'_> {
 
     fn mmio(
         &mut self,
-        _gpa: GuestPhysAddr,
+        gpa: GuestPhysAddr,
         _access: EptAccess,
-        _regs: &mut Registers,
+        regs: &mut Registers,
     ) -> Option<Outcome> {
-        None
+        let paging = Paging {
+            cr0: regs.cr0,
+            cr3: regs.cr3,
+            cr4: regs.cr4,
+            efer: regs.efer,
+        };
+        let mode = code_mode(vmx::read(guest::CS_ACCESS_RIGHTS), regs.efer);
+        let ram = self.slot.vm.ram;
+        self.node
+            .with_devices(self.slot.vm.local, |devices| {
+                let dev = devices.testdev.as_mut()?;
+                mmio::emulate(gpa, regs, mode, &paging, &ram, dev)
+            })
+            .flatten()
     }
 
     fn xcr0_supported(&self) -> u64 {
         cpu::xcr0_supported()
+    }
+}
+
+/// The code segment's mode (SDM 25.4.1 access rights: L is bit 13, D/B
+/// bit 14; L counts only in IA-32e mode).
+fn code_mode(cs_rights: u64, efer: u64) -> CodeMode {
+    if efer & (1 << 10) != 0 && cs_rights & (1 << 13) != 0 {
+        CodeMode::Bits64
+    } else if cs_rights & (1 << 14) != 0 {
+        CodeMode::Bits32
+    } else {
+        CodeMode::Bits16
     }
 }
 

@@ -80,6 +80,7 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
                 uart: vm.devices.iter().any(|d| d == "uart"),
                 debug_exit: vm.devices.iter().any(|d| d == "debug-exit"),
                 fw_cfg: vm.devices.iter().any(|d| d == "fw-cfg"),
+                testdev: vm.devices.iter().any(|d| d == "testdev"),
             },
             on_crash: vm.on_crash,
             global,

@@ -11,13 +11,17 @@ pub struct DeviceSet {
     pub uart: bool,
     pub debug_exit: bool,
     pub fw_cfg: bool,
+    /// The testdev MMIO scratch page (crate::mmio::TestDev).
+    pub testdev: bool,
 }
 
 impl DeviceSet {
+    /// The default set: the three port devices.
     pub const ALL: DeviceSet = DeviceSet {
         uart: true,
         debug_exit: true,
         fw_cfg: true,
+        testdev: false,
     };
 }
 
@@ -239,6 +243,8 @@ impl FwCfg {
 pub struct LegacyPorts {
     set: DeviceSet,
     pub uart: Uart,
+    /// The VM's MMIO test page, if it has one.
+    pub testdev: Option<crate::mmio::TestDev>,
     fw_cfg: FwCfg,
     /// Accesses to ports no device claims (a storm shows here).
     pub unclaimed: u64,
@@ -262,6 +268,7 @@ impl LegacyPorts {
     pub fn new(set: DeviceSet, ram_bytes: u64, cpus: u16) -> Self {
         LegacyPorts {
             set,
+            testdev: set.testdev.then(crate::mmio::TestDev::default),
             uart: Uart::default(),
             fw_cfg: FwCfg::new(ram_bytes, cpus),
             unclaimed: 0,

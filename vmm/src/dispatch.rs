@@ -55,6 +55,10 @@ pub enum StopReason {
     EptMisconfig { gpa: GuestPhysAddr },
     /// INS/OUTS: string port I/O is not emulated.
     StringIo { port: u16 },
+    /// A device access by an instruction Atoll does not emulate (its first
+    /// opcode byte; 0 if it could not be fetched), or one that leaves the
+    /// device.
+    MmioUnsupported { gpa: GuestPhysAddr, opcode: u8 },
     /// A control-register access Atoll does not emulate.
     CrAccess { qualification: u64 },
     /// Every vCPU halted with interrupts disabled and nothing can wake them.
@@ -76,6 +80,7 @@ impl StopReason {
             StopReason::EptViolation { .. } => "ept_violation",
             StopReason::EptMisconfig { .. } => "ept_misconfig",
             StopReason::StringIo { .. } => "string_io",
+            StopReason::MmioUnsupported { .. } => "mmio_unsupported",
             StopReason::CrAccess { .. } => "cr_access",
             StopReason::HaltedForever => "halted_forever",
             StopReason::UnexpectedException { .. } => "unexpected_exception",

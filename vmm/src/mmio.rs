@@ -23,6 +23,7 @@
 //! XSA-186), at most 15 bytes.
 
 use crate::addr::GuestPhysAddr;
+use crate::dispatch::{Outcome, StopReason};
 use crate::exit::Registers;
 use crate::memory::GuestMemory;
 use crate::walk::{self, Paging};
@@ -257,6 +258,58 @@ fn finish(len: usize, bytes: &[u8], size: u8, operation: Operation) -> Result<Ac
     })
 }
 
+/// A VM's memory-mapped devices.
+pub trait MmioBus {
+    /// Whether a device owns the byte at `gpa`.
+    fn claims(&self, gpa: GuestPhysAddr) -> bool;
+    /// A read of `size` bytes; `None` if it leaves the device.
+    fn read(&mut self, gpa: GuestPhysAddr, size: u8) -> Option<u64>;
+    /// A write; `false` if it leaves the device.
+    fn write(&mut self, gpa: GuestPhysAddr, size: u8, value: u64) -> bool;
+}
+
+/// Emulates the access at `gpa` that exited: `None` if no device claims
+/// the address (the caller stops the VM); otherwise the instruction is
+/// fetched, decoded and carried out, and RIP moves past it, or the VM is
+/// stopped because it cannot be.
+pub fn emulate(
+    gpa: GuestPhysAddr,
+    regs: &mut Registers,
+    mode: CodeMode,
+    paging: &Paging,
+    mem: &impl GuestMemory,
+    bus: &mut impl MmioBus,
+) -> Option<Outcome> {
+    if !bus.claims(gpa) {
+        return None;
+    }
+    let stop = |opcode| Some(Outcome::Stop(StopReason::MmioUnsupported { gpa, opcode }));
+    let mut bytes = [0u8; MAX_LEN];
+    let Ok(n) = fetch(mem, paging, regs.rip, &mut bytes) else {
+        return stop(0);
+    };
+    let access = match decode(bytes.get(..n).unwrap_or(&[]), mode, regs) {
+        Ok(a) => a,
+        Err(DecodeError::Unsupported(op)) => return stop(op),
+        Err(_) => return stop(0),
+    };
+    let done = match access.operation {
+        Operation::Store { value } => bus.write(gpa, access.size, value),
+        Operation::Load { .. } => match bus.read(gpa, access.size) {
+            Some(value) => {
+                complete_load(regs, &access, value);
+                true
+            }
+            None => false,
+        },
+    };
+    if !done {
+        return stop(bytes[0]);
+    }
+    regs.rip = regs.rip.wrapping_add(u64::from(access.len));
+    Some(Outcome::Resume)
+}
+
 /// Writes a loaded value into its register with the architectural rules:
 /// 32-bit results and MOVZX clear the upper bits; 8- and 16-bit loads keep
 /// the rest; AH..BH are bits 15:8.
@@ -306,6 +359,24 @@ impl Default for TestDev {
             bytes: [0; TESTDEV_LEN as usize],
             accesses: 0,
         }
+    }
+}
+
+impl MmioBus for TestDev {
+    fn claims(&self, gpa: GuestPhysAddr) -> bool {
+        TestDev::claims(gpa, 1)
+    }
+
+    fn read(&mut self, gpa: GuestPhysAddr, size: u8) -> Option<u64> {
+        TestDev::claims(gpa, size).then(|| TestDev::read(self, gpa, size))
+    }
+
+    fn write(&mut self, gpa: GuestPhysAddr, size: u8, value: u64) -> bool {
+        let inside = TestDev::claims(gpa, size);
+        if inside {
+            TestDev::write(self, gpa, size, value);
+        }
+        inside
     }
 }
 
@@ -546,6 +617,62 @@ mod tests {
         t.write(GuestPhysAddr(TESTDEV_BASE + 8), 4, 0x1234_5678);
         assert_eq!(t.read(GuestPhysAddr(TESTDEV_BASE + 8), 2), 0x5678);
         assert_eq!(t.read(GuestPhysAddr(TESTDEV_BASE + 9), 1), 0x56);
+    }
+
+    #[test]
+    fn emulate_moves_data_and_rip_or_stops() {
+        use crate::memory::VecMemory;
+        let mut m = VecMemory::new(1 << 20);
+        // Paging off: RIP is physical. mov [rbx], eax; mov ecx, [rbx].
+        m.write(GuestPhysAddr(0x1000), &[0x89, 0x03, 0x8b, 0x0b, 0x0f, 0x0b])
+            .unwrap();
+        let paging = Paging {
+            cr0: 1,
+            cr3: 0,
+            cr4: 0,
+            efer: 0,
+        };
+        let mut dev = TestDev::default();
+        let mut r = regs();
+        r.rip = 0x1000;
+        r.gpr[0] = 0xdead_beef;
+        let at = GuestPhysAddr(TESTDEV_BASE + 16);
+        assert_eq!(
+            emulate(at, &mut r, CodeMode::Bits32, &paging, &m, &mut dev),
+            Some(Outcome::Resume)
+        );
+        assert_eq!(r.rip, 0x1002);
+        assert_eq!(
+            emulate(at, &mut r, CodeMode::Bits32, &paging, &m, &mut dev),
+            Some(Outcome::Resume)
+        );
+        assert_eq!((r.rip, r.gpr[1]), (0x1004, 0xdead_beef));
+        // UD2 at an MMIO address: not an access Atoll emulates.
+        assert!(matches!(
+            emulate(at, &mut r, CodeMode::Bits32, &paging, &m, &mut dev),
+            Some(Outcome::Stop(StopReason::MmioUnsupported {
+                opcode: 0x0f,
+                ..
+            }))
+        ));
+        assert_eq!(
+            emulate(
+                GuestPhysAddr(0x4000_0000),
+                &mut r,
+                CodeMode::Bits32,
+                &paging,
+                &m,
+                &mut dev
+            ),
+            None
+        );
+        // A 4-byte access at the page's last byte leaves the device.
+        r.rip = 0x1000;
+        let end = GuestPhysAddr(TESTDEV_BASE + TESTDEV_LEN - 1);
+        assert!(matches!(
+            emulate(end, &mut r, CodeMode::Bits32, &paging, &m, &mut dev),
+            Some(Outcome::Stop(_))
+        ));
     }
 
     proptest::proptest! {

@@ -366,6 +366,13 @@ pub mod mem {
         unsafe { core::ptr::read_volatile(addr as *const u64) }
     }
 
+    /// `add dword [addr], 1`: a read-modify-write instruction.
+    pub fn add_one(addr: u64) -> u32 {
+        // SAFETY: a deliberate access at a guest-physical address.
+        unsafe { core::arch::asm!("add dword ptr [{}], 1", in(reg) addr, options(nostack)) };
+        0
+    }
+
     /// Jumps to `addr`.
     pub fn jump(addr: u64) -> ! {
         // SAFETY: a deliberate jump; whatever is (not) there decides.

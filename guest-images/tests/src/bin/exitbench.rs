@@ -1,6 +1,7 @@
 //! The `exitbench` test guest: the round-trip cost, in TSC ticks, of the
-//! exits a guest causes most: CPUID, a hypercall (VMCALL), port I/O, and
-//! an interrupt that wakes a halted vCPU (self-IPI, then HLT). Each is
+//! exits a guest causes most: CPUID, a hypercall (VMCALL), port I/O, MMIO
+//! (with `mmio=1`: the testdev page, decoded and emulated), and an
+//! interrupt that wakes a halted vCPU (self-IPI, then HLT). Each is
 //! timed one operation at a time with RDTSC around it, `iterations` times
 //! (command line `iterations=N`, 1000 by default), and reported as a
 //! `guest_exitbench` event with the median, minimum and maximum. The
@@ -10,12 +11,13 @@
 #![deny(unsafe_code)]
 
 use atoll_guest_rt::hypercall::{self, call};
-use atoll_guest_rt::{BootInfo, arg, cpuid, idt, port, println, rdtsc, x2apic};
+use atoll_guest_rt::{BootInfo, arg, cpuid, idt, mem, port, println, rdtsc, x2apic};
 
 atoll_guest_rt::entry!(main);
 
 const MAX_ITERATIONS: usize = 4096;
 const WAKE_VECTOR: u8 = 0x41;
+const TESTDEV: u64 = 0xfeb0_0000;
 
 fn main(info: &BootInfo) -> u32 {
     let n = arg(info.cmdline(), "iterations")
@@ -33,6 +35,13 @@ fn main(info: &BootInfo) -> u32 {
     measure("pio_in", n, || {
         port::inb(0x80);
     });
+    if arg(info.cmdline(), "mmio") == Some(1) {
+        // The testdev page (device "testdev" in the VM's config).
+        measure("mmio_write", n, || mem::write_u64(TESTDEV, 1));
+        measure("mmio_read", n, || {
+            mem::read_u64(TESTDEV);
+        });
+    }
     measure("hlt_wakeup", n, || {
         idt::disable_interrupts();
         x2apic::self_ipi(WAKE_VECTOR);

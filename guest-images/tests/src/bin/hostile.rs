@@ -37,6 +37,9 @@ const CASES: &[(&str, Case)] = &[
     }),
     ("write-apic-mmio", |_| write_at(0xfee0_00b0)),
     ("host-address-is-own-ram", |_| own_ram_at_host_address()),
+    ("mmio-unsupported-instruction", |_| {
+        atoll_guest_rt::mem::add_one(0xfeb0_0000)
+    }),
     // MSRs and control registers: #GP.
     ("wrmsr-unknown", |_| wrmsr(0xdead_beef, 0)),
     ("rdmsr-unknown", |_| rdmsr(0x1234_5678)),

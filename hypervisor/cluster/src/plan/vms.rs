@@ -17,9 +17,11 @@ use crate::topology::{CpuIndex, PhysRange};
 pub const VM_ALIGN: u64 = 2 << 20;
 const MIB: u64 = 1 << 20;
 
-/// The devices a VM may have (`devices = [...]`); all of them when the key
-/// is left out.
-pub const DEVICES: [&str; 3] = ["uart", "debug-exit", "fw-cfg"];
+/// The devices a VM may have (`devices = [...]`); the first three when the
+/// key is left out (`testdev`, an MMIO scratch page for tests and
+/// benchmarks, only when listed).
+pub const DEVICES: [&str; 4] = ["uart", "debug-exit", "fw-cfg", "testdev"];
+const DEFAULT_DEVICES: usize = 3;
 
 /// A VM's share of its node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -398,7 +400,13 @@ fn vcpu_cpus(
 /// The device names, checked; all devices when none are listed.
 fn devices(vm: &VmConfig, problems: &mut Problems<'_>) -> Option<Vec<String>> {
     if vm.devices.is_empty() {
-        return Some(DEVICES.iter().map(|d| String::from(*d)).collect());
+        return Some(
+            DEVICES
+                .iter()
+                .take(DEFAULT_DEVICES)
+                .map(|d| String::from(*d))
+                .collect(),
+        );
     }
     let mut ok = true;
     for d in &vm.devices {
