@@ -177,8 +177,10 @@ pub fn node_main(start: &'static NodeStart) -> ! {
     build_vms(node, plan);
     cpu_init(node, 0);
     nodeboot::start_other_cpus(node, plan);
-    node.status.set_state(NodeState::Up);
+    // Report first, then publish `Up`: the boot node may power off as soon
+    // as every node is up, and this node's `node_up` line must be out.
     report_node_up(node, plan);
+    node.status.set_state(NodeState::Up);
     if node.index == usize::from(boot.plan.boot_node.0) {
         coordinate(node)
     } else if boot.selftest == selftest::Selftest::None {
