@@ -62,23 +62,8 @@ const CASES: &[(&str, Expect)] = &[
 /// (time-sliced with them); `beat-b` runs in node b and receives the
 /// signal flood. Each beats `beats` times.
 fn config(vms: &str, beats: u32) -> String {
-    format!(
+    let beaters = format!(
         r#"
-[[node]]
-name = "a"
-cpus = [0, 1]
-mem_mib = 96
-
-[[node]]
-name = "b"
-cpus = [2, 3]
-mem_mib = 32
-
-[[ipi]]
-from = "a"
-to = "b"
-notifications = [0]
-
 [[vm]]
 name = "beat-a"
 node = "a"
@@ -95,8 +80,9 @@ vcpus = 1
 mem_mib = 4
 kernel = "heartbeat"
 cmdline = "beats={beats}"
-{vms}"#
-    )
+"#
+    );
+    common::two_nodes(96, 32, true, &(beaters + vms))
 }
 
 fn hostile_vm(case: &str) -> String {

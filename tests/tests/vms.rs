@@ -138,28 +138,11 @@ devices = ["uart", "debug-exit"]
 
 #[test]
 fn a_vm_signals_a_vm_on_another_node_through_its_capability() {
-    let out = boot(&config_bytes(
+    let out = boot(&config_bytes(&common::two_nodes(
+        32,
+        32,
+        true,
         r#"
-[[node]]
-name = "a"
-cpus = [0, 1]
-mem_mib = 32
-
-[[node]]
-name = "b"
-cpus = [2, 3]
-mem_mib = 32
-
-[[ipi]]
-from = "a"
-to = "b"
-notifications = [0]
-
-[[ipi]]
-from = "b"
-to = "a"
-notifications = [0]
-
 [[vm]]
 name = "ping"
 node = "a"
@@ -178,7 +161,7 @@ kernel = "signal"
 cmdline = "role=pong rounds=50"
 signal = [{ vm = "ping", notifications = [0] }]
 "#,
-    ));
+    )));
     let why = out.diagnostics();
     assert!(out.success(), "{why}");
     let rtt = vm_events(&out, "guest_signal", "ping");

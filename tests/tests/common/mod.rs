@@ -63,3 +63,18 @@ pub fn assert_selftest_exception(selftest: &str, prefix: &str) -> RunOutcome {
     assert!(matches!(out.ending, Ending::Panic { .. }), "{why}");
     out
 }
+
+/// A config of two nodes, `a` (CPUs 0-1) and `b` (CPUs 2-3), with these
+/// memory sizes, IPI rights for notification 0 both ways (or none), then
+/// `rest` (the VMs).
+pub fn two_nodes(a_mib: u32, b_mib: u32, ipis: bool, rest: &str) -> String {
+    let mut text = format!(
+        "[[node]]\nname = \"a\"\ncpus = [0, 1]\nmem_mib = {a_mib}\n\n[[node]]\nname = \"b\"\ncpus = [2, 3]\nmem_mib = {b_mib}\n"
+    );
+    if ipis {
+        for (from, to) in [("a", "b"), ("b", "a")] {
+            text += &format!("\n[[ipi]]\nfrom = \"{from}\"\nto = \"{to}\"\nnotifications = [0]\n");
+        }
+    }
+    text + rest
+}

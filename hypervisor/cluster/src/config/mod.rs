@@ -155,9 +155,7 @@ pub struct IpiConfig {
 impl IpiConfig {
     /// The notifications as a bit mask (bit n = notification n).
     pub fn mask(&self) -> u64 {
-        self.notifications.iter().fold(0, |m, n| {
-            m | 1u64.checked_shl(u32::from(n.value)).unwrap_or(0)
-        })
+        notification_mask(&self.notifications)
     }
 }
 
@@ -211,10 +209,15 @@ pub struct VmSignalConfig {
 impl VmSignalConfig {
     /// The notifications as a bit mask.
     pub fn mask(&self) -> u64 {
-        self.notifications.iter().fold(0, |m, n| {
-            m | 1u64.checked_shl(u32::from(n.value)).unwrap_or(0)
-        })
+        notification_mask(&self.notifications)
     }
+}
+
+/// Notification numbers (0..64) as a bit mask; others are ignored.
+fn notification_mask(notifications: &[Located<u8>]) -> u64 {
+    notifications.iter().fold(0, |m, n| {
+        m | 1u64.checked_shl(u32::from(n.value)).unwrap_or(0)
+    })
 }
 
 impl VmConfig {
