@@ -22,6 +22,7 @@ pub const GUESTS: &[&str] = &[
     "signal",
     "smp",
     "fpu",
+    "abi",
 ];
 const GUEST_PACKAGE: &str = "atoll-test-guests";
 

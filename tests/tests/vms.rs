@@ -296,3 +296,75 @@ cmdline = "inner=1"
         "{why}"
     );
 }
+
+#[test]
+fn every_hypercall_works_as_documented_across_two_nodes_sharing_a_channel() {
+    let vms = r#"
+[[channel]]
+name = "a-b"
+size_kib = 64
+access = { a = "rw", b = "r" }
+
+[[vm]]
+name = "reader"
+node = "b"
+vcpus = 1
+mem_mib = 4
+kernel = "abi"
+cmdline = "role=reader"
+channels = ["a-b"]
+
+[[vm]]
+name = "scribbler"
+node = "b"
+vcpus = 1
+mem_mib = 4
+kernel = "abi"
+cmdline = "role=scribbler"
+channels = ["a-b"]
+
+[[vm]]
+name = "writer"
+node = "a"
+vcpus = 1
+mem_mib = 4
+kernel = "abi"
+cmdline = "role=writer"
+channels = ["a-b"]
+signal = [{ vm = "reader", notifications = [0] }]
+"#;
+    let out = boot(&config_bytes(&common::two_nodes(32, 32, true, vms)));
+    let why = out.diagnostics();
+    let ids = vm_events(&out, "guest_ids", "writer");
+    let got = ids
+        .first()
+        .map(|e| (e.u64("vm_index"), e.u64("vcpu"), e.u64("node")));
+    assert_eq!(got, Some((Some(2), Some(0), Some(0))), "{why}");
+    // Node b holds the channel read-only: a write through it stops the VM.
+    let stopped = vm_events(&out, "vm_stopped", "scribbler");
+    let reason = stopped.first().and_then(|e| e.str("reason"));
+    assert_eq!(reason, Some("ept_violation"), "{why}");
+    assert!(
+        out.lines
+            .iter()
+            .any(|l| l == "[writer] written through a hypercall"),
+        "{why}"
+    );
+    // report_stats, then the stats at the VM's end: two.
+    assert_eq!(vm_events(&out, "stats", "writer").len(), 2, "{why}");
+    let exit = vm_events(&out, "vm_exit", "writer");
+    assert_eq!(
+        exit.first().and_then(|e| e.u64("status")),
+        Some(7),
+        "power_off(7)\n{why}"
+    );
+    // The reader, on the other node, mapped the same channel (read-only)
+    // and saw the writer's pattern.
+    let case = vm_events(&out, "guest_case", "reader");
+    assert_eq!(case.first().and_then(|c| c.bool("ok")), Some(true), "{why}");
+    assert_eq!(
+        out.ending,
+        Ending::PoweredOff { status: 1 },
+        "a VM exited non-zero\n{why}"
+    );
+}
