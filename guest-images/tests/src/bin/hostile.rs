@@ -77,6 +77,9 @@ const CASES: &[(&str, Case)] = &[
     ("hypercall-from-user-mode", |_| hypercall_from_user()),
     ("hypercall-boundaries", |_| hypercall_boundaries()),
     ("hypercall-random", |_| hypercall_random()),
+    ("hypercall-random-all-vcpus", |_| {
+        hypercall_random_all_vcpus()
+    }),
     // Storms: absorbed and accounted; neighbours keep running.
     ("io-storm", |i| {
         io_storm(arg(i.cmdline(), "count").unwrap_or(100_000))
@@ -257,7 +260,37 @@ fn arg_ram() -> u64 {
 /// Random calls and arguments (xorshift), leaving out only what would
 /// end or block this VM (power_off, a waiting wait).
 fn hypercall_random() -> u32 {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let errors = random_calls(0x2545_f491_4f6c_dd1d, 5000);
+    report("hypercall-random", errors > 0, "random calls answered")
+}
+
+static RANDOM_DONE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// The same from every vCPU at once (bad-inputs.md item 3).
+fn hypercall_random_all_vcpus() -> u32 {
+    x2apic::enable();
+    let cpus = u32::from(atoll_guest_rt::fw_cfg::cpus()).max(1);
+    let up = atoll_guest_rt::smp::start_aps(
+        cpus,
+        |id| {
+            random_calls(0x9e37_79b9_7f4a_7c15 ^ u64::from(id), 2000);
+            RANDOM_DONE.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+        },
+        4_000_000_000,
+    );
+    random_calls(0x2545_f491_4f6c_dd1d, 2000);
+    while RANDOM_DONE.load(core::sync::atomic::Ordering::SeqCst) < up {
+        core::hint::spin_loop();
+    }
+    report(
+        "hypercall-random-all-vcpus",
+        up + 1 == cpus && cpus > 1,
+        "every vCPU called",
+    )
+}
+
+/// `count` random calls from seed `x`; returns how many failed.
+fn random_calls(mut x: u64, count: u32) -> u32 {
     let mut next = || {
         x ^= x << 13;
         x ^= x >> 7;
@@ -265,7 +298,7 @@ fn hypercall_random() -> u32 {
         x
     };
     let mut errors = 0u32;
-    for _ in 0..5000 {
+    for _ in 0..count {
         let nr = match next() % 12 {
             6 => 0,
             n => n,
@@ -274,7 +307,7 @@ fn hypercall_random() -> u32 {
         let (rax, ..) = call(nr, a0, next(), next(), next());
         errors += u32::from(rax != 0);
     }
-    report("hypercall-random", errors > 0, "random calls answered")
+    errors
 }
 
 fn io_storm(count: u64) -> u32 {
