@@ -204,7 +204,7 @@ fn build_vms(node: &'static Node, plan: &NodePlan) {
                 .field(
                     "msg",
                     format_args!(
-                        "node '{}' has VMs, but this processor lacks VMX with EPT, VPID and unrestricted guest; run it in Bochs (cargo xtask run) or remove its [[vm]] tables",
+                        "node '{}' has VMs, but this processor lacks VMX with EPT, VPID and unrestricted guest (QEMU TCG has none); run it in Bochs (cargo xtask run), or boot a config without [[vm]] tables such as configs/core.toml",
                         plan.name
                     ),
                 )
