@@ -125,3 +125,25 @@ fn check_config_accepts_and_plans_every_shipped_config() {
     let shipped = std::fs::read_dir(root.join("configs")).unwrap().count();
     assert_eq!(shipped, 7, "a new config in configs/ needs a line above");
 }
+
+#[test]
+fn stats_renders_a_console_log_and_fails_on_one_without_stats() {
+    let dir = std::env::temp_dir().join(format!("atoll-stats-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("console.txt");
+    std::fs::write(
+        &log,
+        "[INFO] booted\n@ev {\"ev\":\"stats\",\"vm\":\"db\",\"node\":0,\"exits\":3,\"guest_ticks\":900,\"root_ticks\":100,\"outside_ppm\":100000,\"reasons\":[\"hlt\"],\"counts\":[3],\"ticks\":[100]}\n",
+    )
+    .unwrap();
+    let root = atoll_tests::build::workspace_root();
+    let (ok, text) = xtask(&root, &["stats", log.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("VM db (node 0): 3 exits, 10.00 %"), "{text}");
+    assert!(text.contains("  hlt "), "{text}");
+    std::fs::write(&log, "[INFO] no VMs here\n").unwrap();
+    let (ok, text) = xtask(&root, &["stats", log.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("no stats events"), "{text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
