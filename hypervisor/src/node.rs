@@ -120,8 +120,6 @@ impl Node {
 
 /// How long the boot node waits for every node to come up.
 const NODES_UP_TIMEOUT_MS: u32 = 10_000;
-/// The APIC timer period in APIC clock ticks: a wake-up tick for waits.
-const TICK_BUS_CYCLES: u32 = 1_000_000;
 
 /// Ends part 1: starts every other node's first CPU, then turns the boot CPU
 /// into its node's first CPU. Never returns.
@@ -140,7 +138,8 @@ pub fn start_cluster(boot: &'static BootState) -> ! {
     let mode = apic::choose_mode(cpu::features().x2apic);
     log::info!("local APIC mode: {mode:?}");
     apic::init_local();
-    apic::start_periodic_timer(idt::TIMER_VECTOR, TICK_BUS_CYCLES);
+    apic::calibrate_timer();
+    apic::start_periodic_timer(idt::TIMER_VECTOR);
     let boot_node = usize::from(boot.plan.boot_node.0);
     for (node, start) in boot.plan.nodes.iter().zip(&starts) {
         if start.node != boot_node
@@ -264,7 +263,7 @@ pub fn cpu_init(node: &Node, slot: usize) {
     nodeboot::load_cpu_tables(node);
     idt::init();
     apic::init_local();
-    apic::start_periodic_timer(idt::TIMER_VECTOR, TICK_BUS_CYCLES);
+    apic::start_periodic_timer(idt::TIMER_VECTOR);
     let cpu = percpu::current();
     let (index, apic_id) = cpu.map_or((0, 0), |c| (c.cpu, c.apic_id));
     arch::shared::mark_running(apic_id);
@@ -377,7 +376,9 @@ pub fn on_interrupt(vector: u8) {
             apic::eoi();
             cpu::halt_forever();
         }
-        _ => {} // the timer tick and kicks only wake the CPU (or end its guest)
+        // A tick may have come early for a vCPU's timer (sched.rs).
+        idt::TIMER_VECTOR => apic::restore_tick(),
+        _ => {} // kicks only wake the CPU (or end its guest)
     }
 }
 

@@ -32,7 +32,7 @@ use x86::vmx::vmcs::control::PrimaryControls;
 use x86::vmx::vmcs::{control, guest};
 
 use crate::arch::fpu::FpuArea;
-use crate::arch::{cpu, percpu, shared, vmx};
+use crate::arch::{apic, cpu, percpu, shared, vmx};
 use crate::exits::Env;
 use crate::node::Node;
 use crate::vcpu::{Vcpu, VcpuState, VmcsTemplate};
@@ -225,6 +225,11 @@ fn run_loop(node: &'static Node, slots: &mut [Slot], ctx: &LoopContext) -> ! {
             .find(|&i| slots.get(i).is_some_and(runnable));
         let Some(i) = pick else {
             node.idle_check();
+            // A halted vCPU's timer or a `wait` timeout must not wait for
+            // the next tick: make the tick come at the earliest of them.
+            if let Some(deadline) = slots.iter().filter_map(wake_deadline).min() {
+                apic::tick_by(deadline);
+            }
             cpu::wait_for_interrupt();
             continue;
         };
@@ -261,6 +266,16 @@ fn switch(slots: &mut [Slot], from: Option<usize>, to: usize, xsave: bool) {
     }
     if new.vcpu.load().is_err() {
         log::error!("VM '{}': VMPTRLD failed", new.vm.spec.name);
+    }
+}
+
+/// When a blocked vCPU wants to run again by itself: its local APIC timer
+/// (if halted with interrupts on) or its `wait` timeout.
+fn wake_deadline(slot: &Slot) -> Option<u64> {
+    match slot.vcpu.state {
+        VcpuState::Halted if slot.halted_interruptible => slot.lapic.next_deadline(),
+        VcpuState::Waiting => Some(slot.wait_deadline).filter(|&d| d != u64::MAX),
+        _ => None,
     }
 }
 

@@ -13,6 +13,7 @@
 //! CPU still in xAPIC mode (just started) and one in x2APIC mode exchange
 //! IPIs normally, as IPIs are routed by APIC ID.
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 
 const IA32_APIC_BASE: u32 = 0x1b;
@@ -58,6 +59,7 @@ mod reg {
     pub const ESR: u64 = 0x280;
     pub const LVT_TIMER: u64 = 0x320;
     pub const TIMER_INITIAL: u64 = 0x380;
+    pub const TIMER_CURRENT: u64 = 0x390;
     pub const TIMER_DIVIDE: u64 = 0x3e0;
     pub const ICR_LOW: u64 = 0x300;
     pub const ICR_HIGH: u64 = 0x310;
@@ -219,10 +221,54 @@ const TIMER_PERIODIC: u32 = 1 << 17;
 /// Divide configuration 0b1011: divide by 1.
 const DIVIDE_BY_1: u32 = 0b1011;
 
-/// Starts this CPU's APIC timer: `vector` every `bus_cycles` ticks of the
-/// APIC clock. Its only job is to wake halted CPUs so that waits end.
-pub fn start_periodic_timer(vector: u8, bus_cycles: u32) {
+/// The tick: the APIC timer's period in APIC clock ticks. Its job is to
+/// wake halted CPUs so that waits end.
+pub const TICK_CYCLES: u32 = 1_000_000;
+
+/// Starts this CPU's periodic tick on `vector`.
+pub fn start_periodic_timer(vector: u8) {
     write(reg::TIMER_DIVIDE, DIVIDE_BY_1);
     write(reg::LVT_TIMER, TIMER_PERIODIC | u32::from(vector));
-    write(reg::TIMER_INITIAL, bus_cycles);
+    write(reg::TIMER_INITIAL, TICK_CYCLES);
 }
+
+/// APIC timer ticks per TSC tick, times 2^32; 0 until calibrated. Written
+/// once in part 1, read-only afterwards.
+static TIMER_PER_TSC_Q32: AtomicU64 = AtomicU64::new(0);
+
+/// Part 1, on the boot CPU with the TSC calibrated: measures the APIC
+/// timer's rate against the TSC (one-shot from the largest count for 1 ms).
+pub fn calibrate_timer() {
+    write(reg::TIMER_DIVIDE, DIVIDE_BY_1);
+    write(reg::LVT_TIMER, LVT_MASKED);
+    let start = super::cpu::rdtsc();
+    write(reg::TIMER_INITIAL, u32::MAX);
+    super::time::delay_us(1000);
+    let counted = u64::from(u32::MAX - read(reg::TIMER_CURRENT));
+    let elapsed = super::cpu::rdtsc().saturating_sub(start).max(1);
+    write(reg::TIMER_INITIAL, 0);
+    TIMER_PER_TSC_Q32.store((counted << 32) / elapsed, Ordering::Relaxed);
+}
+
+/// Makes the next tick come no later than TSC `deadline` (a vCPU's timer):
+/// the periodic count is shortened until [`restore_tick`].
+pub fn tick_by(deadline: u64) {
+    let ratio = TIMER_PER_TSC_Q32.load(Ordering::Relaxed);
+    if ratio == 0 {
+        return;
+    }
+    let left = deadline.saturating_sub(super::cpu::rdtsc());
+    let cycles = (u128::from(left) * u128::from(ratio)) >> 32;
+    if cycles < u128::from(TICK_CYCLES) {
+        write(reg::TIMER_INITIAL, (cycles as u32).max(1));
+    }
+}
+
+/// Back to the normal tick period (after a tick, which may have been a
+/// shortened one).
+pub fn restore_tick() {
+    write(reg::TIMER_INITIAL, TICK_CYCLES);
+}
+
+/// LVT mask bit (SDM Figure 11-8).
+const LVT_MASKED: u32 = 1 << 16;

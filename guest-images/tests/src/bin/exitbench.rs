@@ -18,6 +18,7 @@ atoll_guest_rt::entry!(main);
 const MAX_ITERATIONS: usize = 4096;
 const WAKE_VECTOR: u8 = 0x41;
 const TESTDEV: u64 = 0xfeb0_0000;
+const TIMER_VECTOR: u8 = 0x42;
 
 fn main(info: &BootInfo) -> u32 {
     let n = arg(info.cmdline(), "iterations")
@@ -45,6 +46,14 @@ fn main(info: &BootInfo) -> u32 {
     measure("hlt_wakeup", n, || {
         idt::disable_interrupts();
         x2apic::self_ipi(WAKE_VECTOR);
+        idt::wait_for_interrupt();
+    });
+    // A one-shot APIC timer of 1000 ticks while halted: how late the wake-up
+    // comes (the timer's own 1000 ticks included).
+    let timer_n = n.min(100);
+    measure("timer_wakeup", timer_n, || {
+        idt::disable_interrupts();
+        x2apic::one_shot(TIMER_VECTOR, 1000);
         idt::wait_for_interrupt();
     });
     idt::disable_interrupts();
