@@ -368,3 +368,39 @@ signal = [{ vm = "reader", notifications = [0] }]
         "a VM exited non-zero\n{why}"
     );
 }
+
+#[test]
+fn exitbench_times_every_operation_and_every_wake_up_arrives() {
+    // The guest checks that each self-IPI and each one-shot timer woke it
+    // exactly once (else it exits with status 1); the figures themselves
+    // are `cargo xtask bench exitbench`'s business, not this test's.
+    let vm = r#"
+[[vm]]
+name = "exitbench"
+node = "a"
+vcpus = 1
+mem_mib = 4
+kernel = "exitbench"
+cmdline = "iterations=50 mmio=1"
+devices = ["uart", "debug-exit", "fw-cfg", "testdev"]
+"#;
+    let out = boot(&config_bytes(&common::two_nodes(16, 16, false, vm)));
+    let why = out.diagnostics();
+    assert!(out.success(), "{why}");
+    let ops: Vec<&str> = vm_events(&out, "guest_exitbench", "exitbench")
+        .iter()
+        .filter_map(|e| e.str("op"))
+        .collect();
+    let expected = [
+        "rdtsc",
+        "cpuid",
+        "vmcall",
+        "pio_out",
+        "pio_in",
+        "mmio_write",
+        "mmio_read",
+        "hlt_wakeup",
+        "timer_wakeup",
+    ];
+    assert_eq!(ops, expected, "{why}");
+}

@@ -1,7 +1,8 @@
 //! The `exitbench` test guest: the round-trip cost, in TSC ticks, of the
 //! exits a guest causes most: CPUID, a hypercall (VMCALL), port I/O, MMIO
 //! (with `mmio=1`: the testdev page, decoded and emulated), and an
-//! interrupt that wakes a halted vCPU (self-IPI, then HLT). Each is
+//! interrupt that wakes a halted vCPU (self-IPI, then HLT), and a one-shot
+//! APIC timer that wakes it. Each is
 //! timed one operation at a time with RDTSC around it, `iterations` times
 //! (command line `iterations=N`, 1000 by default), and reported as a
 //! `guest_exitbench` event with the median, minimum and maximum. The
@@ -58,8 +59,11 @@ fn main(info: &BootInfo) -> u32 {
     });
     idt::disable_interrupts();
     let woken = idt::interrupts(WAKE_VECTOR) as usize;
-    if woken != n {
-        println!("exitbench: {woken} wake-ups for {n} halts");
+    let timers = idt::interrupts(TIMER_VECTOR) as usize;
+    if woken != n || timers != timer_n {
+        println!(
+            "exitbench: {woken} IPI wake-ups for {n} halts, {timers} timer wake-ups for {timer_n}"
+        );
         return 1;
     }
     0
