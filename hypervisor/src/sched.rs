@@ -25,10 +25,9 @@ use core::sync::atomic::Ordering;
 use atoll_platform::vmcs::{self, StartMode};
 use atoll_platform::vmx::VmxCaps;
 use atoll_vmm::dispatch::{self, Fault, Outcome, StopReason};
-use atoll_vmm::exit::{Exit, Registers, gpr};
+use atoll_vmm::exit::{Exit, ExitReason, Registers, gpr};
 use atoll_vmm::lapic::Lapic;
 use atoll_vmm::msr::GuestMsrs;
-use x86::vmx::vmcs::control::PrimaryControls;
 use x86::vmx::vmcs::{control, guest};
 
 use crate::arch::fpu::FpuArea;
@@ -352,7 +351,11 @@ fn restart_vcpu(slot: &mut Slot) {
 /// Returns whether it reset the vCPU (which loads its VMCS).
 fn take_mailbox(node: &Node, slot: &mut Slot) -> bool {
     let id = slot.vcpu.id;
-    let Some(mailbox) = slot.vm.mailbox(id) else {
+    let Some(mailbox) = slot
+        .vm
+        .mailbox(id)
+        .filter(|m| m.posted.swap(false, Ordering::AcqRel))
+    else {
         return false;
     };
     let mut reset = false;
@@ -428,14 +431,14 @@ fn run_turn(node: &Node, slot: &mut Slot, ctx: &LoopContext) {
 /// (interrupt-window exiting, SDM 25.6.2).
 fn inject_pending_interrupt(slot: &mut Slot) {
     let Some(vector) = slot.lapic.pending() else {
-        set_interrupt_window(false);
+        slot.vcpu.set_interrupt_window(false);
         return;
     };
     let injecting = vmx::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) != 0;
     let open = vmx::read(guest::RFLAGS) & (1 << 9) != 0
         && vmx::read(guest::INTERRUPTIBILITY_STATE) & 0x3 == 0;
     if injecting || !open {
-        set_interrupt_window(true);
+        slot.vcpu.set_interrupt_window(true);
         return;
     }
     // External interrupt, type 0, valid (SDM 26.6.1.1).
@@ -444,16 +447,7 @@ fn inject_pending_interrupt(slot: &mut Slot) {
         u64::from(vector) | (1 << 31),
     );
     slot.lapic.acknowledge(vector);
-    set_interrupt_window(false);
-}
-
-fn set_interrupt_window(on: bool) {
-    let bit = u64::from(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits());
-    let controls = vmx::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
-    let wanted = if on { controls | bit } else { controls & !bit };
-    if wanted != controls {
-        let _ = vmx::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, wanted);
-    }
+    slot.vcpu.set_interrupt_window(false);
 }
 
 fn stopped(slot: &Slot, reason: StopReason, regs: Registers) -> End {
@@ -466,7 +460,8 @@ fn stopped(slot: &Slot, reason: StopReason, regs: Registers) -> End {
 
 /// Handles one exit; false when the vCPU should not be re-entered now.
 fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
-    let mut regs = slot.vcpu.registers();
+    let paging = exit.reason == ExitReason::EptViolation;
+    let mut regs = slot.vcpu.exit_registers(paging);
     let outcome = dispatch::dispatch(exit, &mut regs, &mut Env::new(node, slot));
     let vm = slot.vm;
     match outcome {
@@ -499,13 +494,13 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
             slot.vcpu.state = VcpuState::Halted;
             slot.halted_interruptible = interrupts_enabled;
             if !interrupts_enabled {
-                block(node, slot, regs);
+                block(node, slot, slot.vcpu.registers());
             }
             false
         }
         Outcome::Init => {
             slot.vcpu.state = VcpuState::WaitForSipi;
-            block(node, slot, regs);
+            block(node, slot, slot.vcpu.registers());
             false
         }
         Outcome::WriteCr { cr, value } => {
@@ -526,7 +521,8 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
             false
         }
         Outcome::Stop(reason) => {
-            vm.request_end(node, stopped(slot, reason, regs));
+            // The report shows the vCPU as it exited, paging registers too.
+            vm.request_end(node, stopped(slot, reason, slot.vcpu.registers()));
             false
         }
     }

@@ -66,6 +66,13 @@ pub struct Vcpu {
     launched: bool,
     pub state: VcpuState,
     template: VmcsTemplate,
+    /// What the VMCS holds now, so unchanged fields are not rewritten on
+    /// every entry: interrupt-window exiting, and the preemption timer.
+    interrupt_window: bool,
+    timer: Option<u32>,
+    /// RSP, RIP and RFLAGS as read at the last exit: only what a handler
+    /// changed is written back.
+    at_exit: [u64; 3],
 }
 
 impl Vcpu {
@@ -85,6 +92,9 @@ impl Vcpu {
             launched: false,
             state: VcpuState::Runnable,
             template,
+            interrupt_window: false,
+            timer: None,
+            at_exit: [0; 3],
         };
         vcpu.reset(mode)?;
         Ok(vcpu)
@@ -141,6 +151,8 @@ impl Vcpu {
         }
         self.gprs = GuestGprs::default();
         self.launched = false;
+        self.interrupt_window = false;
+        self.timer = None;
         self.state = match mode {
             StartMode::RealMode { .. } if self.id != 0 => VcpuState::WaitForSipi,
             _ => VcpuState::Runnable,
@@ -159,10 +171,29 @@ impl Vcpu {
     /// Enters the guest until its next exit, with at most `slice` ticks of
     /// the VMX preemption timer. The VMCS must be current.
     pub fn enter(&mut self, slice: u32) -> Result<Exit, EntryFailed> {
-        let _ = vmx::write(guest::VMX_PREEMPTION_TIMER_VALUE, u64::from(slice));
+        // Without "save preemption timer value" the field keeps what was
+        // written, and each entry counts down from it afresh.
+        if self.timer != Some(slice) {
+            let _ = vmx::write(guest::VMX_PREEMPTION_TIMER_VALUE, u64::from(slice));
+            self.timer = Some(slice);
+        }
         vmx::run(&mut self.gprs, self.launched)?;
         self.launched = true;
         Ok(vmx::read_exit())
+    }
+
+    /// Turns interrupt-window exiting (SDM 25.6.2) on or off.
+    pub fn set_interrupt_window(&mut self, on: bool) {
+        if self.interrupt_window == on {
+            return;
+        }
+        let bit =
+            u64::from(x86::vmx::vmcs::control::PrimaryControls::INTERRUPT_WINDOW_EXITING.bits());
+        let controls = vmx::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+        let wanted = if on { controls | bit } else { controls & !bit };
+        if vmx::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, wanted).is_ok() {
+            self.interrupt_window = on;
+        }
     }
 
     /// The guest's registers after an exit (the VMCS must be current).
@@ -181,19 +212,50 @@ impl Vcpu {
         }
     }
 
-    /// Writes back what an exit handler may have changed: the GPRs, RSP,
-    /// RIP and RFLAGS. Moving RIP past an instruction also ends any STI or
-    /// MOV SS blocking it started (SDM 25.4.2).
-    pub fn set_registers(&mut self, regs: &Registers) -> Result<(), VmxFail> {
-        let moved = regs.rip != vmx::read(guest::RIP);
-        self.gprs.gpr = regs.gpr;
-        vmx::write(guest::RSP, regs.gpr[gpr::RSP])?;
-        vmx::write(guest::RIP, regs.rip)?;
-        vmx::write(guest::RFLAGS, regs.rflags)?;
-        if moved {
-            let blocking = vmx::read(guest::INTERRUPTIBILITY_STATE);
-            vmx::write(guest::INTERRUPTIBILITY_STATE, blocking & !0x3)?;
+    /// The registers an exit handler works on: the GPRs, RSP, RIP, RFLAGS
+    /// and CPL, plus the paging registers when `paging` (for walking the
+    /// guest's page tables). Fewer VMREADs than [`registers`](Self::registers).
+    pub fn exit_registers(&mut self, paging: bool) -> Registers {
+        let mut gpr = self.gprs.gpr;
+        gpr[gpr::RSP] = vmx::read(guest::RSP);
+        let mut regs = Registers {
+            gpr,
+            rip: vmx::read(guest::RIP),
+            rflags: vmx::read(guest::RFLAGS),
+            cpl: ((vmx::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8,
+            ..Registers::default()
+        };
+        if paging {
+            regs.cr0 = vmx::read(guest::CR0);
+            regs.cr3 = vmx::read(guest::CR3);
+            regs.cr4 = vmx::read(guest::CR4);
+            regs.efer = vmx::read(guest::IA32_EFER_FULL);
         }
+        self.at_exit = [regs.gpr[gpr::RSP], regs.rip, regs.rflags];
+        regs
+    }
+
+    /// Writes back what an exit handler changed: the GPRs, and RSP, RIP and
+    /// RFLAGS where they differ from the exit. Moving RIP past an
+    /// instruction also ends any STI or MOV SS blocking it started (SDM
+    /// 25.4.2).
+    pub fn set_registers(&mut self, regs: &Registers) -> Result<(), VmxFail> {
+        let [rsp, rip, rflags] = self.at_exit;
+        self.gprs.gpr = regs.gpr;
+        if regs.gpr[gpr::RSP] != rsp {
+            vmx::write(guest::RSP, regs.gpr[gpr::RSP])?;
+        }
+        if regs.rflags != rflags {
+            vmx::write(guest::RFLAGS, regs.rflags)?;
+        }
+        if regs.rip != rip {
+            vmx::write(guest::RIP, regs.rip)?;
+            let blocking = vmx::read(guest::INTERRUPTIBILITY_STATE);
+            if blocking & 0x3 != 0 {
+                vmx::write(guest::INTERRUPTIBILITY_STATE, blocking & !0x3)?;
+            }
+        }
+        self.at_exit = [regs.gpr[gpr::RSP], regs.rip, regs.rflags];
         Ok(())
     }
 }

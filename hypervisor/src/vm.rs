@@ -116,6 +116,8 @@ pub struct Mailbox {
     pub init: AtomicBool,
     /// A start-up IPI arrived: its vector + 1 (0 = none).
     pub sipi: AtomicU32,
+    /// Set after anything above was posted: the owner looks only then.
+    pub posted: AtomicBool,
 }
 
 impl Mailbox {
@@ -124,6 +126,7 @@ impl Mailbox {
             irr: [const { AtomicU64::new(0) }; 4],
             init: AtomicBool::new(false),
             sipi: AtomicU32::new(0),
+            posted: AtomicBool::new(false),
         }
     }
 }
@@ -447,6 +450,8 @@ impl Vm {
                     continue;
                 }
             }
+            // After the request itself: the owner that sees `posted` sees it.
+            mailbox.posted.store(true, Ordering::Release);
             let cpu = self.spec.vcpu_cpus.get(usize::from(target)).copied();
             if cpu.is_some() && cpu != me {
                 self.kick_cpu(node, cpu);
