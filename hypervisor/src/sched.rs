@@ -101,18 +101,8 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
         Ok(controls) => controls,
         Err(e) => {
             log::error!("CPU {}: {e}", me.cpu);
-            for (vm, _) in &mine {
-                let reason = StopReason::EntryFailed {
-                    instruction_error: 0,
-                };
-                vm.request_end(
-                    node,
-                    End::Stopped {
-                        reason,
-                        vcpu: 0,
-                        regs: Registers::default(),
-                    },
-                );
+            for (vm, id) in &mine {
+                abandon(node, vm, *id);
             }
             return None;
         }
@@ -153,7 +143,10 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
                 prepare_boot_registers(&mut slot);
                 slots.push(slot);
             }
-            Err(e) => log::error!("VM '{}' vCPU {id}: {e}", vm.spec.name),
+            Err(e) => {
+                log::error!("VM '{}' vCPU {id}: {e}", vm.spec.name);
+                abandon(node, vm, id);
+            }
         }
     }
     let ctx = LoopContext {
@@ -162,6 +155,22 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
         xsave: cpu::has_xsave() && cpu::xsave_area_bytes() <= crate::arch::fpu::AREA_BYTES,
     };
     run_loop(node, &mut slots, &ctx)
+}
+
+/// A vCPU this CPU cannot run (VMX or its VMCS could not be set up): its
+/// VM is stopped, and the vCPU checks out at once so the VM can end.
+fn abandon(node: &Node, vm: &Vm, id: u16) {
+    let reason = StopReason::SetupFailed;
+    let regs = Registers::default();
+    vm.request_end(
+        node,
+        End::Stopped {
+            reason,
+            vcpu: id,
+            regs,
+        },
+    );
+    vm.check_out(node);
 }
 
 fn new_lapic(id: u16) -> Lapic {

@@ -404,3 +404,27 @@ devices = ["uart", "debug-exit", "fw-cfg", "testdev"]
     ];
     assert_eq!(ops, expected, "{why}");
 }
+
+#[test]
+fn vcpus_the_node_has_no_kernel_memory_for_stop_their_vms_cleanly() {
+    // 256 vCPUs in a node with the smallest kernel memory: VMCS and FPU
+    // pages run out part-way. The VMs that cannot be set up are stopped
+    // (`setup_failed`, never restarted) and the run ends; nothing hangs.
+    let mut config =
+        String::from("[[node]]\nname = \"a\"\ncpus = [0, 1]\nmem_mib = 24\nkernel_mib = 2\n");
+    for i in 0..4 {
+        config += &format!(
+            "\n[[vm]]\nname = \"many{i}\"\nnode = \"a\"\nvcpus = 64\nmem_mib = 4\nkernel = \"hello\"\non_crash = \"restart\"\n"
+        );
+    }
+    let out = boot(&config_bytes(&config));
+    let why = out.diagnostics();
+    let failed = out
+        .events_named("vm_stopped")
+        .iter()
+        .filter(|e| e.str("reason") == Some("setup_failed"))
+        .count();
+    assert!(failed >= 1, "{why}");
+    assert!(out.events_named("vm_restarted").is_empty(), "{why}");
+    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+}

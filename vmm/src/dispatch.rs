@@ -63,6 +63,9 @@ pub enum StopReason {
     CrAccess { qualification: u64 },
     /// Every vCPU halted with interrupts disabled and nothing can wake them.
     HaltedForever,
+    /// The hypervisor could not set up a vCPU of the VM (VMX or its VMCS on
+    /// that CPU): not the guest's doing, so never restarted.
+    SetupFailed,
     /// An exception exit Atoll did not ask for.
     UnexpectedException { interruption: u32 },
     /// An exit reason Atoll does not handle (the basic reason number).
@@ -83,6 +86,7 @@ impl StopReason {
             StopReason::MmioUnsupported { .. } => "mmio_unsupported",
             StopReason::CrAccess { .. } => "cr_access",
             StopReason::HaltedForever => "halted_forever",
+            StopReason::SetupFailed => "setup_failed",
             StopReason::UnexpectedException { .. } => "unexpected_exception",
             StopReason::UnknownExit { .. } => "unknown_exit",
         }
@@ -91,7 +95,7 @@ impl StopReason {
     /// Whether the guest crashed (so `on_crash` applies), rather than ended
     /// in a way it chose.
     pub fn is_crash(&self) -> bool {
-        !matches!(self, StopReason::HaltedForever)
+        !matches!(self, StopReason::HaltedForever | StopReason::SetupFailed)
     }
 }
 
