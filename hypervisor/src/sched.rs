@@ -152,7 +152,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
     let ctx = LoopContext {
         slice: slice_ticks(caps, slots.len()),
         shift: (caps.misc & 0x1f) as u32,
-        xsave: cpu::has_xsave() && cpu::xsave_area_bytes() <= crate::arch::fpu::AREA_BYTES,
+        xsave: cpu::has_xsave(),
     };
     run_loop(node, &mut slots, &ctx)
 }
