@@ -132,7 +132,7 @@ impl Vcpu {
             (control::VMEXIT_CONTROLS, c.exit),
             (
                 control::VMENTRY_CONTROLS,
-                vmcs::entry_controls(c.entry, false),
+                vmcs::entry_controls(c.entry, mode.long_mode()),
             ),
             (control::EXCEPTION_BITMAP, 0),
             (control::CR3_TARGET_COUNT, 0),

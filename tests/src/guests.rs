@@ -1,10 +1,12 @@
 //! The guest images a cluster config's `[[vm]]` tables name, found and
 //! built so they can go on the ISO.
 //!
-//! A `kernel` or `modules` value without '/' names a test guest from
-//! guest-images/ (a binary of package `atoll-test-guests`); any other
-//! value is a file path relative to the config file's directory (the
-//! workspace root for configs given as bytes). On the ISO each image is
+//! A `kernel`, `initrd` or `modules` value without '/' names an image
+//! guest-images/ builds: a test guest (a binary of package
+//! `atoll-test-guests`), or `linux` and `initramfs`, the Linux guest's
+//! kernel and initramfs (crate::linux). Any other value is a file path
+//! relative to the config file's directory (the workspace root for configs
+//! given as bytes). On the ISO each image is
 //! the module `vm-image:<value>`, which is how the hypervisor finds it.
 
 use crate::build::{TARGET, target_dir, workspace_root};
@@ -71,9 +73,11 @@ pub fn vm_images(config: &[u8], config_dir: &Path) -> Result<Vec<(String, PathBu
         .flatten()
     {
         let kernel = vm.get("kernel").and_then(|k| k.as_str());
+        let initrd = vm.get("initrd").and_then(|k| k.as_str());
         let modules = vm.get("modules").and_then(|m| m.as_array());
         let values = kernel
             .into_iter()
+            .chain(initrd)
             .chain(modules.into_iter().flatten().filter_map(|m| m.as_str()));
         for value in values {
             if !names.iter().any(|n| n == value) {
@@ -91,11 +95,19 @@ pub fn vm_images(config: &[u8], config_dir: &Path) -> Result<Vec<(String, PathBu
 }
 
 fn resolve(value: &str, config_dir: &Path) -> Result<PathBuf> {
+    if value == crate::linux::KERNEL_NAME {
+        return crate::linux::kernel();
+    }
+    if value == crate::linux::INITRAMFS_NAME {
+        return crate::linux::initramfs();
+    }
     if !value.contains('/') {
         if !GUESTS.contains(&value) {
             bail!(
-                "a [[vm]] names the test guest '{value}', which guest-images/ does not build (it builds: {})",
-                GUESTS.join(", ")
+                "a [[vm]] names the image '{value}', which guest-images/ does not build (it builds: {}, {}, {})",
+                GUESTS.join(", "),
+                crate::linux::KERNEL_NAME,
+                crate::linux::INITRAMFS_NAME
             );
         }
         build_guests()?;

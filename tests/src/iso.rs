@@ -75,11 +75,43 @@ pub fn make_iso(work_dir: &Path, contents: &IsoContents<'_>) -> Result<PathBuf> 
         boot.join("grub/grub.cfg"),
         grub_cfg(contents.config.is_some(), contents.cmdline, &names),
     )?;
+    grub_mkrescue(work_dir, &tree)
+}
+
+/// The grub.cfg that boots a Linux kernel natively (no hypervisor): the
+/// same kernel and initramfs a Linux VM gets, for comparisons.
+pub fn linux_grub_cfg(cmdline: &str) -> String {
+    format!(
+        "set timeout=0\nset default=0\nmenuentry \"Linux\" {{\n    linux /boot/bzImage {cmdline}\n    initrd /boot/initrd\n    boot\n}}\n"
+    )
+}
+
+/// An ISO that boots `kernel` with `initrd` and `cmdline` directly.
+pub fn make_linux_iso(
+    work_dir: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+) -> Result<PathBuf> {
+    check_cmdline(cmdline)?;
+    let tree = work_dir.join("iso");
+    let boot = tree.join("boot");
+    fs::create_dir_all(boot.join("grub"))
+        .with_context(|| format!("creating {}", boot.display()))?;
+    fs::copy(kernel, boot.join("bzImage"))
+        .with_context(|| format!("copying {}", kernel.display()))?;
+    fs::copy(initrd, boot.join("initrd"))
+        .with_context(|| format!("copying {}", initrd.display()))?;
+    fs::write(boot.join("grub/grub.cfg"), linux_grub_cfg(cmdline))?;
+    grub_mkrescue(work_dir, &tree)
+}
+
+fn grub_mkrescue(work_dir: &Path, tree: &Path) -> Result<PathBuf> {
     let iso = work_dir.join("atoll.iso");
     let out = Command::new("grub-mkrescue")
         .arg("-o")
         .arg(&iso)
-        .arg(&tree)
+        .arg(tree)
         .output()
         .context("running grub-mkrescue (package grub-common)")?;
     if !out.status.success() {
@@ -105,6 +137,13 @@ mod tests {
         let vms = grub_cfg(true, "", &["hello", "img/k.elf"]);
         assert!(vms.contains("module2 /boot/vm/0.img vm-image:hello\n"));
         assert!(vms.contains("module2 /boot/vm/1.img vm-image:img/k.elf\n"));
+    }
+
+    #[test]
+    fn native_linux_grub_cfg_boots_the_kernel_with_its_initrd() {
+        let cfg = linux_grub_cfg("console=ttyS0 atoll.run=boot");
+        assert!(cfg.contains("linux /boot/bzImage console=ttyS0 atoll.run=boot\n"));
+        assert!(cfg.contains("initrd /boot/initrd\n"));
     }
 
     #[test]

@@ -10,11 +10,13 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod cpio;
 pub mod emulator;
 pub mod event;
 pub mod events_doc;
 pub mod guests;
 pub mod iso;
+pub mod linux;
 pub mod packages;
 pub mod run;
 pub mod slots;

@@ -14,6 +14,18 @@ pub const REQUIRED: &[&str] = &[
     "xorriso",
     "mtools",
     "qemu-system-x86",
+    // The Linux guest kernel (crate::linux) and what building it takes.
+    "linux-source-6.1",
+    "make",
+    "gcc",
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "xz-utils",
+    // The Linux guest's initramfs (guest-images/linux/initramfs.toml).
+    "busybox-static",
 ];
 
 /// The required packages that dpkg does not report as installed.

@@ -38,7 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the hypervisor ELF (target/x86_64-unknown-none/<profile>/atoll).
+    /// Build the hypervisor ELF (target/x86_64-unknown-none/<profile>/atoll),
+    /// the test guests and the Linux guest images (cached).
     Build {
         /// Build without optimisations.
         #[arg(long)]
@@ -148,6 +149,16 @@ pub fn ensure_packages() -> Result<()> {
 fn build(debug: bool) -> Result<PathBuf> {
     let elf = build_hypervisor(profile(debug))?;
     eprintln!("hypervisor: {}", elf.display());
+    atoll_tests::guests::build_guests()?;
+    eprintln!(
+        "test guests: {}",
+        atoll_tests::guests::guest_elf("").display()
+    );
+    eprintln!("linux kernel: {}", atoll_tests::linux::kernel()?.display());
+    eprintln!(
+        "linux initramfs: {}",
+        atoll_tests::linux::initramfs()?.display()
+    );
     Ok(elf)
 }
 

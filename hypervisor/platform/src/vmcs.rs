@@ -158,12 +158,35 @@ pub enum StartMode {
     /// Real mode at `vector << 12`, as after INIT-SIPI (SDM Vol. 3A,
     /// 10.4.4.1): CS selector `vector << 8`, IP 0.
     RealMode { vector: u8 },
+    /// 64-bit mode with paging on, as the Linux boot protocol's 64-bit
+    /// entry wants it (Documentation/arch/x86/boot.rst, "64-bit Boot
+    /// Protocol"): CS a 64-bit code segment and the data segments flat, both
+    /// described by the GDT at `gdt_base`; CR3 the guest's identity page
+    /// tables; CR4.PAE and EFER.LME/LMA set; interrupts off.
+    Long64 {
+        rip: u64,
+        cr3: u64,
+        gdt_base: u64,
+        gdt_limit: u16,
+        code_selector: u16,
+        data_selector: u16,
+    },
+}
+
+impl StartMode {
+    /// Whether the vCPU starts with EFER.LMA set: VM entry then needs the
+    /// "IA-32e mode guest" control ([`entry_controls`]).
+    pub fn long_mode(&self) -> bool {
+        matches!(self, StartMode::Long64 { .. })
+    }
 }
 
 /// Segment access rights (SDM 25.4.1, Table 25-2): type, S, DPL, P, D/B, G;
 /// bit 16 = unusable.
 mod ar {
     pub const CODE32: u64 = 0xc09b;
+    /// L set, D/B clear (SDM 26.3.1.2: a 64-bit CS has D/B = 0).
+    pub const CODE64: u64 = 0xa09b;
     pub const DATA32: u64 = 0xc093;
     pub const CODE16: u64 = 0x009b;
     pub const DATA16: u64 = 0x0093;
@@ -177,43 +200,20 @@ mod ar {
 /// checks, so VM entry accepts it. `fixed` shapes CR0/CR4; the caller
 /// writes the CR read shadows and masks.
 pub fn initial_guest_state(mode: StartMode, fixed: &FixedBits) -> Vec<(u32, u64)> {
-    let (cr0, code, data, cs_selector, cs_base, limit, rip) = match mode {
-        StartMode::Protected32 { eip } => (
-            cr0::PE | cr0::ET | cr0::NE,
-            ar::CODE32,
-            ar::DATA32,
-            0x08,
-            0,
-            0xffff_ffff,
-            u64::from(eip),
-        ),
-        StartMode::RealMode { vector } => {
-            let selector = u64::from(vector) << 8;
-            (
-                cr0::ET | cr0::NE,
-                ar::CODE16,
-                ar::DATA16,
-                selector,
-                selector << 4,
-                0xffff,
-                0,
-            )
-        }
-    };
-    let data_selector = if cs_selector == 0x08 { 0x10 } else { 0 };
+    let s = start_segments(mode);
     let mut fields = Vec::with_capacity(48);
     fields.extend([
-        (guest::CR0, fixed.guest_cr0(cr0)),
-        (guest::CR3, 0),
-        (guest::CR4, fixed.guest_cr4(0)),
+        (guest::CR0, fixed.guest_cr0(s.cr0)),
+        (guest::CR3, s.cr3),
+        (guest::CR4, fixed.guest_cr4(s.cr4)),
         (guest::DR7, 0x400),
         (guest::RSP, 0),
-        (guest::RIP, rip),
+        (guest::RIP, s.rip),
         (guest::RFLAGS, 0x2),
-        (guest::CS_SELECTOR, cs_selector),
-        (guest::CS_BASE, cs_base),
-        (guest::CS_LIMIT, limit),
-        (guest::CS_ACCESS_RIGHTS, code),
+        (guest::CS_SELECTOR, s.cs_selector),
+        (guest::CS_BASE, s.cs_base),
+        (guest::CS_LIMIT, s.limit),
+        (guest::CS_ACCESS_RIGHTS, s.code),
     ]);
     for (selector, base, lim, rights) in [
         (
@@ -248,10 +248,10 @@ pub fn initial_guest_state(mode: StartMode, fixed: &FixedBits) -> Vec<(u32, u64)
         ),
     ] {
         fields.extend([
-            (selector, data_selector),
+            (selector, s.data_selector),
             (base, 0),
-            (lim, limit),
-            (rights, data),
+            (lim, s.limit),
+            (rights, s.data),
         ]);
     }
     fields.extend([
@@ -263,11 +263,11 @@ pub fn initial_guest_state(mode: StartMode, fixed: &FixedBits) -> Vec<(u32, u64)
         (guest::LDTR_BASE, 0),
         (guest::LDTR_LIMIT, 0),
         (guest::LDTR_ACCESS_RIGHTS, ar::UNUSABLE),
-        (guest::GDTR_BASE, 0),
-        (guest::GDTR_LIMIT, 0xffff),
+        (guest::GDTR_BASE, s.gdt_base),
+        (guest::GDTR_LIMIT, s.gdt_limit),
         (guest::IDTR_BASE, 0),
         (guest::IDTR_LIMIT, 0xffff),
-        (guest::IA32_EFER_FULL, 0),
+        (guest::IA32_EFER_FULL, s.efer),
         // The power-on PAT (SDM Vol. 3A, 11.12.4).
         (guest::IA32_PAT_FULL, 0x0007_0406_0007_0406),
         (guest::IA32_DEBUGCTL_FULL, 0),
@@ -279,12 +279,90 @@ pub fn initial_guest_state(mode: StartMode, fixed: &FixedBits) -> Vec<(u32, u64)
         (guest::PENDING_DBG_EXCEPTIONS, 0),
         // No VMCS shadowing: the link pointer must be all ones (26.3.1.5).
         (guest::LINK_PTR_FULL, u64::MAX),
-        (control::CR0_READ_SHADOW, cr0),
-        (control::CR4_READ_SHADOW, 0),
+        (control::CR0_READ_SHADOW, s.cr0),
+        (control::CR4_READ_SHADOW, s.cr4),
         (control::CR0_GUEST_HOST_MASK, fixed.cr0_mask()),
         (control::CR4_GUEST_HOST_MASK, fixed.cr4_mask()),
     ]);
     fields
+}
+
+/// The registers that differ between start modes.
+struct StartSegments {
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+    rip: u64,
+    code: u64,
+    data: u64,
+    cs_selector: u64,
+    cs_base: u64,
+    data_selector: u64,
+    limit: u64,
+    gdt_base: u64,
+    gdt_limit: u64,
+}
+
+/// CR4.PAE and EFER.LME/LMA (SDM Vol. 3A, 2.5 and 2.2.1).
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME_LMA: u64 = 1 << 8 | 1 << 10;
+
+fn start_segments(mode: StartMode) -> StartSegments {
+    let flat = StartSegments {
+        cr0: cr0::PE | cr0::ET | cr0::NE,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        rip: 0,
+        code: ar::CODE32,
+        data: ar::DATA32,
+        cs_selector: 0x08,
+        cs_base: 0,
+        data_selector: 0x10,
+        limit: 0xffff_ffff,
+        gdt_base: 0,
+        gdt_limit: 0xffff,
+    };
+    match mode {
+        StartMode::Protected32 { eip } => StartSegments {
+            rip: u64::from(eip),
+            ..flat
+        },
+        StartMode::RealMode { vector } => {
+            let selector = u64::from(vector) << 8;
+            StartSegments {
+                cr0: cr0::ET | cr0::NE,
+                code: ar::CODE16,
+                data: ar::DATA16,
+                cs_selector: selector,
+                cs_base: selector << 4,
+                data_selector: 0,
+                limit: 0xffff,
+                ..flat
+            }
+        }
+        StartMode::Long64 {
+            rip,
+            cr3,
+            gdt_base,
+            gdt_limit,
+            code_selector,
+            data_selector,
+        } => StartSegments {
+            cr0: cr0::PE | cr0::ET | cr0::NE | cr0::PG,
+            cr3,
+            cr4: CR4_PAE,
+            efer: EFER_LME_LMA,
+            rip,
+            code: ar::CODE64,
+            cs_selector: u64::from(code_selector),
+            data_selector: u64::from(data_selector),
+            gdt_base,
+            gdt_limit: u64::from(gdt_limit),
+            ..flat
+        },
+    }
 }
 
 #[cfg(test)]
@@ -382,5 +460,32 @@ mod tests {
         assert_eq!(field(&s, guest::RIP), 0);
         assert_eq!(field(&s, guest::CR0) & cr0::PE, 0);
         assert_eq!(field(&s, guest::DS_LIMIT), 0xffff);
+    }
+
+    #[test]
+    fn long_mode_start_is_the_linux_64_bit_entry_state() {
+        let mode = StartMode::Long64 {
+            rip: 0x100_0200,
+            cr3: 0x9000,
+            gdt_base: 0x6000,
+            gdt_limit: 0x1f,
+            code_selector: 0x10,
+            data_selector: 0x18,
+        };
+        assert!(mode.long_mode());
+        assert!(!StartMode::Protected32 { eip: 0 }.long_mode());
+        let s = initial_guest_state(mode, &FIXED);
+        let cr0 = field(&s, guest::CR0);
+        assert_eq!(cr0 & (cr0::PE | cr0::PG), cr0::PE | cr0::PG);
+        assert_eq!(field(&s, guest::CR3), 0x9000);
+        assert_ne!(field(&s, guest::CR4) & CR4_PAE, 0);
+        assert_eq!(field(&s, guest::IA32_EFER_FULL), EFER_LME_LMA);
+        assert_eq!(field(&s, guest::RIP), 0x100_0200);
+        assert_eq!(field(&s, guest::CS_SELECTOR), 0x10);
+        assert_eq!(field(&s, guest::CS_ACCESS_RIGHTS), ar::CODE64);
+        assert_eq!(field(&s, guest::SS_SELECTOR), 0x18);
+        assert_eq!(field(&s, guest::GDTR_BASE), 0x6000);
+        assert_eq!(field(&s, guest::GDTR_LIMIT), 0x1f);
+        assert_eq!(field(&s, guest::RFLAGS), 0x2, "interrupts off");
     }
 }

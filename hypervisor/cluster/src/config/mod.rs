@@ -185,6 +185,8 @@ pub struct VmConfig {
     pub cmdline: Option<Located<String>>,
     pub modules: Vec<Located<String>>,
     pub devices: Vec<Located<String>>,
+    /// The virtio-blk disk's size in MiB, at least 1, when the file sets it.
+    pub disk_mib: Option<Located<u64>>,
     /// `pin[i]` is the CPU vCPU i runs on; empty when not pinned.
     pub pin: Vec<Located<CpuIndex>>,
     /// `on_crash` when the file sets it.

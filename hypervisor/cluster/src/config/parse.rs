@@ -124,6 +124,11 @@ const VM_MEM: Key = Key {
     example: "mem_mib = 512",
     meaning: "its memory in MiB",
 };
+const VM_DISK: Key = Key {
+    name: "disk_mib",
+    example: "disk_mib = 16",
+    meaning: "the size in MiB of its virtio-blk disk, kept in node memory",
+};
 const VM_KERNEL: Key = Key {
     name: "kernel",
     example: "kernel = \"bzImage\"",
@@ -146,7 +151,7 @@ const VM_MODULES: Key = Key {
 };
 const VM_DEVICES: Key = Key {
     name: "devices",
-    example: "devices = [\"serial\"]",
+    example: "devices = [\"uart\", \"virtio-blk\"]",
     meaning: "the devices the VM gets",
 };
 const VM_PIN: Key = Key {
@@ -195,6 +200,7 @@ const VM: Section = Section {
         VM_CMDLINE,
         VM_MODULES,
         VM_DEVICES,
+        VM_DISK,
         VM_PIN,
         VM_ON_CRASH,
         VM_SIGNAL,
@@ -1156,6 +1162,21 @@ fn read_vm(
                 Some(n)
             }
         });
+    let disk_mib = match r.optional(&t, &VM_DISK) {
+        None => Ok(None),
+        Some(f) => r
+            .integer(&f)
+            .and_then(|n| {
+                at_least_one(
+                    r,
+                    n,
+                    &format!("{who} has a disk of 0 MiB"),
+                    "give the disk a size, like `disk_mib = 16`, or leave disk_mib out",
+                )
+            })
+            .map(Some)
+            .ok_or(()),
+    };
     let kernel = r
         .required(&t, &VM_KERNEL, &who)
         .and_then(|f| r.string(&f))
@@ -1236,6 +1257,7 @@ fn read_vm(
         cmdline: cmdline.ok()?,
         modules: modules.ok()?,
         devices: devices.ok()?,
+        disk_mib: disk_mib.ok()?,
         pin: pin.ok()?,
         on_crash: on_crash.ok()?,
         signals: signals.ok()?,

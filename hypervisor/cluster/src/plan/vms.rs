@@ -9,7 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::{Access, ChannelPlan, NodePlan, Problems};
-use crate::config::{ClusterConfig, ErrorKind, OnCrash, VmConfig};
+use crate::config::{ClusterConfig, ErrorKind, Located, OnCrash, VmConfig};
 use crate::plan::NodeId;
 use crate::topology::{CpuIndex, PhysRange};
 
@@ -18,9 +18,17 @@ pub const VM_ALIGN: u64 = 2 << 20;
 const MIB: u64 = 1 << 20;
 
 /// The devices a VM may have (`devices = [...]`); the first three when the
-/// key is left out (`testdev`, an MMIO scratch page for tests and
-/// benchmarks, only when listed).
-pub const DEVICES: [&str; 4] = ["uart", "debug-exit", "fw-cfg", "testdev"];
+/// key is left out. The others only when listed: `testdev`, an MMIO
+/// scratch page for tests and benchmarks; `virtio-blk`, a disk of
+/// `disk_mib` in node memory; `virtio-console`, a second console.
+pub const DEVICES: [&str; 6] = [
+    "uart",
+    "debug-exit",
+    "fw-cfg",
+    "testdev",
+    "virtio-blk",
+    "virtio-console",
+];
 const DEFAULT_DEVICES: usize = 3;
 
 /// A VM's share of its node.
@@ -36,10 +44,14 @@ pub struct VmPlan {
     /// Whether `vcpu_cpus` came from `pin` (else round robin).
     pub pinned: bool,
     pub kernel: String,
+    /// The initial ramdisk (Linux boot protocol), if any.
+    pub initrd: Option<String>,
     pub modules: Vec<String>,
     pub cmdline: String,
     /// Names from [`DEVICES`].
     pub devices: Vec<String>,
+    /// The node memory holding its virtio-blk disk, if it has one.
+    pub disk: Option<PhysRange>,
     pub on_crash: OnCrash,
     /// IPI capabilities, by handle (index).
     pub signals: Vec<VmSignalPlan>,
@@ -80,13 +92,17 @@ pub(super) fn place(
         let memory = free
             .get_mut(index)
             .and_then(|free| memory(vm, node, free, problems));
+        let disk = devices
+            .as_ref()
+            .and_then(|d| disk(vm, d, node, free.get_mut(index)?, problems));
         if let (
             Some((vcpu_cpus, pinned)),
             Some(devices),
             Some(memory),
+            Some(disk),
             Some(signals),
             Some(channels),
-        ) = (cpus, devices, memory, signals, vm_channels)
+        ) = (cpus, devices, memory, disk, signals, vm_channels)
         {
             out.push(VmPlan {
                 name: vm.name.value.clone(),
@@ -96,12 +112,14 @@ pub(super) fn place(
                 vcpu_cpus,
                 pinned,
                 kernel: vm.kernel.value.clone(),
+                initrd: vm.initrd.as_ref().map(|i| i.value.clone()),
                 modules: vm.modules.iter().map(|m| m.value.clone()).collect(),
                 cmdline: vm
                     .cmdline
                     .as_ref()
                     .map_or_else(String::new, |c| c.value.clone()),
                 devices,
+                disk,
                 on_crash: vm.on_crash(),
                 signals,
                 channels,
@@ -308,16 +326,70 @@ fn memory(
     free: &mut [PhysRange],
     problems: &mut Problems<'_>,
 ) -> Option<PhysRange> {
-    let mib = vm.mem_mib.value;
+    first_fit(vm, &vm.mem_mib, "mem_mib", node, free, problems)
+}
+
+/// The disk's node memory: `Some(None)` for a VM without `virtio-blk`;
+/// `disk_mib` and `virtio-blk` come together.
+fn disk(
+    vm: &VmConfig,
+    devices: &[String],
+    node: &NodePlan,
+    free: &mut [PhysRange],
+    problems: &mut Problems<'_>,
+) -> Option<Option<PhysRange>> {
+    let has_blk = devices.iter().any(|d| d == "virtio-blk");
+    match (&vm.disk_mib, has_blk) {
+        (None, false) => Some(None),
+        (Some(mib), true) => first_fit(vm, mib, "disk_mib", node, free, problems).map(Some),
+        (None, true) => {
+            let at = vm.devices.iter().find(|d| d.value == "virtio-blk");
+            problems.error(
+                at.map_or(&vm.at, |d| &d.at),
+                ErrorKind::BadValue,
+                format!(
+                    "VM '{}' has a virtio-blk device but no disk_mib for its disk",
+                    vm.name.value
+                ),
+                "add `disk_mib = 16` (or another even size) to the VM".into(),
+            );
+            None
+        }
+        (Some(mib), false) => {
+            problems.error(
+                &mib.at,
+                ErrorKind::BadValue,
+                format!(
+                    "VM '{}' sets disk_mib but has no virtio-blk device to hold the disk",
+                    vm.name.value
+                ),
+                "add \"virtio-blk\" to devices, or remove disk_mib".into(),
+            );
+            None
+        }
+    }
+}
+
+/// First fit of `mib` (the value of `key`) in the node's free memory, in
+/// whole 2 MiB blocks.
+fn first_fit(
+    vm: &VmConfig,
+    size: &Located<u64>,
+    key: &str,
+    node: &NodePlan,
+    free: &mut [PhysRange],
+    problems: &mut Problems<'_>,
+) -> Option<PhysRange> {
+    let mib = size.value;
     if !mib.is_multiple_of(2) {
         problems.error(
-            &vm.mem_mib.at,
+            &size.at,
             ErrorKind::BadValue,
             format!(
                 "VM '{}' asks for {mib} MiB, but VM memory comes in 2 MiB blocks",
                 vm.name.value
             ),
-            format!("set mem_mib to {} or {}", mib - 1, mib + 1),
+            format!("set {key} to {} or {}", mib - 1, mib + 1),
         );
         return None;
     }
@@ -326,14 +398,14 @@ fn memory(
         let left: u64 = free.iter().map(|r| r.len).sum::<u64>() / MIB;
         let largest = free.iter().map(|r| r.len).max().unwrap_or(0) / MIB;
         problems.error(
-            &vm.mem_mib.at,
+            &size.at,
             ErrorKind::OutOfMemory,
             format!(
                 "VM '{}' needs {mib} MiB, but node '{}' has {left} MiB of guest memory left (at most {largest} MiB in one piece)",
                 vm.name.value, node.name
             ),
             format!(
-                "raise mem_mib of node '{}' or shrink the VM to {largest} MiB or less",
+                "raise mem_mib of node '{}' or shrink {key} of the VM to {largest} MiB or less",
                 node.name
             ),
         );

@@ -1,0 +1,153 @@
+//! Linux guests: Atoll's small Linux kernel and busybox initramfs
+//! (guest-images/linux/) booted with the Linux boot protocol, SMP through
+//! the virtual local APICs, devices through the IOAPIC, virtio-blk, ACPI
+//! power-off; judged by the guest's own events (`linux_*`) and the VM's.
+//! Bochs only (VMX).
+
+mod common;
+
+use atoll_tests::build::workspace_root;
+use atoll_tests::{ConfigModule, Event, RunOutcome, RunSpec};
+use common::{boot, spec};
+use std::time::Duration;
+
+fn vm_events<'a>(out: &'a RunOutcome, name: &str, vm: &str) -> Vec<&'a Event> {
+    out.events_named(name)
+        .into_iter()
+        .filter(|e| e.str("vm") == Some(vm))
+        .collect()
+}
+
+/// A Linux run: 2 emulated CPUs (Bochs runs them round robin on one host
+/// thread, so more only slow it down) and room for a boot.
+fn linux_spec(config: ConfigModule, cpus: u32) -> RunSpec {
+    RunSpec {
+        config,
+        cpus,
+        timeout: Duration::from_secs(900),
+        ..spec()
+    }
+}
+
+/// What the acceptance workload (guest-images/linux/rootfs/etc/atoll/
+/// smp-blk.sh) must have reported in VM `vm` with `cpus` vCPUs, and how
+/// the VM must have ended.
+fn assert_workload_passed(out: &RunOutcome, vm: &str, cpus: u64) {
+    let why = out.diagnostics();
+    let init = vm_events(out, "linux_init", vm);
+    assert_eq!(init.len(), 1, "{vm}: Linux reached init once\n{why}");
+    assert_eq!(
+        init[0].u64("cpus"),
+        Some(cpus),
+        "{vm}: /proc/cpuinfo\n{why}"
+    );
+    let checks = vm_events(out, "linux_check", vm);
+    for name in [
+        "smp_checksum",
+        "virtio_blk_present",
+        "virtio_blk_write",
+        "virtio_blk_readback",
+    ] {
+        let check = checks.iter().find(|e| e.str("check") == Some(name));
+        let check = check.unwrap_or_else(|| panic!("{vm}: no {name} check\n{why}"));
+        assert_eq!(check.get("ok"), Some(&true.into()), "{vm}: {name}\n{why}");
+    }
+    let smp = checks
+        .iter()
+        .find(|e| e.str("check") == Some("smp_checksum"));
+    assert_eq!(smp.and_then(|e| e.u64("cpus")), Some(cpus), "{why}");
+    let readback = checks
+        .iter()
+        .find(|e| e.str("check") == Some("virtio_blk_readback"));
+    assert!(
+        readback.and_then(|e| e.u64("reads")).is_some_and(|n| n > 0),
+        "{vm}: the read-back came from the disk, not the page cache\n{why}"
+    );
+    let done = vm_events(out, "linux_run_done", vm);
+    assert_eq!(done.first().and_then(|e| e.u64("status")), Some(0), "{why}");
+    // `poweroff` in the guest is an ACPI S5 request: the VM ends cleanly.
+    let exit = vm_events(out, "vm_exit", vm);
+    assert_eq!(exit.len(), 1, "{vm}: one vm_exit\n{why}");
+    assert_eq!(exit[0].u64("status"), Some(0), "{why}");
+    assert!(vm_events(out, "vm_stopped", vm).is_empty(), "{why}");
+    let stats = vm_events(out, "stats", vm);
+    assert_eq!(stats.len(), 1, "{vm}: one stats event\n{why}");
+    let reasons: Vec<&str> = stats[0]
+        .get("reasons")
+        .and_then(|r| r.as_array())
+        .expect("reasons")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    for reason in ["io", "msr_write", "ept_violation", "hlt"] {
+        assert!(reasons.contains(&reason), "{vm}: {reason} exits\n{why}");
+    }
+    assert!(
+        stats[0].u64("root_ticks").is_some_and(|t| t > 0),
+        "{vm}: time outside the VM\n{why}"
+    );
+}
+
+#[test]
+fn a_two_vcpu_linux_vm_runs_a_workload_on_both_cpus_and_on_virtio_blk_then_powers_off() {
+    let spec = linux_spec(
+        ConfigModule::File(workspace_root().join("configs/linux.toml")),
+        2,
+    );
+    let out = boot(&spec);
+    assert!(out.success(), "{}", out.diagnostics());
+    assert_workload_passed(&out, "linux", 2);
+}
+
+#[test]
+fn two_linux_vms_on_two_nodes_run_at_the_same_time_and_both_finish() {
+    let config = r#"
+[[node]]
+name = "a"
+cpus = [0]
+mem_mib = 80
+
+[[node]]
+name = "b"
+cpus = [1]
+mem_mib = 80
+
+[[vm]]
+name = "linux-a"
+node = "a"
+vcpus = 1
+mem_mib = 64
+kernel = "linux"
+initrd = "initramfs"
+cmdline = "console=ttyS0 atoll.run=smp-blk"
+devices = ["uart", "virtio-blk"]
+disk_mib = 4
+
+[[vm]]
+name = "linux-b"
+node = "b"
+vcpus = 1
+mem_mib = 64
+kernel = "linux"
+initrd = "initramfs"
+cmdline = "console=ttyS0 atoll.run=smp-blk"
+devices = ["uart", "virtio-blk"]
+disk_mib = 4
+"#;
+    let spec = linux_spec(ConfigModule::Bytes(config.as_bytes().to_vec()), 2);
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    assert!(out.success(), "{why}");
+    for vm in ["linux-a", "linux-b"] {
+        assert_workload_passed(&out, vm, 1);
+    }
+    // At the same time: each VM reached init before the other one ended.
+    let index_of = |name: &str, vm: &str| {
+        out.events
+            .iter()
+            .position(|e| e.name == name && e.str("vm") == Some(vm))
+            .unwrap_or_else(|| panic!("{vm}: {name}\n{why}"))
+    };
+    assert!(index_of("linux_init", "linux-a") < index_of("vm_exit", "linux-b"));
+    assert!(index_of("linux_init", "linux-b") < index_of("vm_exit", "linux-a"));
+}
