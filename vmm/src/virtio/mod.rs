@@ -19,3 +19,6 @@ pub mod queue;
 
 pub use mmio::{Device, Effect, VirtioMmio};
 pub use queue::{Buffer, Chain, Queue, QueueError};
+
+#[cfg(test)]
+mod tests;
