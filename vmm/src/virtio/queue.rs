@@ -107,7 +107,8 @@ impl Chain {
 }
 
 /// Copies bytes across a list of buffers as if they were one: `skip` bytes
-/// into them, at most `data.len()` bytes. Returns how many were copied.
+/// into them, at most `len` bytes, `f` copying each piece (the guest
+/// address and the range of the host-side slice). Returns the bytes copied.
 fn span_copy<'a>(
     buffers: impl Iterator<Item = &'a Buffer>,
     skip: u64,
