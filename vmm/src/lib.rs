@@ -32,6 +32,7 @@ pub mod memory;
 pub mod mmio;
 pub mod msr;
 pub mod stats;
+pub mod virtio;
 pub mod walk;
 
 pub use addr::{GuestPhysAddr, VcpuId, VmId};
