@@ -27,6 +27,7 @@ pub mod dispatch;
 pub mod exit;
 pub mod hypercall;
 pub mod lapic;
+pub mod linux;
 pub mod loader;
 pub mod memory;
 pub mod mmio;
