@@ -20,6 +20,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod acpi;
 pub mod addr;
 pub mod cpuid;
 pub mod devices;
@@ -27,6 +28,7 @@ pub mod dispatch;
 pub mod exit;
 pub mod hypercall;
 pub mod lapic;
+pub mod linux;
 pub mod loader;
 pub mod memory;
 pub mod mmio;
