@@ -116,7 +116,13 @@ impl ExitEnv for Env<'_> {
                 true
             }
             msr::Write::Vmcs(m, value) => vmx::write(vmcs_field(m), value).is_ok(),
-            msr::Write::ApicBase(value) => self.slot.lapic.set_apic_base(value),
+            msr::Write::ApicBase(value) => {
+                let ok = self.slot.lapic.set_apic_base(value);
+                self.slot
+                    .vm
+                    .publish_recipient(self.slot.vcpu.id, &self.slot.lapic);
+                ok
+            }
             msr::Write::Lapic(reg, value) => {
                 match self.slot.lapic.write(reg, value, cpu::rdtsc()) {
                     lapic::Write::Done => true,
@@ -125,6 +131,10 @@ impl ExitEnv for Env<'_> {
                         self.slot.vm.post_ipi(self.node, self.slot.vcpu.id, ipi);
                         true
                     }
+                    // Nothing in the hypervisor raises level-triggered
+                    // interrupts yet (no IOAPIC is wired), so no EOI has an
+                    // IOAPIC to reach.
+                    lapic::Write::Eoi(_) => true,
                 }
             }
             msr::Write::TscDeadline(deadline) => {
