@@ -59,8 +59,9 @@ fn vmcs_field(msr: VmcsMsr) -> u32 {
 
 const CR0_PG: u64 = 1 << 31;
 const CR4_OSXSAVE: u64 = 1 << 18;
-/// Secondary control "enable RDTSCP" (SDM 25.6.2).
+/// Secondary controls "enable RDTSCP" and "enable INVPCID" (SDM 25.6.2).
 const PROC2_RDTSCP: u32 = 1 << 3;
+const PROC2_INVPCID: u32 = 1 << 12;
 
 impl ExitEnv for Env<'_> {
     fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
@@ -72,6 +73,7 @@ impl ExitEnv for Env<'_> {
             lapic_khz: khz,
             osxsave: vmx::read(guest::CR4) & CR4_OSXSAVE != 0,
             rdtscp: self.slot.vcpu.secondary_controls() & PROC2_RDTSCP != 0,
+            invpcid: self.slot.vcpu.secondary_controls() & PROC2_INVPCID != 0,
         };
         cpuid::guest_cpuid(&Host, &ctx, leaf, subleaf)
     }
@@ -116,7 +118,13 @@ impl ExitEnv for Env<'_> {
                 true
             }
             msr::Write::Vmcs(m, value) => vmx::write(vmcs_field(m), value).is_ok(),
-            msr::Write::ApicBase(value) => self.slot.lapic.set_apic_base(value),
+            msr::Write::ApicBase(value) => {
+                let ok = self.slot.lapic.set_apic_base(value);
+                self.slot
+                    .vm
+                    .publish_recipient(self.slot.vcpu.id, &self.slot.lapic);
+                ok
+            }
             msr::Write::Lapic(reg, value) => {
                 match self.slot.lapic.write(reg, value, cpu::rdtsc()) {
                     lapic::Write::Done => true,
@@ -125,6 +133,10 @@ impl ExitEnv for Env<'_> {
                         self.slot.vm.post_ipi(self.node, self.slot.vcpu.id, ipi);
                         true
                     }
+                    // Nothing in the hypervisor raises level-triggered
+                    // interrupts yet (no IOAPIC is wired), so no EOI has an
+                    // IOAPIC to reach.
+                    lapic::Write::Eoi(_) => true,
                 }
             }
             msr::Write::TscDeadline(deadline) => {

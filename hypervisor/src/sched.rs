@@ -348,6 +348,7 @@ fn restart_vcpu(slot: &mut Slot) {
         log::error!("VM '{}': vCPU reset failed", slot.vm.spec.name);
     }
     slot.lapic = new_lapic(slot.vcpu.id);
+    slot.vm.publish_recipient(slot.vcpu.id, &slot.lapic);
     slot.msrs = GuestMsrs::default();
     slot.xcr0 = XCR0_RESET;
     slot.fpu.clear();
@@ -385,6 +386,7 @@ fn take_mailbox(node: &Node, slot: &mut Slot) -> bool {
         let _ = slot.vcpu.reset(StartMode::RealMode { vector: 0 });
         slot.vcpu.state = VcpuState::WaitForSipi;
         slot.lapic = new_lapic(id);
+        slot.vm.publish_recipient(id, &slot.lapic);
         reset = true;
         if !was_blocked {
             block(node, slot, regs);

@@ -29,7 +29,7 @@ use atoll_vmm::devices::{DeviceSet, LegacyPorts};
 use atoll_vmm::dispatch::StopReason;
 use atoll_vmm::exit::{ExitReason, Registers};
 use atoll_vmm::hypercall::Region;
-use atoll_vmm::lapic::{Delivery, Destination, Ipi};
+use atoll_vmm::lapic::{Delivery, Destination, Ipi, Lapic, Recipient};
 use atoll_vmm::loader::{self, EntryState, Module};
 use atoll_vmm::stats::{self, REASONS, Snapshot};
 use spin::Mutex;
@@ -118,15 +118,21 @@ pub struct Mailbox {
     pub sipi: AtomicU32,
     /// Set after anything above was posted: the owner looks only then.
     pub posted: AtomicBool,
+    /// How the vCPU's local APIC recognises destinations
+    /// (`Recipient::to_bits`), published by its owner whenever that may
+    /// change, so senders route logical and broadcast IPIs without
+    /// touching another CPU's APIC.
+    pub recipient: AtomicU64,
 }
 
 impl Mailbox {
-    const fn new() -> Self {
+    fn new(id: u16) -> Self {
         Mailbox {
             irr: [const { AtomicU64::new(0) }; 4],
             init: AtomicBool::new(false),
             sipi: AtomicU32::new(0),
             posted: AtomicBool::new(false),
+            recipient: AtomicU64::new(Lapic::new(u32::from(id)).recipient().to_bits()),
         }
     }
 }
@@ -258,7 +264,7 @@ impl Vm {
             run: AtomicU8::new(RUNNING),
             active: AtomicU32::new(u32::from(vcpus)),
             blocked: AtomicU32::new(0),
-            mailboxes: (0..vcpus).map(|_| Mailbox::new()).collect(),
+            mailboxes: (0..vcpus).map(Mailbox::new).collect(),
             lost_ipis: AtomicU64::new(0),
             faults: AtomicU32::new(0),
             end: Mutex::new(None),
@@ -410,25 +416,42 @@ impl Vm {
         self.mailboxes.get(usize::from(id))
     }
 
+    /// vCPU `id`'s local APIC may now recognise other destinations (a
+    /// mode or logical ID change, a reset): publishes them for senders.
+    pub fn publish_recipient(&self, id: u16, lapic: &Lapic) {
+        if let Some(mailbox) = self.mailbox(id) {
+            let bits = lapic.recipient().to_bits();
+            mailbox.recipient.store(bits, Ordering::Release);
+        }
+    }
+
     /// Delivers an IPI from vCPU `from` (its local APIC's ICR): posts it to
     /// each target's mailbox and kicks the target's CPU if it is another.
-    /// Targets are vCPUs by x2APIC ID (= vCPU number); an ID the VM does
-    /// not have is counted and dropped, as a real APIC bus would drop it.
+    /// A physical destination is a vCPU by APIC ID (= vCPU number); logical
+    /// and broadcast destinations are matched against the recipients the
+    /// vCPUs published. A destination no vCPU has is counted and dropped,
+    /// as a real APIC bus would drop it.
     pub fn post_ipi(&self, node: &Node, from: u16, ipi: Ipi) {
         let targets: Vec<u16> = match ipi.destination {
-            Destination::Apic(id) => {
-                match u16::try_from(id).ok().filter(|&t| t < self.spec.vcpus) {
-                    Some(t) => alloc::vec![t],
-                    None => {
-                        self.lost_ipis.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
+            Destination::Apic(id) if u32::from(self.spec.vcpus) > id => {
+                alloc::vec![id as u16]
             }
             Destination::SelfOnly => alloc::vec![from],
             Destination::AllIncludingSelf => (0..self.spec.vcpus).collect(),
             Destination::AllExcludingSelf => (0..self.spec.vcpus).filter(|&t| t != from).collect(),
+            dest @ (Destination::Apic(_) | Destination::Logical(_)) => (0..self.spec.vcpus)
+                .filter(|&t| {
+                    self.mailbox(t).is_some_and(|m| {
+                        Recipient::from_bits(m.recipient.load(Ordering::Acquire))
+                            .accepts(dest, t == from)
+                    })
+                })
+                .collect(),
         };
+        if targets.is_empty() {
+            self.lost_ipis.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let me = crate::arch::percpu::current().map(|c| c.cpu);
         for target in targets {
             let Some(mailbox) = self.mailbox(target) else {

@@ -4,13 +4,16 @@
 //!
 //! | leaf | guest sees |
 //! |---|---|
-//! | 0 | host vendor; max leaf min(host, 0xD) |
+//! | 0 | host vendor; max leaf 0x16 |
 //! | 1 | host signature; EBX: its APIC ID, vCPU count; ECX: no VMX, SMX, MONITOR, DS, EST, TM2, SDBG, PDCM; x2APIC, TSC-deadline and "hypervisor" set; OSXSAVE = guest CR4.OSXSAVE; EDX: no DS, ACPI, TM, PBE; HTT with 2+ vCPUs |
 //! | 2, 0xD | host |
 //! | 4 | host caches, one package of `vcpus` cores |
-//! | 5, 6, 0xA | zero (no MONITOR/MWAIT, power or performance monitoring) |
-//! | 7.0 | host minus SGX, HLE, RTM, MPX, PQM/PQE, PT, WAITPKG, SGX-LC and the speculation-control MSR bits (their MSRs are not offered) |
+//! | 5, 0xA | zero (no MONITOR/MWAIT or performance monitoring) |
+//! | 6 | EAX: ARAT only (the virtual APIC timer runs in every C-state) |
+//! | 7.0 | host minus SGX, HLE, RTM, TSXLDTRK, MPX, PQM/PQE, PT, TSC_ADJUST, PKU/OSPKE, CET, LA57, WAITPKG, TME, KL, bus-lock detect, ENQCMD, SGX-LC, PCONFIG, hybrid and the speculation-control MSR bits (their MSRs or controls are not offered); INVPCID and RDPID only when the VMCS enables them |
 //! | 0xB | one thread per core, `vcpus` cores; EDX = x2APIC ID |
+//! | 0x15 | EAX = EBX = 1, ECX = TSC Hz: the "crystal" is the TSC itself, so Linux takes the TSC and APIC timer rates from it (0 if it does not fit 32 bits) |
+//! | 0x16 | EAX, EBX, ECX: TSC MHz (base, max, bus) |
 //! | other basic | zero |
 //! | 0x40000000 | max hypervisor leaf 0x40000010, signature "AtollHV" |
 //! | 0x40000001 | EAX: hypercall ABI version |
@@ -28,7 +31,9 @@ pub const SIGNATURE: [u32; 3] = [
     u32::from_le_bytes(*b"lHV\0"),
     0,
 ];
-const MAX_BASIC: u32 = 0xd;
+/// Up to the frequency leaves 0x15 and 0x16 (whatever the host has: they
+/// describe the VM's clocks, not the host's).
+const MAX_BASIC: u32 = 0x16;
 const MAX_EXTENDED: u32 = 0x8000_0008;
 const HYPERVISOR_MAX: u32 = 0x4000_0010;
 /// Guest-physical address bits (MSR checks use the same).
@@ -48,8 +53,11 @@ pub struct Context {
     pub lapic_khz: u32,
     /// Guest CR4.OSXSAVE (leaf 1 ECX[27] mirrors it).
     pub osxsave: bool,
-    /// Whether RDTSCP is enabled in the VMCS (else it raises #UD).
+    /// Whether RDTSCP is enabled in the VMCS (else RDTSCP and RDPID raise
+    /// #UD).
     pub rdtscp: bool,
+    /// Whether INVPCID is enabled in the VMCS (else it raises #UD).
+    pub invpcid: bool,
 }
 
 mod bits {
@@ -73,14 +81,41 @@ mod bits {
     pub const HTT: u32 = 1 << 28;
     pub const TM: u32 = 1 << 29;
     pub const PBE: u32 = 1 << 31;
-    // Leaf 7.0 EBX: SGX, HLE, RTM, PQM, MPX, PQE, PT.
+    // Leaf 6 EAX: always-running APIC timer.
+    pub const ARAT: u32 = 1 << 2;
+    // Leaf 7.0 EBX: TSC_ADJUST (1; the MSR is not offered), SGX, HLE, RTM,
+    // PQM, MPX, PQE, PT.
     pub const L7_EBX_HIDDEN: u32 =
-        1 << 2 | 1 << 4 | 1 << 11 | 1 << 12 | 1 << 14 | 1 << 15 | 1 << 25;
-    // Leaf 7.0 ECX: WAITPKG, SGX-LC.
-    pub const L7_ECX_HIDDEN: u32 = 1 << 5 | 1 << 30;
-    // Leaf 7.0 EDX: IBRS/IBPB, STIBP, L1D_FLUSH, ARCH_CAPABILITIES,
-    // CORE_CAPABILITIES, SSBD.
-    pub const L7_EDX_HIDDEN: u32 = 1 << 26 | 1 << 27 | 1 << 28 | 1 << 29 | 1 << 30 | 1 << 31;
+        1 << 1 | 1 << 2 | 1 << 4 | 1 << 11 | 1 << 12 | 1 << 14 | 1 << 15 | 1 << 25;
+    pub const INVPCID: u32 = 1 << 10;
+    // Leaf 7.0 ECX: PKU (3), OSPKE (4), WAITPKG (5), CET_SS (7), TME (13),
+    // LA57 (16: 5-level paging, which the guest's EPT-backed address
+    // space and our page walker do not cover), KL (23), bus-lock detect
+    // (24), ENQCMD (29), SGX-LC (30).
+    pub const L7_ECX_HIDDEN: u32 = 1 << 3
+        | 1 << 4
+        | 1 << 5
+        | 1 << 7
+        | 1 << 13
+        | 1 << 16
+        | 1 << 23
+        | 1 << 24
+        | 1 << 29
+        | 1 << 30;
+    pub const RDPID: u32 = 1 << 22;
+    // Leaf 7.0 EDX: hybrid (15), TSXLDTRK (16), PCONFIG (18), CET_IBT (20),
+    // IBRS/IBPB, STIBP, L1D_FLUSH, ARCH_CAPABILITIES, CORE_CAPABILITIES,
+    // SSBD (26-31).
+    pub const L7_EDX_HIDDEN: u32 = 1 << 15
+        | 1 << 16
+        | 1 << 18
+        | 1 << 20
+        | 1 << 26
+        | 1 << 27
+        | 1 << 28
+        | 1 << 29
+        | 1 << 30
+        | 1 << 31;
     // 0x80000001 ECX SVM, EDX RDTSCP.
     pub const SVM: u32 = 1 << 2;
     pub const RDTSCP: u32 = 1 << 27;
@@ -91,8 +126,8 @@ pub fn guest_cpuid(host: &impl HostCpuid, ctx: &Context, leaf: u32, subleaf: u32
     let h = || host.cpuid(leaf, subleaf);
     match leaf {
         0 => {
-            let [max, b, c, d] = h();
-            [max.min(MAX_BASIC), b, c, d]
+            let [_, b, c, d] = h();
+            [MAX_BASIC, b, c, d]
         }
         1 => leaf1(h(), ctx),
         2 | 0xd => h(),
@@ -101,16 +136,32 @@ pub fn guest_cpuid(host: &impl HostCpuid, ctx: &Context, leaf: u32, subleaf: u32
             let cores = ctx.vcpus.clamp(1, 64) - 1;
             [(a & 0x03ff_ffff) | (cores << 26), b, c, d]
         }
+        6 => [bits::ARAT, 0, 0, 0],
         7 if subleaf == 0 => {
             let [_, b, c, d] = h();
+            let invpcid = if ctx.invpcid { 0 } else { bits::INVPCID };
+            let rdpid = if ctx.rdtscp { 0 } else { bits::RDPID };
             [
                 0,
-                b & !bits::L7_EBX_HIDDEN,
-                c & !bits::L7_ECX_HIDDEN,
+                b & !(bits::L7_EBX_HIDDEN | invpcid),
+                c & !(bits::L7_ECX_HIDDEN | rdpid),
                 d & !bits::L7_EDX_HIDDEN,
             ]
         }
         0xb => topology(ctx, subleaf),
+        // SDM CPUID leaf 15H: TSC = ECX * EBX / EAX; with a ratio of 1 the
+        // "crystal" is the TSC, which is also the APIC timer's clock
+        // (Linux sets lapic_timer_period from ECX). A rate that does not
+        // fit says "not enumerated" (ECX 0) rather than a wrong one.
+        0x15 => {
+            let hz = u64::from(ctx.tsc_khz) * 1000;
+            [1, 1, u32::try_from(hz).unwrap_or(0), 0]
+        }
+        // Leaf 16H: base, maximum and bus frequency in MHz (bits 15:0).
+        0x16 => {
+            let mhz = (ctx.tsc_khz / 1000).min(0xffff);
+            [mhz, mhz, mhz, 0]
+        }
         0x4000_0000 => [HYPERVISOR_MAX, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
         0x4000_0001 => [HYPERCALL_ABI_VERSION, 0, 0, 0],
         0x4000_0010 => [ctx.tsc_khz, ctx.lapic_khz, 0, 0],
@@ -189,6 +240,7 @@ mod tests {
         lapic_khz: 2_400_000,
         osxsave: false,
         rdtscp: true,
+        invpcid: true,
     };
 
     #[test]
@@ -214,9 +266,9 @@ mod tests {
 
     #[test]
     fn maxima_are_capped_and_unknown_leaves_are_zero() {
-        assert_eq!(guest_cpuid(&AllOnes, &CTX, 0, 0)[0], 0xd);
+        assert_eq!(guest_cpuid(&AllOnes, &CTX, 0, 0)[0], 0x16);
         assert_eq!(guest_cpuid(&AllOnes, &CTX, 0x8000_0000, 0)[0], 0x8000_0008);
-        for leaf in [3, 5, 6, 0xa, 0xe, 0x14, 0x1f, 0x8000_0009, 0x4000_0002] {
+        for leaf in [3, 5, 0xa, 0xe, 0x14, 0x17, 0x1f, 0x8000_0009, 0x4000_0002] {
             assert_eq!(guest_cpuid(&AllOnes, &CTX, leaf, 0), [0; 4], "{leaf:#x}");
         }
         assert_eq!(guest_cpuid(&AllOnes, &CTX, 7, 1), [0; 4]);
@@ -259,6 +311,54 @@ mod tests {
             0
         );
         assert_eq!(guest_cpuid(&AllOnes, &CTX, 0x8000_0008, 0)[0], 0x3027);
+    }
+
+    #[test]
+    fn frequency_leaves_and_arat_describe_the_vm_clocks() {
+        assert_eq!(
+            guest_cpuid(&AllOnes, &CTX, 0x15, 0),
+            [1, 1, 2_400_000_000, 0]
+        );
+        assert_eq!(guest_cpuid(&AllOnes, &CTX, 0x16, 0), [2400, 2400, 2400, 0]);
+        let fast = Context {
+            tsc_khz: 5_000_000,
+            ..CTX
+        };
+        assert_eq!(guest_cpuid(&AllOnes, &fast, 0x15, 0)[2], 0, "too fast");
+        assert_eq!(guest_cpuid(&AllOnes, &fast, 0x16, 0)[0], 5000);
+        assert_eq!(guest_cpuid(&AllOnes, &CTX, 6, 0), [bits::ARAT, 0, 0, 0]);
+        // Linux wants TSC-deadline and x2APIC in leaf 1 ECX.
+        let [_, _, c, _] = guest_cpuid(&AllOnes, &CTX, 1, 0);
+        assert_ne!(c & bits::TSC_DEADLINE, 0);
+        assert_ne!(c & bits::X2APIC, 0);
+        // Even a host without the leaves: they describe the VM.
+        struct Old;
+        impl HostCpuid for Old {
+            fn cpuid(&self, leaf: u32, _: u32) -> [u32; 4] {
+                if leaf == 0 { [0xb, 0, 0, 0] } else { [0; 4] }
+            }
+        }
+        assert_eq!(guest_cpuid(&Old, &CTX, 0, 0)[0], 0x16);
+        assert_eq!(guest_cpuid(&Old, &CTX, 0x16, 0)[0], 2400);
+    }
+
+    #[test]
+    fn leaf7_follows_the_vmcs_controls() {
+        let [_, b, c, _] = guest_cpuid(&AllOnes, &CTX, 7, 0);
+        assert_ne!(b & bits::INVPCID, 0);
+        assert_ne!(c & bits::RDPID, 0);
+        // PKU, OSPKE, LA57, CET, TSC_ADJUST are never offered.
+        assert_eq!(c & (1 << 3 | 1 << 4 | 1 << 7 | 1 << 16), 0);
+        assert_eq!(b & (1 << 1), 0);
+        let bare = Context {
+            invpcid: false,
+            rdtscp: false,
+            ..CTX
+        };
+        let [_, b, c, d] = guest_cpuid(&AllOnes, &bare, 7, 0);
+        assert_eq!(b & bits::INVPCID, 0);
+        assert_eq!(c & bits::RDPID, 0);
+        assert_eq!(d & (1 << 20), 0);
     }
 
     #[test]

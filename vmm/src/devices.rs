@@ -37,10 +37,29 @@ pub const FW_CFG_DATA: u16 = 0x511;
 /// Bytes in a console line before it is cut.
 pub const LINE_BYTES: usize = 256;
 
-/// A 16550A (National Semiconductor datasheet, register map). Transmission
-/// is instantaneous (LSR always reports an empty transmitter); output is
-/// collected into lines for the hypervisor's console. Input arrives with
-/// interactive consoles; until then RBR reads 0 and LSR never shows data.
+/// A 16550A (National Semiconductor PC16550D datasheet): what Linux's 8250
+/// driver needs to find one, drive it by interrupts and loop it back.
+///
+/// - Transmission is instantaneous: LSR always reports an empty
+///   transmitter, and a THR write raises the THRE interrupt again at once.
+///   Output is collected into lines for the hypervisor's console.
+/// - Input arrives through [`Uart::push_input`] into a receive FIFO of
+///   [`RX_FIFO`] bytes (one byte, the 16450 holding register, while FCR
+///   bit 0 has the FIFOs off); RBR reads pop it, LSR.DR shows it. There is
+///   no trigger level or character timeout: any received byte is
+///   "received data available".
+/// - IIR reports the highest-priority pending source (datasheet Table
+///   IV): receiver line status (overrun) 0x6, received data 0x4, THR empty
+///   0x2, modem status 0x0; bits 7:6 are set only while FIFOs are on.
+///   Reading IIR clears a THRE interrupt it reports, and setting IER.ETBEI
+///   raises one (THR is always empty): Linux's startup test for
+///   `UART_BUG_THRE` sees it asserted twice, as on a real part.
+/// - MCR bit 4 (loopback): transmitted bytes go to the receiver instead of
+///   the console, and MSR's upper bits mirror MCR (CTS = RTS, DSR = DTR,
+///   RI = OUT1, DCD = OUT2), with their delta bits.
+/// - The interrupt output ([`Uart::interrupt_line`]) is gated by MCR.OUT2,
+///   the PC convention, and forced off in loopback (the datasheet forces
+///   the OUT2 pin inactive then).
 #[derive(Clone, Debug)]
 pub struct Uart {
     ier: u8,
@@ -48,17 +67,52 @@ pub struct Uart {
     mcr: u8,
     scr: u8,
     divisor: u16,
+    fifo_enabled: bool,
+    rx: [u8; RX_FIFO],
+    rx_head: usize,
+    rx_len: usize,
+    /// LSR overrun error, until LSR is read.
+    overrun: bool,
+    /// A THRE interrupt is pending (cleared by an IIR read reporting it).
+    thre_pending: bool,
+    /// MSR delta bits 3:0, until MSR is read.
+    msr_delta: u8,
     line: [u8; LINE_BYTES],
     len: usize,
     /// Set when `line[..len]` is a finished line waiting to be taken.
     complete: bool,
 }
 
-/// LSR: transmitter holding register empty (5), transmitter empty (6).
+/// Receive FIFO size (a 16550A has 16; more keeps pasted input whole).
+pub const RX_FIFO: usize = 64;
+
+/// LSR bits: data ready (0), overrun (1), THR empty (5), transmitter
+/// empty (6).
+const LSR_DR: u8 = 0x01;
+const LSR_OE: u8 = 0x02;
 const LSR_THRE_TEMT: u8 = 0x60;
-/// IIR: no interrupt pending (bit 0); FIFOs enabled (7:6) as a 16550A.
-const IIR_NONE_FIFO: u8 = 0xc1;
+/// IIR: no interrupt pending (bit 0); FIFOs enabled (7:6).
+const IIR_NONE: u8 = 0x01;
+const IIR_FIFO: u8 = 0xc0;
+const IIR_LINE_STATUS: u8 = 0x06;
+const IIR_RX_DATA: u8 = 0x04;
+const IIR_THRE: u8 = 0x02;
+const IIR_MODEM: u8 = 0x00;
+/// IER: received data (0), THR empty (1), line status (2), modem status (3).
+const IER_ERBFI: u8 = 0x01;
+const IER_ETBEI: u8 = 0x02;
+const IER_ELSI: u8 = 0x04;
+const IER_EDSSI: u8 = 0x08;
+/// MCR: OUT2 (3), loopback (4).
+const MCR_OUT2: u8 = 0x08;
+const MCR_LOOP: u8 = 0x10;
+/// FCR: FIFO enable (0), receive FIFO reset (1).
+const FCR_ENABLE: u8 = 0x01;
+const FCR_RX_RESET: u8 = 0x02;
 const LCR_DLAB: u8 = 0x80;
+/// MSR outside loopback: CTS, DSR and DCD asserted, so polling drivers
+/// send.
+const MSR_IDLE: u8 = 0xb0;
 
 impl Default for Uart {
     fn default() -> Self {
@@ -68,6 +122,13 @@ impl Default for Uart {
             mcr: 0,
             scr: 0,
             divisor: 1,
+            fifo_enabled: false,
+            rx: [0; RX_FIFO],
+            rx_head: 0,
+            rx_len: 0,
+            overrun: false,
+            thre_pending: false,
+            msr_delta: 0,
             line: [0; LINE_BYTES],
             len: 0,
             complete: false,
@@ -81,31 +142,186 @@ impl Uart {
         match offset {
             0 if dlab => self.divisor as u8,
             1 if dlab => (self.divisor >> 8) as u8,
-            0 => 0,
+            0 => self.pop(),
             1 => self.ier,
-            2 => IIR_NONE_FIFO,
+            2 => {
+                let iir = self.iir();
+                // Reading IIR clears a THRE interrupt it reports (Table IV).
+                if iir & 0x0f == IIR_THRE {
+                    self.thre_pending = false;
+                }
+                iir
+            }
             3 => self.lcr,
             4 => self.mcr,
-            5 => LSR_THRE_TEMT,
-            // MSR: CTS, DSR and DCD asserted, so polling drivers send.
-            6 => 0xb0,
+            5 => {
+                let lsr = self.lsr();
+                self.overrun = false;
+                lsr
+            }
+            6 => {
+                let msr = self.modem_status() | self.msr_delta;
+                self.msr_delta = 0;
+                msr
+            }
             _ => self.scr,
         }
     }
 
+    /// Returns true when a console line is complete.
     fn write(&mut self, offset: u16, value: u8) -> bool {
         let dlab = self.lcr & LCR_DLAB != 0;
         match offset {
             0 if dlab => self.divisor = (self.divisor & 0xff00) | u16::from(value),
             1 if dlab => self.divisor = (self.divisor & 0x00ff) | (u16::from(value) << 8),
-            0 => return self.transmit(value),
-            1 => self.ier = value & 0x0f,
+            0 => {
+                // The byte leaves at once: THR is empty again, and THRE is
+                // raised anew (shown if ETBEI is set).
+                self.thre_pending = true;
+                if self.mcr & MCR_LOOP != 0 {
+                    if !self.receive(value) {
+                        self.overrun = true;
+                    }
+                    return false;
+                }
+                return self.transmit(value);
+            }
+            1 => {
+                let value = value & 0x0f;
+                // Enabling ETBEI with THR empty raises THRE at once;
+                // disabling it withdraws the request.
+                if value & IER_ETBEI != 0 && self.ier & IER_ETBEI == 0 {
+                    self.thre_pending = true;
+                } else if value & IER_ETBEI == 0 {
+                    self.thre_pending = false;
+                }
+                self.ier = value;
+            }
+            2 => self.fcr(value),
             3 => self.lcr = value,
-            4 => self.mcr = value & 0x1f,
+            4 => {
+                let before = self.modem_status();
+                self.mcr = value & 0x1f;
+                self.note_modem_change(before);
+            }
             7 => self.scr = value,
-            _ => {} // FCR and the read-only LSR/MSR
+            _ => {} // the read-only LSR/MSR
         }
         false
+    }
+
+    /// FCR: switching the FIFOs on or off, or bit 1, empties the receiver.
+    fn fcr(&mut self, value: u8) {
+        let enable = value & FCR_ENABLE != 0;
+        if enable != self.fifo_enabled || value & FCR_RX_RESET != 0 {
+            self.rx_len = 0;
+            self.rx_head = 0;
+        }
+        self.fifo_enabled = enable;
+    }
+
+    /// MSR bits 7:4: fixed outside loopback, MCR's low bits inside.
+    fn modem_status(&self) -> u8 {
+        if self.mcr & MCR_LOOP == 0 {
+            return MSR_IDLE;
+        }
+        let m = self.mcr;
+        let cts = (m & 0x02) << 3;
+        let dsr = (m & 0x01) << 5;
+        let ri = (m & 0x04) << 4;
+        let dcd = (m & 0x08) << 4;
+        cts | dsr | ri | dcd
+    }
+
+    /// Sets MSR's delta bits for what changed since `before`: DCTS, DDSR,
+    /// DDCD on any change, TERI on RI's trailing edge.
+    fn note_modem_change(&mut self, before: u8) {
+        let now = self.modem_status();
+        let changed = before ^ now;
+        let mut delta = 0;
+        if changed & 0x10 != 0 {
+            delta |= 0x01;
+        }
+        if changed & 0x20 != 0 {
+            delta |= 0x02;
+        }
+        if before & 0x40 != 0 && now & 0x40 == 0 {
+            delta |= 0x04;
+        }
+        if changed & 0x80 != 0 {
+            delta |= 0x08;
+        }
+        self.msr_delta |= delta;
+    }
+
+    fn lsr(&self) -> u8 {
+        let mut lsr = LSR_THRE_TEMT;
+        if self.rx_len > 0 {
+            lsr |= LSR_DR;
+        }
+        if self.overrun {
+            lsr |= LSR_OE;
+        }
+        lsr
+    }
+
+    /// IIR: the highest-priority pending interrupt among the enabled ones.
+    fn iir(&self) -> u8 {
+        let id = if self.ier & IER_ELSI != 0 && self.overrun {
+            IIR_LINE_STATUS
+        } else if self.ier & IER_ERBFI != 0 && self.rx_len > 0 {
+            IIR_RX_DATA
+        } else if self.ier & IER_ETBEI != 0 && self.thre_pending {
+            IIR_THRE
+        } else if self.ier & IER_EDSSI != 0 && self.msr_delta != 0 {
+            IIR_MODEM
+        } else {
+            IIR_NONE
+        };
+        if self.fifo_enabled { id | IIR_FIFO } else { id }
+    }
+
+    /// The level of the UART's interrupt output as the PC wires it: some
+    /// enabled source pending, and MCR.OUT2 set (outside loopback).
+    pub fn interrupt_line(&self) -> bool {
+        self.mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2 && self.iir() & IIR_NONE == 0
+    }
+
+    fn capacity(&self) -> usize {
+        if self.fifo_enabled { RX_FIFO } else { 1 }
+    }
+
+    /// Puts one byte in the receiver; false if it is full.
+    fn receive(&mut self, byte: u8) -> bool {
+        if self.rx_len >= self.capacity() {
+            return false;
+        }
+        if let Some(slot) = self.rx.get_mut((self.rx_head + self.rx_len) % RX_FIFO) {
+            *slot = byte;
+            self.rx_len += 1;
+        }
+        true
+    }
+
+    /// RBR: the oldest received byte, or 0 when there is none.
+    fn pop(&mut self) -> u8 {
+        if self.rx_len == 0 {
+            return 0;
+        }
+        let byte = self.rx.get(self.rx_head).copied().unwrap_or(0);
+        self.rx_head = (self.rx_head + 1) % RX_FIFO;
+        self.rx_len -= 1;
+        byte
+    }
+
+    /// Console input for the guest: as many of `bytes` as the receiver
+    /// has room for (none in loopback, where the receiver hears only the
+    /// transmitter); returns how many it took.
+    pub fn push_input(&mut self, bytes: &[u8]) -> usize {
+        if self.mcr & MCR_LOOP != 0 {
+            return 0;
+        }
+        bytes.iter().take_while(|b| self.receive(**b)).count()
     }
 
     /// Adds a byte to the line; returns true when a line is complete.
@@ -238,11 +454,24 @@ impl FwCfg {
     }
 }
 
+/// COM1's ISA IRQ (PC convention): IOAPIC pin 4.
+pub const COM1_IRQ: u8 = 4;
+
 /// One VM's port bus.
+///
+/// Interrupts: the bus samples each device's interrupt output after every
+/// access it routes and after [`LegacyPorts::push_input`], and remembers
+/// rising edges per ISA IRQ; the caller collects them with
+/// [`LegacyPorts::take_irq_edges`] after each exit that touched the bus
+/// and raises those IOAPIC pins (ISA interrupts are edge-triggered).
 #[derive(Clone, Debug)]
 pub struct LegacyPorts {
     set: DeviceSet,
     pub uart: Uart,
+    /// The UART's interrupt output when last sampled.
+    uart_line: bool,
+    /// ISA IRQs that rose since the last `take_irq_edges` (bit n = IRQ n).
+    irq_edges: u16,
     /// The VM's MMIO test page, if it has one.
     pub testdev: Option<crate::mmio::TestDev>,
     fw_cfg: FwCfg,
@@ -270,16 +499,47 @@ impl LegacyPorts {
             set,
             testdev: set.testdev.then(crate::mmio::TestDev::default),
             uart: Uart::default(),
+            uart_line: false,
+            irq_edges: 0,
             fw_cfg: FwCfg::new(ram_bytes, cpus),
             unclaimed: 0,
         }
+    }
+
+    /// Samples the interrupt outputs and records rising edges.
+    fn sample_irqs(&mut self) {
+        let line = self.set.uart && self.uart.interrupt_line();
+        if line && !self.uart_line {
+            self.irq_edges |= 1 << COM1_IRQ;
+        }
+        self.uart_line = line;
+    }
+
+    /// The ISA IRQs whose line rose since the last call (bit n = IRQ n).
+    pub fn take_irq_edges(&mut self) -> u16 {
+        core::mem::take(&mut self.irq_edges)
+    }
+
+    /// Console input for the UART (see [`Uart::push_input`]); 0 if the VM
+    /// has none.
+    pub fn push_input(&mut self, bytes: &[u8]) -> usize {
+        if !self.set.uart {
+            return 0;
+        }
+        let n = self.uart.push_input(bytes);
+        self.sample_irqs();
+        n
     }
 
     /// A read of `size` bytes; unclaimed ports read as all ones.
     pub fn read(&mut self, port: u16, size: u8) -> u32 {
         let ones = ones(size);
         match port {
-            COM1..=0x3ff if self.set.uart => u32::from(self.uart.read(port - COM1)),
+            COM1..=0x3ff if self.set.uart => {
+                let value = u32::from(self.uart.read(port - COM1));
+                self.sample_irqs();
+                value
+            }
             FW_CFG_DATA if self.set.fw_cfg => {
                 let mut value = 0u32;
                 for i in 0..u32::from(size.min(4)) {
@@ -298,7 +558,9 @@ impl LegacyPorts {
         let value = value & ones(size);
         match port {
             COM1..=0x3ff if self.set.uart => {
-                if self.uart.write(port - COM1, value as u8) {
+                let line = self.uart.write(port - COM1, value as u8);
+                self.sample_irqs();
+                if line {
                     return PortEffect::ConsoleLine;
                 }
             }
@@ -379,6 +641,174 @@ mod tests {
         assert_eq!(p.read(COM1 + 2, 1) & 1, 1, "no interrupt pending");
         p.write(COM1 + 7, 1, 0x5a);
         assert_eq!(p.read(COM1 + 7, 1), 0x5a);
+    }
+
+    /// Reads a UART register (offset from COM1).
+    fn uart_in(p: &mut LegacyPorts, offset: u16) -> u8 {
+        p.read(COM1 + offset, 1) as u8
+    }
+
+    fn uart_out(p: &mut LegacyPorts, offset: u16, value: u8) -> PortEffect {
+        p.write(COM1 + offset, 1, u32::from(value))
+    }
+
+    #[test]
+    fn uart_receive_fifo_feeds_rbr_and_lsr() {
+        let mut p = ports();
+        assert_eq!(uart_in(&mut p, 5) & 1, 0, "no data");
+        assert_eq!(uart_in(&mut p, 0), 0);
+        // FIFOs off: a single holding register.
+        assert_eq!(p.push_input(b"ab"), 1);
+        assert_eq!(uart_in(&mut p, 5) & 1, 1);
+        assert_eq!(uart_in(&mut p, 0), b'a');
+        assert_eq!(uart_in(&mut p, 5) & 1, 0);
+        uart_out(&mut p, 2, 0x01);
+        let long = [b'x'; 100];
+        assert_eq!(p.push_input(b"hello"), 5);
+        assert_eq!(p.push_input(&long), RX_FIFO - 5, "bounded");
+        assert_eq!(p.push_input(b"z"), 0);
+        let got: std::vec::Vec<u8> = (0..5).map(|_| uart_in(&mut p, 0)).collect();
+        assert_eq!(got, b"hello");
+        // RX reset empties the FIFO; the FIFOs stay on.
+        uart_out(&mut p, 2, 0x03);
+        assert_eq!(uart_in(&mut p, 5) & 1, 0);
+        assert_eq!(p.push_input(b"12"), 2);
+        // Turning the FIFOs off empties them too.
+        uart_out(&mut p, 2, 0x00);
+        assert_eq!(uart_in(&mut p, 5) & 1, 0);
+        // No UART: no input.
+        let mut none = LegacyPorts::new(
+            DeviceSet {
+                uart: false,
+                ..DeviceSet::ALL
+            },
+            0,
+            1,
+        );
+        assert_eq!(none.push_input(b"a"), 0);
+    }
+
+    #[test]
+    fn uart_iir_priorities_and_fifo_bits() {
+        let mut p = ports();
+        assert_eq!(uart_in(&mut p, 2), 0x01, "no FIFO bits before FCR");
+        uart_out(&mut p, 2, 0x01);
+        assert_eq!(uart_in(&mut p, 2), 0xc1);
+        uart_out(&mut p, 1, 0x0f);
+        assert_eq!(uart_in(&mut p, 1), 0x0f);
+        // THRE is raised by enabling ETBEI and cleared by reading IIR.
+        assert_eq!(uart_in(&mut p, 2), 0xc2);
+        assert_eq!(uart_in(&mut p, 2), 0xc1);
+        // Received data outranks THRE; a THR write raises THRE again.
+        p.push_input(b"k");
+        uart_out(&mut p, 0, b'x');
+        assert_eq!(uart_in(&mut p, 2), 0xc4);
+        assert_eq!(uart_in(&mut p, 2), 0xc4, "until the data is read");
+        assert_eq!(uart_in(&mut p, 0), b'k');
+        assert_eq!(uart_in(&mut p, 2), 0xc2);
+        assert_eq!(uart_in(&mut p, 2), 0xc1);
+        // Overrun (loopback into a full FIFO) is the line-status source,
+        // above everything, until LSR is read.
+        uart_out(&mut p, 4, 0x10);
+        for _ in 0..=RX_FIFO {
+            uart_out(&mut p, 0, b'o');
+        }
+        assert_eq!(uart_in(&mut p, 2), 0xc6);
+        assert_eq!(uart_in(&mut p, 5) & 0x03, 0x03, "OE and DR");
+        assert_eq!(uart_in(&mut p, 5) & 0x02, 0, "OE cleared by reading");
+        assert_eq!(uart_in(&mut p, 2), 0xc4);
+        uart_out(&mut p, 2, 0x03);
+        assert_eq!(uart_in(&mut p, 2), 0xc2, "the loopback writes' THRE");
+        // Entering loopback changed MSR (0xB0 -> 0): DCTS, DDSR, DDCD.
+        assert_eq!(uart_in(&mut p, 2), 0xc0, "modem status");
+        assert_eq!(uart_in(&mut p, 6), 0x0b);
+        uart_out(&mut p, 4, 0x11);
+        assert_eq!(uart_in(&mut p, 2), 0xc0, "modem status");
+        assert_eq!(uart_in(&mut p, 6) & 0x0f, 0x02, "DDSR");
+        assert_eq!(uart_in(&mut p, 2), 0xc1, "deltas cleared by reading MSR");
+        // Disabled sources are not reported.
+        uart_out(&mut p, 1, 0);
+        p.write(COM1 + 4, 1, 0);
+        p.push_input(b"q");
+        assert_eq!(uart_in(&mut p, 2), 0xc1);
+    }
+
+    /// serial8250_do_startup's THRE test and TXEN test (Linux 6.1
+    /// drivers/tty/serial/8250/8250_port.c) must see a sane 16550A.
+    #[test]
+    fn uart_passes_linux_thre_and_txen_tests() {
+        let mut p = ports();
+        uart_out(&mut p, 2, 0x07);
+        uart_out(&mut p, 2, 0x00);
+        assert_ne!(uart_in(&mut p, 5), 0xff, "LSR safety check");
+        uart_out(&mut p, 1, 0x02);
+        let iir1 = uart_in(&mut p, 2);
+        uart_out(&mut p, 1, 0);
+        uart_out(&mut p, 1, 0x02);
+        let iir = uart_in(&mut p, 2);
+        uart_out(&mut p, 1, 0);
+        assert!(
+            !(iir1 & 1 == 0 && iir & 1 != 0),
+            "UART_BUG_THRE: {iir1:#x} {iir:#x}"
+        );
+        assert_eq!(iir & 1, 0);
+        uart_out(&mut p, 1, 0x02);
+        let lsr = uart_in(&mut p, 5);
+        let iir = uart_in(&mut p, 2);
+        uart_out(&mut p, 1, 0);
+        assert!(!(lsr & 0x40 != 0 && iir & 1 != 0), "UART_BUG_TXEN");
+    }
+
+    #[test]
+    fn uart_loopback_echoes_and_mirrors_mcr() {
+        let mut p = ports();
+        // autoconfig's loopback test: MCR = LOOP | OUT2 | RTS -> 0x90.
+        uart_out(&mut p, 4, 0x1a);
+        assert_eq!(uart_in(&mut p, 6) & 0xf0, 0x90);
+        uart_out(&mut p, 4, 0x1f);
+        assert_eq!(uart_in(&mut p, 6) & 0xf0, 0xf0);
+        uart_out(&mut p, 4, 0x1b);
+        assert_eq!(uart_in(&mut p, 6), 0xb4, "RI fell: TERI");
+        assert_eq!(uart_out(&mut p, 0, b'\n'), PortEffect::None);
+        assert_eq!(uart_in(&mut p, 5) & 1, 1);
+        assert_eq!(uart_in(&mut p, 0), b'\n');
+        assert_eq!(p.push_input(b"x"), 0, "outside input is cut off");
+        let mut out = [0; LINE_BYTES];
+        assert!(p.uart.take_partial(&mut out).is_none(), "nothing output");
+        uart_out(&mut p, 4, 0x03);
+        assert_eq!(uart_in(&mut p, 6) & 0xf0, 0xb0);
+    }
+
+    #[test]
+    fn uart_interrupt_line_needs_out2_and_reports_rising_edges() {
+        let mut p = ports();
+        uart_out(&mut p, 1, 0x01);
+        p.push_input(b"a");
+        assert!(!p.uart.interrupt_line(), "OUT2 clear");
+        assert_eq!(p.take_irq_edges(), 0);
+        uart_out(&mut p, 4, 0x0b);
+        assert!(p.uart.interrupt_line());
+        assert_eq!(p.take_irq_edges(), 1 << COM1_IRQ);
+        assert_eq!(p.take_irq_edges(), 0, "taken");
+        uart_in(&mut p, 0);
+        assert!(!p.uart.interrupt_line());
+        assert_eq!(p.push_input(b"b"), 1);
+        assert_eq!(p.take_irq_edges(), 1 << COM1_IRQ, "a new edge");
+        // A line that stays up is one edge.
+        p.push_input(b"c");
+        assert_eq!(p.take_irq_edges(), 0);
+        // THRE: enabling ETBEI with data drained rises the line again.
+        uart_in(&mut p, 0);
+        uart_in(&mut p, 0);
+        uart_out(&mut p, 1, 0x02);
+        assert_eq!(p.take_irq_edges(), 1 << COM1_IRQ);
+        uart_in(&mut p, 2);
+        assert!(!p.uart.interrupt_line(), "IIR read cleared THRE");
+        uart_out(&mut p, 0, b'x');
+        assert_eq!(p.take_irq_edges(), 1 << COM1_IRQ, "sent: THRE again");
+        // Loopback forces the output off.
+        uart_out(&mut p, 4, 0x1b);
+        assert!(!p.uart.interrupt_line());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod devices;
 pub mod dispatch;
 pub mod exit;
 pub mod hypercall;
+pub mod ioapic;
 pub mod lapic;
 pub mod linux;
 pub mod loader;
