@@ -24,7 +24,6 @@ use atoll_platform::acpi::SoftOff;
 use atoll_platform::event::HexRange;
 use spin::{Mutex, Once};
 
-use atoll_vmm::devices::LegacyPorts;
 
 use crate::arch::biglock::BigLock;
 use crate::arch::heap::NodeHeap;
@@ -32,7 +31,7 @@ use crate::arch::kmem::{KernelLayout, KernelMemory};
 use crate::arch::percpu::{self, PerCpu};
 use crate::arch::status::{self, NodeState, StatusPage};
 use crate::arch::{self, apic, cpu, idt, nodeboot, time};
-use crate::vm::Vm;
+use crate::vm::{Vm, VmBoard};
 use crate::{console, selftest};
 
 /// The global boot state: written once by part 1, then read-only for every
@@ -81,8 +80,8 @@ pub struct Node {
 /// What the node lock guards.
 #[derive(Default)]
 pub struct NodeKernel {
-    /// Each VM's port devices, by the VM's index in the node.
-    pub devices: Vec<LegacyPorts>,
+    /// Each VM's devices, by the VM's index in the node.
+    pub devices: Vec<VmBoard>,
 }
 
 impl Node {
@@ -93,7 +92,7 @@ impl Node {
     pub fn with_devices<R>(
         &self,
         local: usize,
-        f: impl FnOnce(&mut LegacyPorts) -> R,
+        f: impl FnOnce(&mut VmBoard) -> R,
     ) -> Option<R> {
         let slot = percpu::current().map_or(0, |c| c.slot);
         let mut guard = self.kernel.lock(slot, cpu::rdtsc).ok()?;

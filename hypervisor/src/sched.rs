@@ -35,7 +35,7 @@ use crate::arch::{apic, cpu, percpu, shared, vmx};
 use crate::exits::Env;
 use crate::node::Node;
 use crate::vcpu::{Vcpu, VcpuState, VmcsTemplate};
-use crate::vm::{End, Vm};
+use crate::vm::{Boot, End, Vm};
 
 /// A time slice when vCPUs share a CPU, in microseconds.
 const SLICE_US: u64 = 10_000;
@@ -181,24 +181,37 @@ fn new_lapic(id: u16) -> Lapic {
     lapic
 }
 
-/// vCPU 0 starts at the kernel's entry; the others wait for a start-up IPI.
+/// vCPU 0 starts at the kernel's entry, in the mode its boot protocol
+/// asks for; the others wait for a start-up IPI.
 fn start_mode(vm: &Vm, id: u16) -> StartMode {
-    if id == 0 {
-        StartMode::Protected32 {
-            eip: vm.entry().entry,
-        }
-    } else {
-        StartMode::RealMode { vector: 0 }
+    if id != 0 {
+        return StartMode::RealMode { vector: 0 };
+    }
+    match vm.boot() {
+        Boot::Multiboot(entry) => StartMode::Protected32 { eip: entry.entry },
+        Boot::Linux(entry) => StartMode::Long64 {
+            rip: entry.rip,
+            cr3: entry.cr3,
+            gdt_base: entry.gdt_base,
+            gdt_limit: entry.gdt_limit,
+            code_selector: entry.code_selector,
+            data_selector: entry.data_selector,
+        },
     }
 }
 
-/// The boot protocol's registers for vCPU 0 (multiboot: EAX, EBX); the
-/// others wait for a start-up IPI, so nothing but an IPI can run them.
+/// The boot protocol's registers for vCPU 0 (multiboot: EAX, EBX; Linux:
+/// RSI, the zero page); the others wait for a start-up IPI, so nothing
+/// but an IPI can run them.
 fn prepare_boot_registers(slot: &mut Slot) {
     if slot.vcpu.id == 0 {
-        let entry = slot.vm.entry();
-        slot.vcpu.set_gpr(gpr::RAX, u64::from(entry.eax));
-        slot.vcpu.set_gpr(gpr::RBX, u64::from(entry.ebx));
+        match slot.vm.boot() {
+            Boot::Multiboot(entry) => {
+                slot.vcpu.set_gpr(gpr::RAX, u64::from(entry.eax));
+                slot.vcpu.set_gpr(gpr::RBX, u64::from(entry.ebx));
+            }
+            Boot::Linux(entry) => slot.vcpu.set_gpr(gpr::RSI, entry.rsi),
+        }
     } else {
         slot.vcpu.state = VcpuState::WaitForSipi;
         slot.vm.blocked.fetch_add(1, Ordering::AcqRel);

@@ -25,7 +25,11 @@ use atoll_cluster::plan::{Access, NodePlan, Plan, VmSignalPlan};
 use atoll_cluster::topology::PhysRange;
 use atoll_platform::ept::{self, Ept, EptError, RegionKind};
 use atoll_platform::event::{Hex, HexRange};
-use atoll_vmm::devices::{DeviceSet, LegacyPorts};
+use atoll_vmm::acpi::{self, AcpiConfig};
+use atoll_vmm::board::{self, Board, BoardSpec, MemoryDisk};
+use atoll_vmm::devices::DeviceSet;
+use atoll_vmm::ioapic;
+use atoll_vmm::linux::{self, LinuxBoot, LinuxEntry};
 use atoll_vmm::dispatch::StopReason;
 use atoll_vmm::exit::{ExitReason, Registers};
 use atoll_vmm::hypercall::Region;
@@ -50,9 +54,15 @@ pub struct VmSpec {
     /// The CPU (MADT index) each vCPU runs on.
     pub vcpu_cpus: Vec<u32>,
     pub kernel: String,
+    /// The initial ramdisk (Linux boot protocol only).
+    pub initrd: Option<String>,
     pub modules: Vec<String>,
     pub cmdline: String,
     pub devices: DeviceSet,
+    pub virtio_blk: bool,
+    pub virtio_console: bool,
+    /// The node memory holding its virtio-blk disk.
+    pub disk: Option<PhysRange>,
     pub on_crash: OnCrash,
     /// Its index in the plan's VM list (what `Plan::receiver` names).
     pub global: usize,
@@ -74,8 +84,12 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
             memory: vm.memory,
             vcpu_cpus: vm.vcpu_cpus.iter().map(|c| c.0).collect(),
             kernel: vm.kernel.clone(),
+            initrd: vm.initrd.clone(),
             modules: vm.modules.clone(),
             cmdline: vm.cmdline.clone(),
+            virtio_blk: vm.devices.iter().any(|d| d == "virtio-blk"),
+            virtio_console: vm.devices.iter().any(|d| d == "virtio-console"),
+            disk: vm.disk,
             devices: DeviceSet {
                 uart: vm.devices.iter().any(|d| d == "uart"),
                 debug_exit: vm.devices.iter().any(|d| d == "debug-exit"),
@@ -137,6 +151,15 @@ impl Mailbox {
     }
 }
 
+/// How vCPU 0 starts: the state a boot protocol leaves.
+#[derive(Clone, Copy, Debug)]
+pub enum Boot {
+    /// Multiboot: 32-bit protected mode at `entry`, EAX/EBX set.
+    Multiboot(EntryState),
+    /// The Linux 64-bit boot protocol.
+    Linux(LinuxEntry),
+}
+
 /// Restarts a crashing VM gets before it stays stopped: a guest that
 /// crashes at once would otherwise restart forever.
 pub const MAX_RESTARTS: u32 = 3;
@@ -144,6 +167,9 @@ pub const MAX_RESTARTS: u32 = 3;
 const RUNNING: u8 = 0;
 const ENDING: u8 = 1;
 const ENDED: u8 = 2;
+
+/// A VM's devices, its disk in node memory.
+pub type VmBoard = Board<MemoryDisk<GuestRam>>;
 
 pub struct Vm {
     /// Index among the node's VMs (its devices' slot under the node lock).
@@ -163,8 +189,11 @@ pub struct Vm {
     /// Non-zero, unique among the VMs of a node (so of a CPU).
     pub vpid: u16,
     kernel: &'static [u8],
+    initrd: Option<&'static [u8]>,
     modules: Vec<(&'static [u8], String)>,
-    entry: Mutex<EntryState>,
+    boot: Mutex<Boot>,
+    /// Its virtio-blk disk's node memory.
+    disk: Option<GuestRam>,
     /// Bumped by every (re)start; a CPU resets its vCPUs when it changes.
     pub generation: AtomicU32,
     run: AtomicU8,
@@ -192,6 +221,11 @@ pub enum BuildError {
     /// The plan gave the VM memory its node does not own (a planner bug).
     NotNodeMemory,
     Load(loader::LoadError),
+    Linux(linux::LinuxError),
+    /// The ACPI tables do not fit the VM's RAM.
+    Acpi,
+    /// An initrd for a kernel that is not booted with the Linux protocol.
+    InitrdWithoutLinux,
     Ept(atoll_platform::ept::EptError),
 }
 
@@ -206,6 +240,13 @@ impl core::fmt::Display for BuildError {
                 f.write_str("the VM's memory is not its node's guest memory")
             }
             BuildError::Load(e) => write!(f, "{e}"),
+            BuildError::Linux(e) => write!(f, "{e}"),
+            BuildError::Acpi => f.write_str(
+                "the ACPI tables need RAM up to 1 MiB: give the VM more memory",
+            ),
+            BuildError::InitrdWithoutLinux => f.write_str(
+                "`initrd` is for Linux kernels (bzImage); give a multiboot kernel its files as `modules`",
+            ),
             BuildError::Ept(e) => write!(f, "{e}"),
         }
     }
@@ -230,6 +271,16 @@ impl Vm {
                     .ok_or_else(|| BuildError::MissingImage(m.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let initrd = match &spec.initrd {
+            Some(name) => Some(
+                images::find(name).ok_or_else(|| BuildError::MissingImage(name.clone()))?,
+            ),
+            None => None,
+        };
+        let disk = match spec.disk {
+            Some(range) => Some(guestram::for_vm(node_plan, range).ok_or(BuildError::NotNodeMemory)?),
+            None => None,
+        };
         let mut ept = Ept::new(SharedFrames(kmem)).map_err(BuildError::Ept)?;
         ept.map(
             0,
@@ -254,12 +305,14 @@ impl Vm {
             ept_generation: AtomicU32::new(0),
             notifications: AtomicU64::new(0),
             kernel,
+            initrd,
             modules,
-            entry: Mutex::new(EntryState {
+            boot: Mutex::new(Boot::Multiboot(EntryState {
                 entry: 0,
                 eax: 0,
                 ebx: 0,
-            }),
+            })),
+            disk,
             generation: AtomicU32::new(0),
             run: AtomicU8::new(RUNNING),
             active: AtomicU32::new(u32::from(vcpus)),
@@ -273,31 +326,75 @@ impl Vm {
             root_ticks: [const { AtomicU64::new(0) }; REASONS.len()],
             guest_ticks: AtomicU64::new(0),
         };
-        vm.load_images().map_err(BuildError::Load)?;
+        vm.load_images()?;
         Ok(vm)
     }
 
-    /// Loads the kernel and modules into RAM (again, on restart).
-    fn load_images(&self) -> Result<(), loader::LoadError> {
-        let modules: Vec<Module<'_>> = self
-            .modules
-            .iter()
-            .map(|(bytes, cmdline)| Module { bytes, cmdline })
-            .collect();
-        let mut ram = self.ram;
-        let entry = loader::load(&mut ram, self.kernel, &modules, &self.spec.cmdline)?;
-        *self.entry.lock() = entry;
+    /// Whether the kernel is booted with the Linux boot protocol (a
+    /// bzImage), which also gives the VM the PC platform (ACPI, IOAPIC,
+    /// virtio-mmio) its tables describe.
+    pub fn is_linux(&self) -> bool {
+        linux::is_bzimage(self.kernel)
+    }
+
+    /// Loads the kernel and its files into RAM (again, on restart).
+    fn load_images(&self) -> Result<(), BuildError> {
+        let boot = if self.is_linux() {
+            Boot::Linux(self.load_linux()?)
+        } else {
+            if self.initrd.is_some() {
+                return Err(BuildError::InitrdWithoutLinux);
+            }
+            let modules: Vec<Module<'_>> = self
+                .modules
+                .iter()
+                .map(|(bytes, cmdline)| Module { bytes, cmdline })
+                .collect();
+            let mut ram = self.ram;
+            let entry = loader::load(&mut ram, self.kernel, &modules, &self.spec.cmdline)
+                .map_err(BuildError::Load)?;
+            Boot::Multiboot(entry)
+        };
+        *self.boot.lock() = boot;
         Ok(())
     }
 
-    /// Where vCPU 0 starts (the loaded kernel's entry state).
-    pub fn entry(&self) -> EntryState {
-        *self.entry.lock()
+    /// ACPI tables for the VM's vCPUs, then the kernel, its initrd and its
+    /// command line with the virtio devices appended.
+    fn load_linux(&self) -> Result<LinuxEntry, BuildError> {
+        let mut ram = self.ram;
+        let acpi = AcpiConfig::new(u32::from(self.spec.vcpus));
+        let rsdp = acpi::build(&mut ram, &acpi).map_err(|_| BuildError::Acpi)?;
+        let places = board::virtio_places(&self.board_spec());
+        let cmdline = board::virtio_cmdline(&self.spec.cmdline, &places);
+        let boot = LinuxBoot {
+            image: self.kernel,
+            initrd: self.initrd,
+            cmdline: &cmdline,
+            acpi_rsdp: Some(rsdp),
+        };
+        linux::load(&mut ram, &boot).map_err(BuildError::Linux)
+    }
+
+    /// How vCPU 0 starts (the loaded kernel's entry state).
+    pub fn boot(&self) -> Boot {
+        *self.boot.lock()
+    }
+
+    fn board_spec(&self) -> BoardSpec {
+        BoardSpec {
+            ports: self.spec.devices,
+            pc: self.is_linux(),
+            virtio_blk: self.spec.virtio_blk,
+            virtio_console: self.spec.virtio_console,
+            ram_bytes: self.spec.memory.len,
+            vcpus: self.spec.vcpus,
+        }
     }
 
     /// The devices this VM starts with.
-    pub fn new_devices(&self) -> LegacyPorts {
-        LegacyPorts::new(self.spec.devices, self.spec.memory.len, self.spec.vcpus)
+    pub fn new_devices(&self) -> VmBoard {
+        Board::new(&self.board_spec(), self.disk.map(MemoryDisk))
     }
 
     pub fn is_running(&self) -> bool {
@@ -432,7 +529,33 @@ impl Vm {
     /// vCPUs published. A destination no vCPU has is counted and dropped,
     /// as a real APIC bus would drop it.
     pub fn post_ipi(&self, node: &Node, from: u16, ipi: Ipi) {
-        let targets: Vec<u16> = match ipi.destination {
+        let targets = self.targets(ipi.destination, from);
+        self.post(node, &targets, ipi.delivery);
+    }
+
+    /// Delivers interrupt messages from the VM's IOAPIC, raised while vCPU
+    /// `from` ran: fixed ones to every local APIC the destination names,
+    /// lowest-priority ones to the first of them (Atoll does not arbitrate
+    /// priorities). Level-triggered messages are delivered as edges: no
+    /// device of the board holds a level line.
+    pub fn post_interrupts(&self, node: &Node, from: u16, messages: &[ioapic::Message]) {
+        for m in messages {
+            let mut targets = self.targets(m.destination(), from);
+            let delivery = match m.delivery {
+                ioapic::Delivery::Fixed => Delivery::Fixed(m.vector),
+                ioapic::Delivery::LowestPriority => {
+                    targets.truncate(1);
+                    Delivery::Fixed(m.vector)
+                }
+                ioapic::Delivery::Nmi => Delivery::Nmi,
+            };
+            self.post(node, &targets, delivery);
+        }
+    }
+
+    /// The vCPUs a destination names, as seen from vCPU `from`.
+    fn targets(&self, destination: Destination, from: u16) -> Vec<u16> {
+        match destination {
             Destination::Apic(id) if u32::from(self.spec.vcpus) > id => {
                 alloc::vec![id as u16]
             }
@@ -447,17 +570,22 @@ impl Vm {
                     })
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Posts `delivery` to each target's mailbox and kicks the target's CPU
+    /// if it is another.
+    fn post(&self, node: &Node, targets: &[u16], delivery: Delivery) {
         if targets.is_empty() {
             self.lost_ipis.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let me = crate::arch::percpu::current().map(|c| c.cpu);
-        for target in targets {
+        for &target in targets {
             let Some(mailbox) = self.mailbox(target) else {
                 continue;
             };
-            match ipi.delivery {
+            match delivery {
                 Delivery::Fixed(vector) => {
                     if let Some(word) = mailbox.irr.get(usize::from(vector >> 6)) {
                         word.fetch_or(1 << (vector & 63), Ordering::AcqRel);
@@ -554,7 +682,7 @@ impl Vm {
     /// no longer load (then the VM stays down).
     fn restart(&self, node: &Node) -> bool {
         let fresh = self.new_devices();
-        node.with_devices(self.local, |devices| *devices = fresh);
+        node.with_devices(self.local, |board| *board = fresh);
         self.unmap_channels();
         if let Err(e) = self.load_images() {
             log::error!("VM '{}' cannot restart: {e}", self.spec.name);
@@ -580,7 +708,7 @@ impl Vm {
     fn flush_console(&self, node: &Node) {
         let mut line = [0u8; atoll_vmm::devices::LINE_BYTES];
         let len = node
-            .with_devices(self.local, |devices| devices.uart.take_partial(&mut line))
+            .with_devices(self.local, |board| board.ports.uart.take_partial(&mut line))
             .flatten();
         if let Some(len) = len {
             print_guest_line(&self.spec.name, line.get(..len).unwrap_or(&[]));
@@ -589,7 +717,10 @@ impl Vm {
 
     /// Reports the VM when it starts (`vm_start`).
     pub fn report_start(&self, node: &Node) {
-        let entry = self.entry();
+        let entry = match self.boot() {
+            Boot::Multiboot(e) => u64::from(e.entry),
+            Boot::Linux(e) => e.rip,
+        };
         let mem = HexRange(self.spec.memory.start.0, self.spec.memory.end());
         console::event("vm_start", |e| {
             e.field("vm", self.spec.name.as_str())
@@ -597,7 +728,7 @@ impl Vm {
                 .field("vcpus", self.spec.vcpus)
                 .field("cpus", self.spec.vcpu_cpus.as_slice())
                 .field("mem", mem)
-                .field("entry", Hex(u64::from(entry.entry)))
+                .field("entry", Hex(entry))
         });
     }
 }

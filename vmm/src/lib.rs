@@ -22,6 +22,7 @@ extern crate std;
 
 pub mod acpi;
 pub mod addr;
+pub mod board;
 pub mod cpuid;
 pub mod devices;
 pub mod dispatch;
