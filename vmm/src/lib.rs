@@ -28,6 +28,7 @@ pub mod exit;
 pub mod hypercall;
 pub mod ioapic;
 pub mod lapic;
+pub mod legacy;
 pub mod loader;
 pub mod memory;
 pub mod mmio;

@@ -19,8 +19,19 @@ const MIB: u64 = 1 << 20;
 
 /// The devices a VM may have (`devices = [...]`); the first three when the
 /// key is left out (`testdev`, an MMIO scratch page for tests and
-/// benchmarks, only when listed).
-pub const DEVICES: [&str; 4] = ["uart", "debug-exit", "fw-cfg", "testdev"];
+/// benchmarks, and the PC platform devices a Linux guest probes, `pic`,
+/// `acpi-pm`, `reset`, `rtc` and `pci`, only when listed).
+pub const DEVICES: [&str; 9] = [
+    "uart",
+    "debug-exit",
+    "fw-cfg",
+    "testdev",
+    "pic",
+    "acpi-pm",
+    "reset",
+    "rtc",
+    "pci",
+];
 const DEFAULT_DEVICES: usize = 3;
 
 /// A VM's share of its node.
