@@ -95,6 +95,9 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
                 debug_exit: vm.devices.iter().any(|d| d == "debug-exit"),
                 fw_cfg: vm.devices.iter().any(|d| d == "fw-cfg"),
                 testdev: vm.devices.iter().any(|d| d == "testdev"),
+                // The PC platform devices come with the Linux boot
+                // protocol (Vm::board_spec), not from the config.
+                ..DeviceSet::NONE
             },
             on_crash: vm.on_crash,
             global,
@@ -382,9 +385,25 @@ impl Vm {
     }
 
     fn board_spec(&self) -> BoardSpec {
+        let linux = self.is_linux();
+        let ports = if linux {
+            // What the ACPI tables (atoll_vmm::acpi) describe, and what
+            // Linux probes: a masked 8259 pair, the ACPI PM1a blocks, the
+            // reset register, PCI configuration space with nothing in it.
+            // The FADT says there is no CMOS RTC.
+            DeviceSet {
+                pic: true,
+                acpi_pm: true,
+                reset: true,
+                pci: true,
+                ..self.spec.devices
+            }
+        } else {
+            self.spec.devices
+        };
         BoardSpec {
-            ports: self.spec.devices,
-            pc: self.is_linux(),
+            ports,
+            pc: linux,
             virtio_blk: self.spec.virtio_blk,
             virtio_console: self.spec.virtio_console,
             ram_bytes: self.spec.memory.len,

@@ -1,9 +1,13 @@
 //! The legacy port devices a VM may have: a 16550A UART on COM1, QEMU's
-//! isa-debug-exit and QEMU's fw_cfg (I/O interface). Each is a
-//! register-level state machine; the port bus routes accesses to them and
-//! returns effects (a completed console line, the VM's exit) as values.
+//! isa-debug-exit and QEMU's fw_cfg (I/O interface), and the PC platform
+//! devices of [`crate::legacy`] (8259 PIC, ACPI PM1a, reset control and
+//! the 8042's reset line, CMOS RTC, PCI mechanism 1 without devices). Each
+//! is a register-level state machine; the port bus routes accesses to them
+//! and returns effects (a completed console line, the VM's exit or reset)
+//! as values.
 
-use crate::dispatch::Outcome;
+use crate::dispatch::{Outcome, StopReason};
+use crate::legacy::{self, AcpiPm, PciConfig, Pic, Rtc};
 
 /// Which devices a VM has (from its config's `devices`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,17 +17,65 @@ pub struct DeviceSet {
     pub fw_cfg: bool,
     /// The testdev MMIO scratch page (crate::mmio::TestDev).
     pub testdev: bool,
+    /// The masked dual 8259A at 0x20/0x21, 0xA0/0xA1.
+    pub pic: bool,
+    /// ACPI PM1a event (0x600) and control (0x604) blocks.
+    pub acpi_pm: bool,
+    /// The reset control register 0xCF9 and the 8042's command port 0x64
+    /// (command 0xFE pulses the reset line).
+    pub reset: bool,
+    /// The CMOS RTC at 0x70/0x71.
+    pub rtc: bool,
+    /// PCI configuration mechanism 1 at 0xCF8/0xCFC, with no devices.
+    pub pci: bool,
 }
 
 impl DeviceSet {
-    /// The default set: the three port devices.
+    /// Every port device (not the testdev page).
     pub const ALL: DeviceSet = DeviceSet {
         uart: true,
         debug_exit: true,
         fw_cfg: true,
         testdev: false,
+        pic: true,
+        acpi_pm: true,
+        reset: true,
+        rtc: true,
+        pci: true,
+    };
+
+    /// What a Linux VM gets: the console UART and the platform devices
+    /// its boot probes, nothing QEMU-specific.
+    pub const LINUX: DeviceSet = DeviceSet {
+        uart: true,
+        debug_exit: false,
+        fw_cfg: false,
+        testdev: false,
+        pic: true,
+        acpi_pm: true,
+        reset: true,
+        rtc: true,
+        pci: true,
+    };
+
+    /// No devices at all.
+    pub const NONE: DeviceSet = DeviceSet {
+        uart: false,
+        debug_exit: false,
+        fw_cfg: false,
+        testdev: false,
+        pic: false,
+        acpi_pm: false,
+        reset: false,
+        rtc: false,
+        pci: false,
     };
 }
+
+/// The reset control register (PIIX/ICH "RST_CNT"): bit 2 starts a reset.
+pub const RESET_CONTROL: u16 = 0xcf9;
+/// The 8042's status/command port; command 0xFE pulses the reset line.
+pub const I8042_COMMAND: u16 = 0x64;
 
 /// COM1's eight registers (PC/AT convention).
 pub const COM1: u16 = 0x3f8;
@@ -475,6 +527,12 @@ pub struct LegacyPorts {
     /// The VM's MMIO test page, if it has one.
     pub testdev: Option<crate::mmio::TestDev>,
     fw_cfg: FwCfg,
+    pub pic: Pic,
+    pub acpi_pm: AcpiPm,
+    pub rtc: Rtc,
+    pci: PciConfig,
+    /// The last value written to the reset control register.
+    reset_control: u8,
     /// Accesses to ports no device claims (a storm shows here).
     pub unclaimed: u64,
 }
@@ -491,6 +549,9 @@ pub enum PortEffect {
     Exit {
         status: u32,
     },
+    /// A platform reset (0xCF9 bit 2, the 8042's 0xFE command). ACPI S5
+    /// is `Exit { status: 0 }`.
+    Reset,
 }
 
 impl LegacyPorts {
@@ -502,6 +563,11 @@ impl LegacyPorts {
             uart_line: false,
             irq_edges: 0,
             fw_cfg: FwCfg::new(ram_bytes, cpus),
+            pic: Pic::default(),
+            acpi_pm: AcpiPm::default(),
+            rtc: Rtc::default(),
+            pci: PciConfig::default(),
+            reset_control: 0,
             unclaimed: 0,
         }
     }
@@ -547,6 +613,16 @@ impl LegacyPorts {
                 }
                 value
             }
+            0x20 | 0x21 | 0xa0 | 0xa1 if self.set.pic => u32::from(self.pic.read(port)),
+            legacy::PM1A_EVT..=0x605 if self.set.acpi_pm => self.acpi_pm.read(port, size),
+            RESET_CONTROL if self.set.reset && size == 1 => u32::from(self.reset_control),
+            // 8042 status: both buffers empty, so Linux never waits on it.
+            I8042_COMMAND if self.set.reset => 0,
+            legacy::RTC_INDEX | legacy::RTC_DATA if self.set.rtc => u32::from(self.rtc.read(port)),
+            legacy::PCI_ADDRESS if self.set.pci && size == 4 => self.pci.address(),
+            // Other CONFIG_ADDRESS widths (mechanism 2's 0xCFB probe) and
+            // every CONFIG_DATA read: no device answers.
+            legacy::PCI_ADDRESS..=0xcff if self.set.pci => ones,
             _ => {
                 self.unclaimed = self.unclaimed.saturating_add(1);
                 ones
@@ -566,6 +642,28 @@ impl LegacyPorts {
             }
             DEBUG_EXIT if self.set.debug_exit => return PortEffect::Exit { status: value },
             FW_CFG_SELECTOR if self.set.fw_cfg && size >= 2 => self.fw_cfg.select(value as u16),
+            0x20 | 0x21 | 0xa0 | 0xa1 if self.set.pic => self.pic.write(port, value as u8),
+            legacy::PM1A_EVT..=0x605 if self.set.acpi_pm => {
+                if self.acpi_pm.write(port, size, value) {
+                    return PortEffect::Exit { status: 0 };
+                }
+            }
+            RESET_CONTROL if self.set.reset && size == 1 => {
+                self.reset_control = value as u8 & 0x0e;
+                if value & 0x04 != 0 {
+                    return PortEffect::Reset;
+                }
+            }
+            I8042_COMMAND if self.set.reset => {
+                if value as u8 == 0xfe {
+                    return PortEffect::Reset;
+                }
+            }
+            legacy::RTC_INDEX | legacy::RTC_DATA if self.set.rtc => {
+                self.rtc.write(port, value as u8)
+            }
+            legacy::PCI_ADDRESS if self.set.pci && size == 4 => self.pci.set_address(value),
+            legacy::PCI_ADDRESS..=0xcff if self.set.pci => {}
             _ => self.unclaimed = self.unclaimed.saturating_add(1),
         }
         PortEffect::None
@@ -584,6 +682,7 @@ impl From<PortEffect> for Option<Outcome> {
     fn from(effect: PortEffect) -> Self {
         match effect {
             PortEffect::Exit { status } => Some(Outcome::PowerOff { status }),
+            PortEffect::Reset => Some(Outcome::Stop(StopReason::Reset)),
             _ => None,
         }
     }
@@ -812,6 +911,55 @@ mod tests {
     }
 
     #[test]
+    fn linux_platform_devices_on_the_bus() {
+        let mut p = LegacyPorts::new(DeviceSet::LINUX, 64 << 20, 1);
+        // PIC probe.
+        p.write(0x21, 1, 0x5a);
+        assert_eq!(p.read(0x21, 1), 0x5a);
+        p.write(0xa1, 1, 0xff);
+        assert_eq!(p.pic.masks(), (0x5a, 0xff));
+        // ACPI: SCI_EN, S5 is a power-off.
+        assert_eq!(p.read(0x604, 2), 1);
+        assert_eq!(p.write(0x602, 2, 0x100), PortEffect::None);
+        assert_eq!(p.read(0x600, 4), 0x100 << 16);
+        assert_eq!(
+            p.write(0x604, 2, 0x2000 | 5 << 10),
+            PortEffect::Exit { status: 0 }
+        );
+        // Resets: 0xCF9 bit 2 and 8042 command 0xFE.
+        assert_eq!(p.write(0xcf9, 1, 0x02), PortEffect::None);
+        assert_eq!(p.read(0xcf9, 1), 0x02);
+        assert_eq!(p.write(0xcf9, 1, 0x06), PortEffect::Reset);
+        assert_eq!(p.read(0x64, 1), 0, "8042 buffers empty");
+        assert_eq!(p.write(0x64, 1, 0xad), PortEffect::None);
+        assert_eq!(p.write(0x64, 1, 0xfe), PortEffect::Reset);
+        assert_eq!(
+            Option::<Outcome>::from(PortEffect::Reset),
+            Some(Outcome::Stop(StopReason::Reset))
+        );
+        // RTC.
+        p.write(0x70, 1, 0x0b);
+        assert_eq!(p.read(0x71, 1), 0x02);
+        // PCI mechanism 1: the latch reads back, no device answers.
+        p.write(0xcfb, 1, 0x01);
+        p.write(0xcf8, 4, 0x8000_0000);
+        assert_eq!(p.read(0xcf8, 4), 0x8000_0000);
+        assert_eq!(p.read(0xcfc, 4), u32::MAX);
+        assert_eq!(p.read(0xcfe, 2), 0xffff);
+        p.write(0xcfc, 4, 0);
+        assert_eq!(p.unclaimed, 0, "all claimed");
+        // None of it without the devices.
+        let mut bare = LegacyPorts::new(DeviceSet::NONE, 0, 1);
+        assert_eq!(bare.write(0xcf9, 1, 0x06), PortEffect::None);
+        assert_eq!(bare.write(0x64, 1, 0xfe), PortEffect::None);
+        assert_eq!(bare.write(0x604, 2, 0x3400), PortEffect::None);
+        assert_eq!(bare.read(0x21, 1), 0xff);
+        assert_eq!(bare.read(0xcf8, 4), u32::MAX);
+        assert_eq!(bare.read(0x71, 1), 0xff);
+        assert_eq!(bare.unclaimed, 6);
+    }
+
+    #[test]
     fn debug_exit_reports_the_value_written() {
         let mut p = ports();
         assert_eq!(
@@ -862,7 +1010,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn random_port_traffic_never_panics(
-            ops in proptest::collection::vec((0u16..0x600, 0u8..6, proptest::prelude::any::<u32>(), proptest::prelude::any::<bool>()), 0..300)
+            ops in proptest::collection::vec((0u16..0x1000, 0u8..6, proptest::prelude::any::<u32>(), proptest::prelude::any::<bool>()), 0..300)
         ) {
             let mut p = ports();
             let mut out = [0; LINE_BYTES];

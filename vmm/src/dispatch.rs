@@ -70,6 +70,10 @@ pub enum StopReason {
     UnexpectedException { interruption: u32 },
     /// An exit reason Atoll does not handle (the basic reason number).
     UnknownExit { reason: u16 },
+    /// The guest reset its platform (reset control register, 8042). Like a
+    /// triple fault, which resets a PC, it counts as a crash, so the VM's
+    /// `on_crash` decides between restarting and stopping it.
+    Reset,
 }
 
 impl StopReason {
@@ -89,6 +93,7 @@ impl StopReason {
             StopReason::SetupFailed => "setup_failed",
             StopReason::UnexpectedException { .. } => "unexpected_exception",
             StopReason::UnknownExit { .. } => "unknown_exit",
+            StopReason::Reset => "reset",
         }
     }
 

@@ -30,6 +30,7 @@ pub mod exit;
 pub mod hypercall;
 pub mod ioapic;
 pub mod lapic;
+pub mod legacy;
 pub mod linux;
 pub mod loader;
 pub mod memory;
