@@ -16,11 +16,13 @@ use atoll_vmm::walk::Paging;
 use core::sync::atomic::Ordering;
 use x86::vmx::vmcs::guest;
 
+use crate::arch::guestram::GuestRam;
 use crate::arch::{cpu, time, vmx};
 use crate::console;
 use crate::node::Node;
 use crate::sched::Slot;
-use crate::vm::{self, Vm};
+use crate::vm::{self, Vm, VmBoard};
+use alloc::vec::Vec;
 
 /// One exit's view of its vCPU and node.
 pub struct Env<'a> {
@@ -79,13 +81,27 @@ impl ExitEnv for Env<'_> {
     }
 
     fn port_in(&mut self, port: u16, size: u8) -> u32 {
-        self.node
-            .with_devices(self.slot.vm.local, |devices| devices.read(port, size))
-            .unwrap_or(u32::MAX)
+        let (value, messages) = self
+            .node
+            .with_devices(self.slot.vm.local, |board| {
+                (board.port_read(port, size), board.take_messages())
+            })
+            .unwrap_or((u32::MAX, Vec::new()));
+        self.slot
+            .vm
+            .post_interrupts(self.node, self.slot.vcpu.id, &messages);
+        value
     }
 
     fn port_out(&mut self, port: u16, size: u8, value: u32) -> Option<Outcome> {
-        port_out(self.node, self.slot.vm, port, size, value)
+        port_out(
+            self.node,
+            self.slot.vm,
+            self.slot.vcpu.id,
+            port,
+            size,
+            value,
+        )
     }
 
     fn rdmsr(&mut self, msr: u32) -> Option<u64> {
@@ -133,10 +149,10 @@ impl ExitEnv for Env<'_> {
                         self.slot.vm.post_ipi(self.node, self.slot.vcpu.id, ipi);
                         true
                     }
-                    // Nothing in the hypervisor raises level-triggered
-                    // interrupts yet (no IOAPIC is wired), so no EOI has an
-                    // IOAPIC to reach.
-                    lapic::Write::Eoi(_) => true,
+                    lapic::Write::Eoi(vector) => {
+                        self.eoi(vector);
+                        true
+                    }
                 }
             }
             msr::Write::TscDeadline(deadline) => {
@@ -165,16 +181,137 @@ impl ExitEnv for Env<'_> {
         };
         let mode = code_mode(vmx::read(guest::CS_ACCESS_RIGHTS), regs.efer);
         let ram = self.slot.vm.ram;
-        self.node
-            .with_devices(self.slot.vm.local, |devices| {
-                let dev = devices.testdev.as_mut()?;
-                mmio::emulate(gpa, regs, mode, &paging, &ram, dev)
+        if self.slot.lapic.mmio_decoded() && LapicPage::claims(gpa) {
+            return self.lapic_mmio(gpa, regs, mode, &paging);
+        }
+        let (outcome, messages, lines) = self
+            .node
+            .with_devices(self.slot.vm.local, |board| {
+                let mut bus = BoardBus { board, ram };
+                let outcome = mmio::emulate(gpa, regs, mode, &paging, &ram, &mut bus);
+                let lines: Vec<Vec<u8>> =
+                    core::iter::from_fn(|| bus.board.take_console_line()).collect();
+                (outcome, bus.board.take_messages(), lines)
             })
-            .flatten()
+            .unwrap_or((None, Vec::new(), Vec::new()));
+        for line in lines {
+            vm::print_guest_line(&self.slot.vm.spec.name, &line);
+        }
+        self.slot
+            .vm
+            .post_interrupts(self.node, self.slot.vcpu.id, &messages);
+        outcome
     }
 
     fn xcr0_supported(&self) -> u64 {
         cpu::xcr0_supported()
+    }
+}
+
+impl Env<'_> {
+    /// An access to the xAPIC page of the vCPU's own local APIC: an IPI it
+    /// sends is posted, a logical-ID change published, an EOI of a
+    /// level-triggered vector passed to the IOAPIC.
+    fn lapic_mmio(
+        &mut self,
+        gpa: GuestPhysAddr,
+        regs: &mut Registers,
+        mode: CodeMode,
+        paging: &Paging,
+    ) -> Option<Outcome> {
+        let ram = self.slot.vm.ram;
+        let mut page = LapicPage {
+            lapic: &mut self.slot.lapic,
+            now: cpu::rdtsc(),
+            effect: lapic::Write::Done,
+        };
+        let outcome = mmio::emulate(gpa, regs, mode, paging, &ram, &mut page);
+        let effect = page.effect;
+        let (vm, id) = (self.slot.vm, self.slot.vcpu.id);
+        vm.publish_recipient(id, &self.slot.lapic);
+        match effect {
+            lapic::Write::Send(ipi) => vm.post_ipi(self.node, id, ipi),
+            lapic::Write::Eoi(vector) => self.eoi(vector),
+            lapic::Write::Done | lapic::Write::Fault => {}
+        }
+        outcome
+    }
+
+    /// A level-triggered `vector` ended: the IOAPIC may send again.
+    fn eoi(&mut self, vector: u8) {
+        let messages = self
+            .node
+            .with_devices(self.slot.vm.local, |board| {
+                board.eoi(vector);
+                board.take_messages()
+            })
+            .unwrap_or_default();
+        self.slot
+            .vm
+            .post_interrupts(self.node, self.slot.vcpu.id, &messages);
+    }
+}
+
+/// The xAPIC page of one vCPU's local APIC as an MMIO device: 32-bit
+/// accesses to its registers (SDM 11.4.1: other sizes are undefined, so
+/// they leave the device and stop the VM).
+struct LapicPage<'a> {
+    lapic: &'a mut lapic::Lapic,
+    now: u64,
+    /// What the last write asked for.
+    effect: lapic::Write,
+}
+
+impl LapicPage<'_> {
+    fn claims(gpa: GuestPhysAddr) -> bool {
+        gpa.0 & !0xfff == lapic::APIC_BASE_DEFAULT
+    }
+
+    fn offset(gpa: GuestPhysAddr, size: u8) -> Option<u32> {
+        let offset = gpa.0.checked_sub(lapic::APIC_BASE_DEFAULT)?;
+        (size == 4 && offset % 4 == 0 && offset < u64::from(lapic::XAPIC_PAGE))
+            .then_some(offset as u32)
+    }
+}
+
+impl mmio::MmioBus for LapicPage<'_> {
+    fn claims(&self, gpa: GuestPhysAddr) -> bool {
+        LapicPage::claims(gpa)
+    }
+
+    fn read(&mut self, gpa: GuestPhysAddr, size: u8) -> Option<u64> {
+        let offset = LapicPage::offset(gpa, size)?;
+        Some(u64::from(
+            self.lapic.mmio_read(offset, self.now).unwrap_or(u32::MAX),
+        ))
+    }
+
+    fn write(&mut self, gpa: GuestPhysAddr, size: u8, value: u64) -> bool {
+        let Some(offset) = LapicPage::offset(gpa, size) else {
+            return false;
+        };
+        self.effect = self.lapic.mmio_write(offset, value as u32, self.now);
+        true
+    }
+}
+
+/// The VM's board as an MMIO bus; its virtio devices reach the VM's RAM.
+struct BoardBus<'a> {
+    board: &'a mut VmBoard,
+    ram: GuestRam,
+}
+
+impl mmio::MmioBus for BoardBus<'_> {
+    fn claims(&self, gpa: GuestPhysAddr) -> bool {
+        self.board.claims(gpa)
+    }
+
+    fn read(&mut self, gpa: GuestPhysAddr, size: u8) -> Option<u64> {
+        self.board.mmio_read(gpa, size)
+    }
+
+    fn write(&mut self, gpa: GuestPhysAddr, size: u8, value: u64) -> bool {
+        self.board.mmio_write(gpa, size, value, &mut self.ram)
     }
 }
 
@@ -190,24 +327,33 @@ fn code_mode(cs_rights: u64, efer: u64) -> CodeMode {
     }
 }
 
-/// A port write through the VM's bus; a finished console line is printed
-/// with the VM's name, isa-debug-exit ends the VM.
-pub fn port_out(node: &Node, vm: &Vm, port: u16, size: u8, value: u32) -> Option<Outcome> {
+/// A port write through the VM's bus by vCPU `vcpu`; a finished console
+/// line is printed with the VM's name, interrupts the write raised are
+/// delivered, isa-debug-exit and ACPI S5 end the VM.
+pub fn port_out(
+    node: &Node,
+    vm: &Vm,
+    vcpu: u16,
+    port: u16,
+    size: u8,
+    value: u32,
+) -> Option<Outcome> {
     let mut line = [0u8; LINE_BYTES];
-    let (effect, len) = node
-        .with_devices(vm.local, |devices| {
-            let effect = devices.write(port, size, value);
+    let (effect, len, messages) = node
+        .with_devices(vm.local, |board| {
+            let effect = board.port_write(port, size, value);
             let len = if effect == PortEffect::ConsoleLine {
-                devices.uart.take_line(&mut line)
+                board.ports.uart.take_line(&mut line)
             } else {
                 None
             };
-            (effect, len)
+            (effect, len, board.take_messages())
         })
-        .unwrap_or((PortEffect::None, None));
+        .unwrap_or((PortEffect::None, None, Vec::new()));
     if let Some(len) = len {
         vm::print_guest_line(&vm.spec.name, line.get(..len).unwrap_or(&[]));
     }
+    vm.post_interrupts(node, vcpu, &messages);
     effect.into()
 }
 

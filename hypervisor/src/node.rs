@@ -24,7 +24,6 @@ use atoll_platform::acpi::SoftOff;
 use atoll_platform::event::HexRange;
 use spin::{Mutex, Once};
 
-
 use crate::arch::biglock::BigLock;
 use crate::arch::heap::NodeHeap;
 use crate::arch::kmem::{KernelLayout, KernelMemory};
@@ -89,11 +88,7 @@ impl Node {
     /// held. `None` if the lock refused this CPU (it already holds it: a
     /// bug) or there is no such VM; callers then act as if no device
     /// answered.
-    pub fn with_devices<R>(
-        &self,
-        local: usize,
-        f: impl FnOnce(&mut VmBoard) -> R,
-    ) -> Option<R> {
+    pub fn with_devices<R>(&self, local: usize, f: impl FnOnce(&mut VmBoard) -> R) -> Option<R> {
         let slot = percpu::current().map_or(0, |c| c.slot);
         let mut guard = self.kernel.lock(slot, cpu::rdtsc).ok()?;
         guard.devices.get_mut(local).map(f)

@@ -28,12 +28,12 @@ use atoll_platform::event::{Hex, HexRange};
 use atoll_vmm::acpi::{self, AcpiConfig};
 use atoll_vmm::board::{self, Board, BoardSpec, MemoryDisk};
 use atoll_vmm::devices::DeviceSet;
-use atoll_vmm::ioapic;
-use atoll_vmm::linux::{self, LinuxBoot, LinuxEntry};
 use atoll_vmm::dispatch::StopReason;
 use atoll_vmm::exit::{ExitReason, Registers};
 use atoll_vmm::hypercall::Region;
+use atoll_vmm::ioapic;
 use atoll_vmm::lapic::{Delivery, Destination, Ipi, Lapic, Recipient};
+use atoll_vmm::linux::{self, LinuxBoot, LinuxEntry};
 use atoll_vmm::loader::{self, EntryState, Module};
 use atoll_vmm::stats::{self, REASONS, Snapshot};
 use spin::Mutex;
@@ -275,13 +275,15 @@ impl Vm {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let initrd = match &spec.initrd {
-            Some(name) => Some(
-                images::find(name).ok_or_else(|| BuildError::MissingImage(name.clone()))?,
-            ),
+            Some(name) => {
+                Some(images::find(name).ok_or_else(|| BuildError::MissingImage(name.clone()))?)
+            }
             None => None,
         };
         let disk = match spec.disk {
-            Some(range) => Some(guestram::for_vm(node_plan, range).ok_or(BuildError::NotNodeMemory)?),
+            Some(range) => {
+                Some(guestram::for_vm(node_plan, range).ok_or(BuildError::NotNodeMemory)?)
+            }
             None => None,
         };
         let mut ept = Ept::new(SharedFrames(kmem)).map_err(BuildError::Ept)?;

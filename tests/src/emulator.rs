@@ -163,7 +163,7 @@ com1: enabled=1, mode=file, dev={serial}
 port_e9_hack: enabled=1
 log: {log}
 panic: action=fatal
-error: action=report
+error: action=ignore
 info: action=ignore
 debug: action=ignore
 mouse: enabled=0

@@ -32,7 +32,7 @@ fn linux_spec(config: ConfigModule, cpus: u32) -> RunSpec {
 /// What the acceptance workload (guest-images/linux/rootfs/etc/atoll/
 /// smp-blk.sh) must have reported in VM `vm` with `cpus` vCPUs, and how
 /// the VM must have ended.
-fn assert_workload_passed(out: &RunOutcome, vm: &str, cpus: u64) {
+fn assert_workload_passed(out: &RunOutcome, vm: &str, cpus: u64, virtio_console: bool) {
     let why = out.diagnostics();
     let init = vm_events(out, "linux_init", vm);
     assert_eq!(init.len(), 1, "{vm}: Linux reached init once\n{why}");
@@ -52,6 +52,14 @@ fn assert_workload_passed(out: &RunOutcome, vm: &str, cpus: u64) {
         let check = check.unwrap_or_else(|| panic!("{vm}: no {name} check\n{why}"));
         assert_eq!(check.get("ok"), Some(&true.into()), "{vm}: {name}\n{why}");
     }
+    let console = checks
+        .iter()
+        .find(|e| e.str("check") == Some("virtio_console"));
+    assert_eq!(
+        console.is_some(),
+        virtio_console,
+        "{vm}: the virtio_console check, written to /dev/hvc0\n{why}"
+    );
     let smp = checks
         .iter()
         .find(|e| e.str("check") == Some("smp_checksum"));
@@ -79,7 +87,7 @@ fn assert_workload_passed(out: &RunOutcome, vm: &str, cpus: u64) {
         .iter()
         .filter_map(|r| r.as_str())
         .collect();
-    for reason in ["io", "msr_write", "ept_violation", "hlt"] {
+    for reason in ["io", "wrmsr", "ept_violation", "hlt"] {
         assert!(reasons.contains(&reason), "{vm}: {reason} exits\n{why}");
     }
     assert!(
@@ -96,7 +104,7 @@ fn a_two_vcpu_linux_vm_runs_a_workload_on_both_cpus_and_on_virtio_blk_then_power
     );
     let out = boot(&spec);
     assert!(out.success(), "{}", out.diagnostics());
-    assert_workload_passed(&out, "linux", 2);
+    assert_workload_passed(&out, "linux", 2, true);
 }
 
 #[test]
@@ -139,7 +147,7 @@ disk_mib = 4
     let why = out.diagnostics();
     assert!(out.success(), "{why}");
     for vm in ["linux-a", "linux-b"] {
-        assert_workload_passed(&out, vm, 1);
+        assert_workload_passed(&out, vm, 1, false);
     }
     // At the same time: each VM reached init before the other one ended.
     let index_of = |name: &str, vm: &str| {

@@ -22,11 +22,11 @@ use crate::devices::{DeviceSet, LINE_BYTES, LegacyPorts, PortEffect};
 use crate::ioapic::{IOAPIC_BASE as IOAPIC_ADDRESS, IOAPIC_LEN, Ioapic, Message};
 use crate::memory::GuestMemory;
 use crate::mmio::TestDev;
+use crate::virtio::Device;
+use crate::virtio::blk::Block;
 use crate::virtio::blk::{BlockBackend, SECTOR};
 use crate::virtio::console::Console;
 use crate::virtio::mmio::{Effect, VirtioMmio};
-use crate::virtio::Device;
-use crate::virtio::blk::Block;
 
 pub use crate::ioapic::IOAPIC_BASE;
 
@@ -463,7 +463,10 @@ mod tests {
         assert!(b.claims(GuestPhysAddr(VIRTIO_BASE + 0x1ff)));
         assert!(b.claims(GuestPhysAddr(VIRTIO_BASE + 0x1000)));
         assert!(!b.claims(GuestPhysAddr(VIRTIO_BASE + 0x2000)));
-        assert!(!b.claims(GuestPhysAddr(0xfee0_0000)), "the local APIC is per vCPU");
+        assert!(
+            !b.claims(GuestPhysAddr(0xfee0_0000)),
+            "the local APIC is per vCPU"
+        );
         let plain = Board::<MemoryDisk<VecMemory>>::new(
             &BoardSpec {
                 pc: false,
@@ -486,7 +489,10 @@ mod tests {
         assert_eq!(b.mmio_read(GuestPhysAddr(VIRTIO_BASE + 8), 4), Some(2));
         assert_eq!(b.mmio_read(GuestPhysAddr(VIRTIO_BASE + 0x1008), 4), Some(3));
         // Capacity: 1 MiB of disk = 2048 sectors.
-        assert_eq!(b.mmio_read(GuestPhysAddr(VIRTIO_BASE + 0x100), 4), Some(2048));
+        assert_eq!(
+            b.mmio_read(GuestPhysAddr(VIRTIO_BASE + 0x100), 4),
+            Some(2048)
+        );
         assert_eq!(b.mmio_read(GuestPhysAddr(VIRTIO_BASE + 0x2000), 4), None);
     }
 

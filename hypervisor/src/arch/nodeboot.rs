@@ -271,7 +271,11 @@ fn map_vm_images<M: atoll_platform::paging::TableMemory>(
         .vms
         .iter()
         .filter(|vm| usize::from(vm.node.0) == index)
-        .flat_map(|vm| core::iter::once(&vm.kernel).chain(&vm.modules));
+        .flat_map(|vm| {
+            core::iter::once(&vm.kernel)
+                .chain(vm.initrd.as_ref())
+                .chain(&vm.modules)
+        });
     for name in names {
         let Some(image) = super::images::all().iter().find(|i| &i.name == name) else {
             continue; // reported when the VM is built
