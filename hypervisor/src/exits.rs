@@ -195,7 +195,7 @@ impl ExitEnv for Env<'_> {
             })
             .unwrap_or((None, Vec::new(), Vec::new()));
         for line in lines {
-            vm::print_guest_line(&self.slot.vm.spec.name, &line);
+            vm::print_guest_line(self.slot.vm, &line);
         }
         self.slot
             .vm
@@ -351,7 +351,7 @@ pub fn port_out(
         })
         .unwrap_or((PortEffect::None, None, Vec::new()));
     if let Some(len) = len {
-        vm::print_guest_line(&vm.spec.name, line.get(..len).unwrap_or(&[]));
+        vm::print_guest_line(vm, line.get(..len).unwrap_or(&[]));
     }
     vm.post_interrupts(node, vcpu, &messages);
     effect.into()

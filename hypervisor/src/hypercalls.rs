@@ -147,7 +147,7 @@ fn console_write(vm: &vm::Vm, gpa: atoll_vmm::GuestPhysAddr, len: u64) -> Result
                 }
             })
             .collect();
-        vm::print_guest_line(&vm.spec.name, &printable);
+        vm::print_guest_line(vm, &printable);
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ use x86::vmx::vmcs::{control, guest};
 
 use crate::arch::fpu::FpuArea;
 use crate::arch::{apic, cpu, percpu, shared, vmx};
+use crate::console;
 use crate::exits::Env;
 use crate::node::Node;
 use crate::vcpu::{Vcpu, VcpuState, VmcsTemplate};
@@ -73,6 +74,14 @@ struct LoopContext {
     /// The preemption timer counts once every 2^shift TSC ticks.
     shift: u32,
     xsave: bool,
+    /// The plan's VM names, for console focus reports.
+    vm_names: Vec<&'static str>,
+}
+
+/// How often (TSC ticks) a CPU looks for console input: about every
+/// millisecond at the calibrated rate.
+fn input_poll_ticks() -> u64 {
+    crate::arch::time::tsc_per_us().saturating_mul(1000).max(1)
 }
 
 /// This CPU's part after it is up: run its vCPUs forever. Returns only if
@@ -153,6 +162,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
         slice: slice_ticks(caps, slots.len()),
         shift: (caps.misc & 0x1f) as u32,
         xsave: cpu::has_xsave(),
+        vm_names: node.boot.plan.vms.iter().map(|v| v.name.as_str()).collect(),
     };
     run_loop(node, &mut slots, &ctx)
 }
@@ -233,7 +243,13 @@ fn slice_ticks(caps: &VmxCaps, vcpus: usize) -> u32 {
 fn run_loop(node: &'static Node, slots: &mut [Slot], ctx: &LoopContext) -> ! {
     let mut current: Option<usize> = None;
     let mut next = 0;
+    let mut next_input_poll = 0;
     loop {
+        let now = cpu::rdtsc();
+        if now >= next_input_poll {
+            console::poll_input(&ctx.vm_names);
+            next_input_poll = now.saturating_add(input_poll_ticks());
+        }
         // Resetting a vCPU (restart, INIT, SIPI) loads its VMCS: the
         // current vCPU's must be loaded again before it runs.
         let mut vmcs_moved = false;
@@ -324,6 +340,9 @@ fn sync_with_vm(node: &Node, slot: &mut Slot) -> bool {
     }
     if slot.parked {
         return loaded;
+    }
+    if slot.vcpu.id == 0 && console::has_input(slot.vm.spec.global) {
+        slot.vm.take_console_input(node, 0);
     }
     loaded |= take_mailbox(node, slot);
     let now = cpu::rdtsc();
@@ -517,6 +536,7 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
             }
             slot.vcpu.state = VcpuState::Halted;
             slot.halted_interruptible = interrupts_enabled;
+            slot.vm.show_prompt(node);
             if !interrupts_enabled {
                 block(node, slot, slot.vcpu.registers());
             }

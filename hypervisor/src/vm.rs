@@ -371,7 +371,10 @@ impl Vm {
         let acpi = AcpiConfig::new(u32::from(self.spec.vcpus));
         let rsdp = acpi::build(&mut ram, &acpi).map_err(|_| BuildError::Acpi)?;
         let places = board::virtio_places(&self.board_spec());
-        let cmdline = board::virtio_cmdline(&self.spec.cmdline, &places);
+        // The guest learns its VM's name too (Atoll's guest names its host
+        // after it); Linux leaves `atoll.vm` to /proc/cmdline.
+        let own = alloc::format!("{} atoll.vm={}", self.spec.cmdline, self.spec.name);
+        let cmdline = board::virtio_cmdline(&own, &places);
         let boot = LinuxBoot {
             image: self.kernel,
             initrd: self.initrd,
@@ -476,13 +479,25 @@ impl Vm {
     }
 
     /// Guest-physical ranges a channel may not be mapped over: the local
-    /// APIC page (its MMIO address, though Atoll offers only x2APIC) and
-    /// the channels mapped so far.
+    /// APIC page, the board's device windows (IOAPIC, virtio) and the
+    /// channels mapped so far.
     pub fn taken_regions(&self) -> Vec<Region> {
         let mut taken = alloc::vec![Region {
             start: atoll_vmm::lapic::APIC_BASE_DEFAULT,
             len: 4096,
         }];
+        if self.is_linux() {
+            taken.push(Region {
+                start: board::IOAPIC_BASE,
+                len: ioapic::IOAPIC_LEN,
+            });
+            for place in board::virtio_places(&self.board_spec()) {
+                taken.push(Region {
+                    start: place.base,
+                    len: board::VIRTIO_WINDOW,
+                });
+            }
+        }
         let mapped = self.mapped.lock();
         for ((range, _), at) in self.spec.channels.iter().zip(mapped.iter()) {
             if let Some(gpa) = at {
@@ -732,8 +747,44 @@ impl Vm {
             .with_devices(self.local, |board| board.ports.uart.take_partial(&mut line))
             .flatten();
         if let Some(len) = len {
-            print_guest_line(&self.spec.name, line.get(..len).unwrap_or(&[]));
+            print_guest_line(self, line.get(..len).unwrap_or(&[]));
         }
+    }
+
+    /// A vCPU of the VM went idle: if the VM has the keyboard, what its
+    /// UART holds of an unfinished line (a prompt) is shown, the line left
+    /// open for the rest.
+    pub fn show_prompt(&self, node: &Node) {
+        if !console::has_focus(self.spec.global) {
+            return;
+        }
+        let mut line = [0u8; atoll_vmm::devices::LINE_BYTES];
+        let len = node
+            .with_devices(self.local, |board| board.ports.uart.take_partial(&mut line))
+            .flatten();
+        if let Some(len) = len {
+            let text = core::str::from_utf8(line.get(..len).unwrap_or(&[])).unwrap_or("?");
+            console::guest_partial(self.spec.global, &self.spec.name, text);
+        }
+    }
+
+    /// Hands console input typed for this VM to its UART (the rest waits
+    /// while the UART's FIFO is full), raising its interrupt. Called by
+    /// the CPU of vCPU `vcpu`.
+    pub fn take_console_input(&self, node: &Node, vcpu: u16) {
+        let mut buf = [0u8; 16];
+        let n = console::take_input(self.spec.global, &mut buf);
+        let typed = buf.get(..n).unwrap_or(&[]);
+        if typed.is_empty() {
+            return;
+        }
+        let (taken, messages) = node
+            .with_devices(self.local, |board| {
+                (board.push_input(typed), board.take_messages())
+            })
+            .unwrap_or((0, Vec::new()));
+        console::untake_input(self.spec.global, typed.get(taken..).unwrap_or(&[]));
+        self.post_interrupts(node, vcpu, &messages);
     }
 
     /// Reports the VM when it starts (`vm_start`).
@@ -755,9 +806,9 @@ impl Vm {
 }
 
 /// A guest console line, prefixed with its VM's name.
-pub fn print_guest_line(vm: &str, line: &[u8]) {
+pub fn print_guest_line(vm: &Vm, line: &[u8]) {
     let text = core::str::from_utf8(line).unwrap_or("?");
-    console::guest_line(vm, text);
+    console::guest_line(vm.spec.global, &vm.spec.name, text);
 }
 
 fn report_end(vm: &Vm, node: &Node, end: &End) {

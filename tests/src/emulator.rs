@@ -138,6 +138,9 @@ impl Machine {
 pub struct RunFiles {
     pub iso: PathBuf,
     pub serial: PathBuf,
+    /// A terminal for COM1 instead of the serial file (crate::console):
+    /// the harness copies its output to `serial` and can type into it.
+    pub serial_terminal: Option<PathBuf>,
     pub emulator_log: PathBuf,
     /// What Bochs' term display showed (BIOS, GRUB): the place to look when
     /// a boot fails before the hypervisor writes to the serial port.
@@ -159,7 +162,7 @@ vgaromimage: file=/usr/share/vgabios/vgabios.bin
 ata0-master: type=cdrom, path={iso}, status=inserted
 boot: cdrom
 display_library: term
-com1: enabled=1, mode=file, dev={serial}
+{com1}
 port_e9_hack: enabled=1
 log: {log}
 panic: action=fatal
@@ -175,7 +178,10 @@ clock: sync=none, time0=local
         host = machine.mem_mib.min(BOCHS_MAX_HOST_MIB),
         cpus = machine.cpus,
         iso = files.iso.display(),
-        serial = files.serial.display(),
+        com1 = match &files.serial_terminal {
+            Some(tty) => format!("com1: enabled=1, mode=term, dev={}", tty.display()),
+            None => format!("com1: enabled=1, mode=file, dev={}", files.serial.display()),
+        },
         log = files.emulator_log.display(),
     )
 }
@@ -193,7 +199,10 @@ pub fn qemu_args(machine: &Machine, files: &RunFiles) -> Vec<String> {
         "-m".into(),
         machine.mem_mib.to_string(),
         "-serial".into(),
-        format!("file:{}", files.serial.display()),
+        match &files.serial_terminal {
+            Some(tty) => tty.display().to_string(),
+            None => format!("file:{}", files.serial.display()),
+        },
         "-no-reboot".into(),
         "-device".into(),
         "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
@@ -428,6 +437,7 @@ mod tests {
         RunFiles {
             iso: "/r/atoll.iso".into(),
             serial: "/r/serial.txt".into(),
+            serial_terminal: None,
             emulator_log: "/r/bochs.log".into(),
             screen: "/r/screen.txt".into(),
         }

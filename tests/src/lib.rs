@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod console;
 pub mod cpio;
 pub mod emulator;
 pub mod event;
@@ -23,4 +24,5 @@ pub mod slots;
 
 pub use emulator::{Emulator, NumaNode};
 pub use event::Event;
+pub use console::ConsoleInput;
 pub use run::{ConfigModule, Ending, RunOutcome, RunSpec, run};

@@ -1,6 +1,7 @@
 //! One boot of the hypervisor in an emulator, from ISO to verdict.
 
 use crate::build::target_dir;
+use crate::console::{ConsoleInput, SerialPty, Typist};
 use crate::emulator::{self, Emulator, Machine, NumaNode, RunFiles, Running};
 use crate::event::{BadEvent, Event};
 use crate::iso::{IsoContents, make_iso};
@@ -10,7 +11,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// After a `panic` event: how long to keep reading trailing output before
@@ -46,6 +48,11 @@ pub struct RunSpec {
     pub config: ConfigModule,
     /// NUMA nodes (QEMU only); empty: no ACPI SRAT, one memory domain.
     pub numa: Vec<NumaNode>,
+    /// What to type into the console, and when.
+    pub console_input: Vec<ConsoleInput>,
+    /// The keyboard types into the console and the console goes to stdout
+    /// as it comes (not line by line); Ctrl-] ends the run.
+    pub interactive: bool,
 }
 
 impl RunSpec {
@@ -62,6 +69,8 @@ impl RunSpec {
             cmdline: String::new(),
             config: ConfigModule::File(crate::build::workspace_root().join("configs/core.toml")),
             numa: Vec::new(),
+            console_input: Vec::new(),
+            interactive: false,
         }
     }
 
@@ -92,6 +101,8 @@ pub enum Ending {
     Timeout { after: Duration },
     /// The emulator exited without either event.
     EmulatorExited { code: Option<i32> },
+    /// Ended from the keyboard (interactive runs).
+    Interrupted,
 }
 
 impl fmt::Display for Ending {
@@ -113,6 +124,7 @@ impl fmt::Display for Ending {
             Ending::Timeout { after } => {
                 write!(f, "timeout after {} s without power-off", after.as_secs())
             }
+            Ending::Interrupted => write!(f, "ended from the keyboard"),
             Ending::EmulatorExited { code } => {
                 write!(
                     f,
@@ -194,11 +206,30 @@ pub fn run(spec: &RunSpec, mut on_line: impl FnMut(&str)) -> Result<RunOutcome> 
     let machine = spec.machine();
     machine.check(spec.emulator)?;
     let work_dir = new_work_dir(spec)?;
-    let files = prepare(spec, &work_dir)?;
+    let mut files = prepare(spec, &work_dir)?;
     let _slot = slots::acquire(&runs_dir())?;
+    let mut console = Console::default();
+    if spec.interactive || !spec.console_input.is_empty() {
+        let pty = SerialPty::open()?;
+        pty.copy_output(&files.serial, spec.interactive)?;
+        files.serial_terminal = Some(pty.terminal().to_path_buf());
+        console.typist = Some(Typist::new(&spec.console_input, pty.input()?));
+        if spec.interactive {
+            console.keyboard = crate::console::forward_keyboard(pty.input()?, Arc::clone(&console.quit));
+        }
+        console.pty = Some(pty);
+    }
     let started = Instant::now();
     let mut running = emulator::start(spec.emulator, &machine, &files, &work_dir)?;
-    let (ending, collected) = watch(&mut running, &files, spec.timeout, started, &mut on_line);
+    let (ending, collected) = watch(
+        &mut running,
+        &files,
+        &mut console,
+        spec.timeout,
+        started,
+        &mut on_line,
+    );
+    drop(console);
     // The ISO is large and can be rebuilt; the rest of the directory is
     // what one needs to understand the run.
     let _ = std::fs::remove_dir_all(work_dir.join("iso"));
@@ -247,9 +278,19 @@ fn prepare(spec: &RunSpec, work_dir: &Path) -> Result<RunFiles> {
     Ok(RunFiles {
         iso,
         serial: work_dir.join("serial.txt"),
+        serial_terminal: None,
         emulator_log: work_dir.join(format!("{}.log", spec.emulator.name())),
         screen: work_dir.join("screen.txt"),
     })
+}
+
+/// A run's console terminal, if it has one, and who types into it.
+#[derive(Default)]
+struct Console {
+    pty: Option<SerialPty>,
+    typist: Option<Typist>,
+    keyboard: Option<crate::console::KeyboardGuard>,
+    quit: Arc<AtomicBool>,
 }
 
 /// Follows the console until [`decide`] ends the run, stops the emulator
@@ -257,6 +298,7 @@ fn prepare(spec: &RunSpec, work_dir: &Path) -> Result<RunFiles> {
 fn watch(
     running: &mut Running,
     files: &RunFiles,
+    console: &mut Console,
     timeout: Duration,
     started: Instant,
     on_line: &mut impl FnMut(&str),
@@ -267,6 +309,12 @@ fn watch(
         for line in tail.poll() {
             on_line(&line);
             collected.add(line, started.elapsed());
+        }
+        if let Some(typist) = console.typist.as_mut() {
+            typist.poll(&collected.lines, &tail.unfinished());
+        }
+        if console.quit.load(Ordering::SeqCst) {
+            break Ending::Interrupted;
         }
         let exited = running.try_exit();
         if let Some(ending) = decide(&collected, exited, started.elapsed(), timeout) {
@@ -387,6 +435,11 @@ impl LineTail {
             lines.push(clean_line(&line));
         }
         lines
+    }
+
+    /// The line being written (no newline yet), as it stands.
+    fn unfinished(&self) -> String {
+        clean_line(&self.partial)
     }
 
     /// The unterminated last line, if any (called once the writer is gone).

@@ -7,7 +7,7 @@
 mod common;
 
 use atoll_tests::build::workspace_root;
-use atoll_tests::{ConfigModule, Event, RunOutcome, RunSpec};
+use atoll_tests::{ConfigModule, ConsoleInput, Event, RunOutcome, RunSpec};
 use common::{boot, spec};
 use std::time::Duration;
 
@@ -158,4 +158,53 @@ disk_mib = 4
     };
     assert!(index_of("linux_init", "linux-a") < index_of("vm_exit", "linux-b"));
     assert!(index_of("linux_init", "linux-b") < index_of("vm_exit", "linux-a"));
+}
+
+#[test]
+fn the_default_cluster_gives_each_linux_vm_a_shell_on_the_multiplexed_console() {
+    // What `cargo xtask run` boots, typed into as a user would: a command
+    // in VM 0's shell, then `poweroff`; Ctrl-A 1 to give VM 1 the keyboard,
+    // `poweroff` there too.
+    let typed = [
+        ConsoleInput::new(
+            "[linux-a] linux-a:/# ",
+            b"echo typed-$((6 * 7)) on $(grep -c ^processor /proc/cpuinfo) cpus\r",
+        ),
+        ConsoleInput::new("typed-42 on 2 cpus", b"poweroff\r"),
+        ConsoleInput::new(r#"[linux-b] @ev {"ev":"linux_init""#, b"\x011"),
+        ConsoleInput::new("[linux-b] linux-b:/# ", b"poweroff\r"),
+    ];
+    let spec = RunSpec {
+        config: ConfigModule::File(workspace_root().join("configs/default.toml")),
+        console_input: typed.to_vec(),
+        timeout: Duration::from_secs(900),
+        ..spec()
+    };
+    let out = boot(&spec);
+    let why = out.diagnostics();
+    assert!(out.success(), "{why}");
+    // The command ran in linux-a (2 vCPUs) and its output came back with
+    // the VM's prefix.
+    assert!(
+        out.lines
+            .iter()
+            .any(|l| l.starts_with("[linux-a] ") && l.ends_with("typed-42 on 2 cpus")),
+        "{why}"
+    );
+    let focus = out.events_named("console_focus");
+    assert_eq!(focus.len(), 1, "{why}");
+    assert_eq!(focus[0].u64("index"), Some(1), "{why}");
+    for vm in ["linux-a", "linux-b"] {
+        assert_eq!(vm_events(&out, "linux_init", vm).len(), 1, "{vm}\n{why}");
+        let exit = vm_events(&out, "vm_exit", vm);
+        assert_eq!(exit.first().and_then(|e| e.u64("status")), Some(0), "{vm}\n{why}");
+    }
+    // Nothing typed for linux-a reached linux-b: its shell ran only the
+    // poweroff typed after the focus moved.
+    assert!(
+        !out.lines
+            .iter()
+            .any(|l| l.starts_with("[linux-b] ") && l.contains("typed-42")),
+        "{why}"
+    );
 }

@@ -23,12 +23,65 @@ fn config_bytes(text: &str) -> RunSpec {
     }
 }
 
+/// Three test guests in two nodes: a 2-vCPU `smp` guest and a `hello`
+/// in node a, a `hello` in node b.
+const THREE_GUESTS: &str = r#"
+[[node]]
+name = "a"
+cpus = [0, 1]
+mem_mib = 64
+
+[[node]]
+name = "b"
+cpus = [2, 3]
+mem_mib = 64
+
+[[channel]]
+name = "a-b"
+size_kib = 64
+access = { a = "rw", b = "rw" }
+
+[[ipi]]
+from = "a"
+to = "b"
+notifications = [0]
+
+[[ipi]]
+from = "b"
+to = "a"
+notifications = [0]
+
+[[vm]]
+name = "smp-a"
+node = "a"
+vcpus = 2
+mem_mib = 16
+kernel = "smp"
+cmdline = "smp-a on node a"
+pin = [0, 1]
+
+[[vm]]
+name = "hello-a"
+node = "a"
+vcpus = 1
+mem_mib = 16
+kernel = "hello"
+cmdline = "hello-a on node a"
+devices = ["uart", "debug-exit", "fw-cfg"]
+on_crash = "stop"
+
+[[vm]]
+name = "hello-b"
+node = "b"
+vcpus = 1
+mem_mib = 16
+kernel = "hello"
+cmdline = "hello-b on node b"
+"#;
+
 #[test]
-fn default_cluster_runs_three_vms_in_two_nodes_and_powers_off_cleanly() {
-    let spec = RunSpec {
-        config: ConfigModule::File(workspace_root().join("configs/default.toml")),
-        ..spec()
-    };
+fn three_test_guests_run_in_two_nodes_and_power_off_cleanly() {
+    let spec = config_bytes(THREE_GUESTS);
     let out = boot(&spec);
     let why = out.diagnostics();
     assert!(out.success(), "{why}");
@@ -95,8 +148,7 @@ fn vms_without_vmx_are_a_clear_error() {
     let spec = RunSpec {
         emulator: Emulator::Qemu,
         cpus: 4,
-        config: ConfigModule::File(workspace_root().join("configs/default.toml")),
-        ..spec()
+        ..config_bytes(THREE_GUESTS)
     };
     let out = boot(&spec);
     let why = out.diagnostics();

@@ -117,13 +117,14 @@ fn check_config_accepts_and_plans_every_shipped_config() {
         ("configs/single-node.toml", "cpus=4,numa=1,mem-mib=512"),
         ("configs/multikernel.toml", "cpus=4,numa=1,mem-mib=512"),
         ("configs/numa.toml", "cpus=4,numa=2,mem-mib=1024"),
+        ("configs/linux.toml", "cpus=2,numa=1,mem-mib=512"),
     ] {
         let (ok, out) = check_config(&root, &[config, "--topology", topology]);
         assert!(ok, "{config}:\n{out}");
         assert!(out.contains("node 0 "), "{config} prints its plan:\n{out}");
     }
     let shipped = std::fs::read_dir(root.join("configs")).unwrap().count();
-    assert_eq!(shipped, 7, "a new config in configs/ needs a line above");
+    assert_eq!(shipped, 8, "a new config in configs/ needs a line above");
 }
 
 #[test]

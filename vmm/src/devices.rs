@@ -409,7 +409,10 @@ impl Uart {
         }
         let len = self.len;
         for (o, b) in out.iter_mut().zip(self.line.iter().take(len)) {
-            *o = if b.is_ascii_graphic() || *b == b' ' || *b == b'\t' {
+            // Backspace passes, so an interactive shell can erase what it
+            // echoed; other control bytes could drive the operator's
+            // terminal and become '?'.
+            *o = if b.is_ascii_graphic() || matches!(*b, b' ' | b'\t' | 0x08) {
                 *b
             } else {
                 b'?'

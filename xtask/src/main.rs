@@ -88,9 +88,18 @@ struct RunArgs {
     /// Emulated RAM in MiB.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=16384))]
     mem_mib: u32,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
+    /// Give up after this many seconds (default: 120, or no limit when
+    /// the console is interactive).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Type into the VMs' consoles from this terminal (the default when
+    /// stdin is a terminal): Ctrl-A then a digit N gives the keyboard to
+    /// VM N, Ctrl-A n to the next VM; Ctrl-] ends the run.
+    #[arg(long, overrides_with = "no_interactive")]
+    interactive: bool,
+    /// Never read the keyboard, even from a terminal.
+    #[arg(long)]
+    no_interactive: bool,
     /// bochs (VMX/EPT) or qemu (TCG: faster, no VMX).
     #[arg(long, default_value = "bochs")]
     emulator: Emulator,
@@ -171,11 +180,20 @@ fn run(args: RunArgs) -> Result<bool> {
             config.display()
         );
     }
+    use std::io::IsTerminal;
+    let interactive =
+        args.interactive || (!args.no_interactive && std::io::stdin().is_terminal());
+    let timeout = match (args.timeout, interactive) {
+        (Some(secs), _) => Duration::from_secs(secs),
+        (None, false) => Duration::from_secs(120),
+        (None, true) => Duration::MAX,
+    };
     let spec = RunSpec {
         emulator: args.emulator,
         cpus: args.cpus,
         mem_mib: args.mem_mib,
-        timeout: Duration::from_secs(args.timeout),
+        timeout,
+        interactive,
         cmdline: args.cmdline,
         config: ConfigModule::File(config),
         numa: if args.numa > 1 {
@@ -185,15 +203,27 @@ fn run(args: RunArgs) -> Result<bool> {
         },
         ..RunSpec::new(build(args.debug)?)
     };
-    let spinner = progress::spinner(format!(
-        "booting in {} with {} CPUs, {} MiB (timeout {} s)",
-        spec.emulator.name(),
-        spec.cpus,
-        spec.mem_mib,
-        args.timeout
-    ));
-    let outcome = atoll_tests::run(&spec, |line| spinner.suspend(|| println!("{line}")))?;
-    spinner.finish_and_clear();
+    let outcome = if interactive {
+        eprintln!(
+            "booting in {} with {} CPUs, {} MiB; Ctrl-A N gives the keyboard to VM N, Ctrl-] ends the run\r",
+            spec.emulator.name(),
+            spec.cpus,
+            spec.mem_mib
+        );
+        // The console goes to stdout as it comes, prompts included.
+        atoll_tests::run(&spec, |_| {})?
+    } else {
+        let spinner = progress::spinner(format!(
+            "booting in {} with {} CPUs, {} MiB (timeout {} s)",
+            spec.emulator.name(),
+            spec.cpus,
+            spec.mem_mib,
+            timeout.as_secs()
+        ));
+        let outcome = atoll_tests::run(&spec, |line| spinner.suspend(|| println!("{line}")))?;
+        spinner.finish_and_clear();
+        outcome
+    };
     for bad in &outcome.bad_events {
         eprintln!("malformed event line ({}): {}", bad.reason, bad.line);
     }

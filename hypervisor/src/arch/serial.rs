@@ -25,6 +25,8 @@ mod reg {
 
 /// Line status bits.
 mod lsr {
+    /// Data ready: a received byte waits in RBR.
+    pub const DATA_READY: u8 = 1 << 0;
     /// Transmitter holding register empty: room for one more byte.
     pub const THRE: u8 = 1 << 5;
     /// Transmitter empty: the last byte has left the shift register.
@@ -67,6 +69,12 @@ impl Serial {
     pub fn write_byte(self, byte: u8) {
         Self::wait_for(lsr::THRE);
         COM1.offset(reg::DATA).write_u8(byte);
+    }
+
+    /// A received byte, if one is waiting (LSR bit 0, data ready).
+    pub fn try_read_byte(self) -> Option<u8> {
+        let ready = COM1.offset(reg::LINE_STATUS).read_u8() & lsr::DATA_READY != 0;
+        ready.then(|| COM1.offset(reg::DATA).read_u8())
     }
 
     /// Waits until every byte written so far has left the UART.

@@ -8,6 +8,7 @@
 //! here; node state lives in node memory.
 
 use super::serial::Serial;
+use crate::console::ConsoleInput;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::Mutex;
 
@@ -17,6 +18,22 @@ use spin::Mutex;
 // an ordinary static in every other respect.
 #[unsafe(link_section = ".shared")]
 pub static CONSOLE: Mutex<Serial> = Mutex::new(Serial);
+
+/// What the console keyboard typed for each VM, and which VM has it.
+// SAFETY: as for CONSOLE.
+#[unsafe(link_section = ".shared")]
+pub static CONSOLE_INPUT: Mutex<ConsoleInput> = Mutex::new(ConsoleInput::new());
+
+/// One bit per VM (plan index) with console input waiting.
+// SAFETY: as for CONSOLE.
+#[unsafe(link_section = ".shared")]
+pub static INPUT_READY: AtomicU32 = AtomicU32::new(0);
+
+/// The VM (plan index) whose console line was left open without a newline
+/// (its prompt), or `u32::MAX`; changed only under the CONSOLE lock.
+// SAFETY: as for CONSOLE.
+#[unsafe(link_section = ".shared")]
+pub static OPEN_LINE: AtomicU32 = AtomicU32::new(u32::MAX);
 
 /// Set by the first panic; other CPUs that then take the stop NMI halt.
 // SAFETY: as for CONSOLE.
