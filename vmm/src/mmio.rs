@@ -66,8 +66,9 @@ pub enum DecodeError {
     /// The bytes at RIP could not be fetched (not mapped, outside RAM), or
     /// the fetch ended inside the instruction.
     Fetch,
-    /// Not one of the supported forms (the first byte that is not: an
-    /// opcode or a prefix; 0x0F for the two-byte opcodes).
+    /// Not one of the supported forms: the byte where decoding stopped
+    /// (an unsupported opcode, or a prefix such as LOCK or REP; 0x0F for
+    /// every two-byte opcode).
     Unsupported(u8),
     /// 16-bit code, which Atoll does not emulate MMIO for.
     Mode,
@@ -96,9 +97,8 @@ fn mask(size: u8) -> u64 {
 
 /// Fetches up to 15 bytes at `rip`, translating each page on its own.
 ///
-/// Outside 64-bit mode the offset is 32 bits wide, so the bytes after
-/// 0xFFFF_FFFF are those at 0 (SDM Vol. 3A 3.4: effective addresses wrap
-/// at 4 GiB). In 64-bit mode the fetch ends at the top of the address
+/// Outside 64-bit mode the instruction pointer is EIP, 32 bits wide
+/// (SDM Vol. 1 3.5), so the bytes after 0xFFFF_FFFF are those at 0. In 64-bit mode the fetch ends at the top of the address
 /// space rather than wrap to 0: an instruction that crosses it is cut
 /// short and the VM stopped (XSA-186 was an emulator that got this
 /// truncation wrong).
