@@ -13,14 +13,19 @@
 //! | 8A /r, 8B /r | MOV r, r/m |
 //! | C6 /0 ib, C7 /0 iz | MOV r/m, imm (imm32 sign-extended for 64 bits) |
 //! | 0F B6 /r, 0F B7 /r | MOVZX r, r/m8 / r/m16 |
-//! | A1, A3 | MOV eAX, moffs / moffs, eAX |
+//! | A0, A1 | MOV AL / eAX, moffs |
+//! | A2, A3 | MOV moffs, AL / eAX |
 //!
 //! Prefixes: 66 (16-bit operands), segment overrides (ignored: the exit
-//! gives the address), REX in 64-bit code. ModRM with SIB, disp8, disp32
-//! and RIP-relative addressing; the register operand (mod = 11) is never the
-//! memory one. The instruction bytes are fetched through the guest's own
-//! page tables, page by page (an instruction may straddle two pages,
-//! XSA-186), at most 15 bytes.
+//! gives the address), 67 in 64-bit code (32-bit addresses), REX in 64-bit
+//! code. ModRM with SIB, disp8, disp32 and RIP-relative addressing; the
+//! register operand (mod = 11) is never the memory one, whatever the
+//! prefixes (XSA-123). LOCK, REP/REPNE, 67 in 32-bit code (16-bit
+//! addressing) and 16-bit code are refused, as is anything longer than 15
+//! bytes. The instruction bytes are fetched through the guest's own page
+//! tables, page by page (an instruction may straddle two pages), at most
+//! 15 bytes; outside 64-bit mode the offset wraps at 4 GiB, in 64-bit mode
+//! the fetch stops at the top of the address space (XSA-186).
 
 use crate::addr::GuestPhysAddr;
 use crate::dispatch::{Outcome, StopReason};
@@ -34,14 +39,15 @@ const MAX_LEN: usize = 15;
 /// What the decoded instruction does with memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
-    /// Read `size` bytes into register `reg` (`high_byte`: AH..BH);
-    /// `zero_extend`: MOVZX or a 32-bit load, which clear the rest.
+    /// Read `size` bytes, zero-extended, into the low `dest_size` bytes of
+    /// register `reg` (`high_byte`: into bits 15:8 of RAX..RBX, i.e. AH..BH).
+    /// `dest_size` is `size` for MOV and the operand size for MOVZX.
     Load {
         reg: usize,
         high_byte: bool,
-        zero_extend: bool,
+        dest_size: u8,
     },
-    /// Write `size` bytes of this value.
+    /// Write `size` bytes of this value (bits above `size` bytes are zero).
     Store { value: u64 },
 }
 
@@ -57,12 +63,18 @@ pub struct Access {
 /// Why an instruction cannot be emulated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    /// The bytes at RIP could not be fetched (not mapped, outside RAM).
+    /// The bytes at RIP could not be fetched (not mapped, outside RAM), or
+    /// the fetch ended inside the instruction.
     Fetch,
-    /// Not one of the supported forms (the first opcode byte).
+    /// Not one of the supported forms: the byte where decoding stopped
+    /// (an unsupported opcode, or a prefix such as LOCK or REP; 0x0F for
+    /// every two-byte opcode).
     Unsupported(u8),
     /// 16-bit code, which Atoll does not emulate MMIO for.
     Mode,
+    /// Longer than 15 bytes, which the processor refuses with #GP
+    /// (SDM Vol. 2A 2.3.11).
+    TooLong,
 }
 
 /// The code segment's mode: 64-bit (CS.L with EFER.LMA) or 32-bit.
@@ -73,16 +85,39 @@ pub enum CodeMode {
     Bits64,
 }
 
+/// The low `size` bytes.
+fn mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
+}
+
 /// Fetches up to 15 bytes at `rip`, translating each page on its own.
+///
+/// Outside 64-bit mode the instruction pointer is EIP, 32 bits wide
+/// (SDM Vol. 1 3.5), so the bytes after 0xFFFF_FFFF are those at 0. In 64-bit mode the fetch ends at the top of the address
+/// space rather than wrap to 0: an instruction that crosses it is cut
+/// short and the VM stopped (XSA-186 was an emulator that got this
+/// truncation wrong).
 pub fn fetch(
     mem: &impl GuestMemory,
     paging: &Paging,
+    mode: CodeMode,
     rip: u64,
     out: &mut [u8; MAX_LEN],
 ) -> Result<usize, DecodeError> {
     let mut got = 0;
     while got < MAX_LEN {
-        let linear = rip.wrapping_add(got as u64);
+        let linear = match mode {
+            CodeMode::Bits64 => match rip.checked_add(got as u64) {
+                Some(linear) => linear,
+                None => break,
+            },
+            CodeMode::Bits32 | CodeMode::Bits16 => rip.wrapping_add(got as u64) & 0xffff_ffff,
+        };
         let Ok(phys) = walk::translate(mem, paging, linear) else {
             break;
         };
@@ -105,150 +140,179 @@ pub fn fetch(
 
 /// Decodes the instruction in `bytes` (as fetched; a short fetch that ends
 /// inside the instruction is a fetch error).
+///
+/// The layout is SDM Vol. 2A 2.1: legacy prefixes (2.1.1), REX in 64-bit
+/// mode (2.2.1, immediately before the opcode), the opcode, ModRM and SIB
+/// (2.1.5, Tables 2-2 and 2-3), displacement, immediate. Only the length
+/// of the addressing bytes matters: the exit gives the guest-physical
+/// address, so the effective address is never computed.
 pub fn decode(bytes: &[u8], mode: CodeMode, regs: &Registers) -> Result<Access, DecodeError> {
     if mode == CodeMode::Bits16 {
         return Err(DecodeError::Mode);
     }
-    let byte = |i: usize| bytes.get(i).copied().ok_or(DecodeError::Fetch);
+    let long = mode == CodeMode::Bits64;
+    let byte = |i: usize| {
+        if i >= MAX_LEN {
+            Err(DecodeError::TooLong)
+        } else {
+            bytes.get(i).copied().ok_or(DecodeError::Fetch)
+        }
+    };
     let mut i = 0;
     let mut opsize16 = false;
+    let mut addr_override = false;
     let mut rex = 0u8;
     loop {
         match byte(i)? {
             0x66 => opsize16 = true,
+            0x67 => addr_override = true,
+            // Segment overrides: the exit gives the address. They never
+            // make a register operand a memory one (XSA-123): mod = 11 is
+            // refused below whatever the prefixes.
             0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65 => {}
-            b @ 0x40..=0x4f if mode == CodeMode::Bits64 => {
+            b @ 0x40..=0x4f if long => {
                 rex = b;
                 i += 1;
                 break;
             }
+            // LOCK (F0), REP/REPNE (F2, F3) and everything else: an
+            // opcode, and none of the supported ones.
             _ => break,
         }
         i += 1;
     }
-    let rex_w = rex & 8 != 0;
-    let width = if rex_w {
+    // 67 in 32-bit code selects 16-bit addressing (SDM Vol. 2A Table 2-1),
+    // with another ModRM layout; it is not decoded.
+    if addr_override && !long {
+        return Err(DecodeError::Unsupported(0x67));
+    }
+    // REX.W wins over 66 (SDM Vol. 2A 2.2.1.2).
+    let width = if rex & 8 != 0 {
         8
     } else if opsize16 {
         2
     } else {
         4
     };
+    let rex_r = if rex & 4 != 0 { 8 } else { 0 };
     let opcode = byte(i)?;
     i += 1;
-    let (size, op) = match opcode {
-        0x88 | 0x89 | 0x8a | 0x8b | 0xc6 | 0xc7 => {
+    let (size, movzx) = match opcode {
+        // MOV AL/eAX, moffs and back (SDM Vol. 2B MOV): the offset is as
+        // wide as the address size, 8 bytes in 64-bit mode, 4 with 67 or
+        // in 32-bit code.
+        0xa0..=0xa3 => {
             let size = if opcode & 1 == 0 { 1 } else { width };
-            (size, opcode)
-        }
-        0x0f => {
-            let second = byte(i)?;
-            i += 1;
-            match second {
-                0xb6 => (1, 0xb6),
-                0xb7 => (2, 0xb7),
-                _ => return Err(DecodeError::Unsupported(0x0f)),
-            }
-        }
-        0xa1 | 0xa3 => {
-            let moffs = if mode == CodeMode::Bits64 { 8 } else { 4 };
-            let len = i + moffs;
-            byte(len - 1)?;
-            let operation = if opcode == 0xa1 {
+            let moffs = if long && !addr_override { 8 } else { 4 };
+            let operation = if opcode & 2 == 0 {
                 Operation::Load {
                     reg: 0,
                     high_byte: false,
-                    zero_extend: width == 4,
+                    dest_size: size,
                 }
             } else {
-                Operation::Store { value: regs.get(0) }
+                Operation::Store {
+                    value: regs.get(0) & mask(size),
+                }
             };
-            return Ok(Access {
-                size: width,
-                operation,
-                len: len as u8,
-            });
+            return finish(i + moffs, bytes, size, operation);
         }
+        0x88..=0x8b | 0xc6 | 0xc7 => (if opcode & 1 == 0 { 1 } else { width }, false),
+        // MOVZX r16/32/64, r/m8 and r/m16 (SDM Vol. 2B MOVZX).
+        0x0f => match byte(i)? {
+            0xb6 => {
+                i += 1;
+                (1, true)
+            }
+            0xb7 => {
+                i += 1;
+                (2, true)
+            }
+            _ => return Err(DecodeError::Unsupported(0x0f)),
+        },
         other => return Err(DecodeError::Unsupported(other)),
     };
     let modrm = byte(i)?;
     i += 1;
     let (md, reg_field, rm) = (modrm >> 6, (modrm >> 3) & 7, modrm & 7);
+    // mod = 11: a register operand, not a memory access.
     if md == 3 {
-        return Err(DecodeError::Unsupported(op));
+        return Err(DecodeError::Unsupported(opcode));
     }
-    // SIB and displacement only move the length: the address is known.
+    // SIB and displacement only move the length. The layout is the same
+    // with 67 in 64-bit mode (32-bit addresses, SDM Vol. 2A 2.2.1.3).
     if rm == 4 {
         let sib = byte(i)?;
         i += 1;
         if md == 0 && sib & 7 == 5 {
-            i += 4;
+            i += 4; // no base, disp32
         }
     } else if md == 0 && rm == 5 {
-        i += 4; // disp32 (RIP-relative in 64-bit code)
+        i += 4; // disp32; RIP-relative in 64-bit mode (SDM Vol. 2A 2.2.1.6)
     }
     i += match md {
         1 => 1,
         2 => 4,
         _ => 0,
     };
-    let reg = usize::from(reg_field) | if rex & 4 != 0 { 8 } else { 0 };
-    // Without REX, byte registers 4-7 are AH, CH, DH, BH.
+    let reg = usize::from(reg_field) | rex_r;
+    if movzx {
+        return finish(
+            i,
+            bytes,
+            size,
+            Operation::Load {
+                reg,
+                high_byte: false,
+                dest_size: width,
+            },
+        );
+    }
+    // Byte registers 4-7 are AH, CH, DH, BH without REX and SPL, BPL, SIL,
+    // DIL with any REX (SDM Vol. 2A 2.2.1.2).
     let high_byte = size == 1 && rex == 0 && reg_field >= 4;
     let byte_reg = if high_byte { reg - 4 } else { reg };
-    let operation = match op {
+    let operation = match opcode {
         0x88 | 0x89 => {
             let value = regs.get(byte_reg) >> if high_byte { 8 } else { 0 };
-            Operation::Store { value }
+            Operation::Store {
+                value: value & mask(size),
+            }
         }
         0x8a | 0x8b => Operation::Load {
             reg: byte_reg,
             high_byte,
-            zero_extend: size == 4,
+            dest_size: size,
         },
-        0xc6 | 0xc7 => {
+        _ => {
+            // C6 /0 ib, C7 /0 iw or id; the other reg values are not MOV.
             if reg_field != 0 {
-                return Err(DecodeError::Unsupported(op));
+                return Err(DecodeError::Unsupported(opcode));
             }
-            let imm_len = if size == 1 {
-                1
-            } else if size == 2 {
-                2
-            } else {
-                4
-            };
+            let imm_len = usize::from(size.min(4));
             let mut imm = [0u8; 4];
             for (k, b) in imm.iter_mut().enumerate().take(imm_len) {
                 *b = byte(i + k)?;
             }
             i += imm_len;
             let raw = u32::from_le_bytes(imm);
+            // With REX.W the 32-bit immediate is sign-extended (SDM Vol.
+            // 2B MOV: "MOV r/m64, imm32").
             let value = match size {
                 8 => raw as i32 as i64 as u64,
                 _ => u64::from(raw),
             };
             Operation::Store { value }
         }
-        _ => {
-            // MOVZX: the destination is a full register (16, 32 or 64 bits).
-            let dest = usize::from(reg_field) | if rex & 4 != 0 { 8 } else { 0 };
-            return finish(
-                i,
-                bytes,
-                size,
-                Operation::Load {
-                    reg: dest,
-                    high_byte: false,
-                    zero_extend: true,
-                },
-            );
-        }
     };
     finish(i, bytes, size, operation)
 }
 
 fn finish(len: usize, bytes: &[u8], size: u8, operation: Operation) -> Result<Access, DecodeError> {
-    if len > bytes.len() || len > MAX_LEN {
+    if len > MAX_LEN {
+        return Err(DecodeError::TooLong);
+    }
+    if len > bytes.len() {
         return Err(DecodeError::Fetch);
     }
     Ok(Access {
@@ -285,7 +349,7 @@ pub fn emulate(
     }
     let stop = |opcode| Some(Outcome::Stop(StopReason::MmioUnsupported { gpa, opcode }));
     let mut bytes = [0u8; MAX_LEN];
-    let Ok(n) = fetch(mem, paging, regs.rip, &mut bytes) else {
+    let Ok(n) = fetch(mem, paging, mode, regs.rip, &mut bytes) else {
         return stop(0);
     };
     let access = match decode(bytes.get(..n).unwrap_or(&[]), mode, regs) {
@@ -306,36 +370,37 @@ pub fn emulate(
     if !done {
         return stop(bytes[0]);
     }
-    regs.rip = regs.rip.wrapping_add(u64::from(access.len));
+    // Outside 64-bit mode RIP is EIP: it wraps at 4 GiB, and VM entry
+    // refuses a RIP with bits 63:32 set (SDM Vol. 3C 27.3.1.4).
+    let rip = regs.rip.wrapping_add(u64::from(access.len));
+    regs.rip = match mode {
+        CodeMode::Bits64 => rip,
+        CodeMode::Bits32 | CodeMode::Bits16 => rip & 0xffff_ffff,
+    };
     Some(Outcome::Resume)
 }
 
-/// Writes a loaded value into its register with the architectural rules:
-/// 32-bit results and MOVZX clear the upper bits; 8- and 16-bit loads keep
-/// the rest; AH..BH are bits 15:8.
+/// Writes a loaded value into its register with the architectural rules
+/// (SDM Vol. 1 3.4.1.1): the value is zero-extended from `size` bytes to
+/// the destination's; a 32-bit destination clears bits 63:32, an 8- or
+/// 16-bit one keeps the rest; AH..BH are bits 15:8.
 pub fn complete_load(regs: &mut Registers, access: &Access, value: u64) {
     let Operation::Load {
         reg,
         high_byte,
-        zero_extend,
+        dest_size,
     } = access.operation
     else {
         return;
     };
-    let mask = match access.size {
-        1 => 0xff,
-        2 => 0xffff,
-        4 => 0xffff_ffff,
-        _ => u64::MAX,
-    };
-    let value = value & mask;
+    let value = value & mask(access.size) & mask(dest_size);
     let old = regs.get(reg);
-    let new = if zero_extend || access.size == 8 {
+    let new = if high_byte {
+        (old & !0xff00) | ((value & 0xff) << 8)
+    } else if dest_size >= 4 {
         value
-    } else if high_byte {
-        (old & !0xff00) | (value << 8)
     } else {
-        (old & !mask) | value
+        (old & !mask(dest_size)) | value
     };
     regs.set(reg, new);
 }
@@ -418,271 +483,4 @@ impl TestDev {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::exit::gpr;
-
-    fn regs() -> Registers {
-        let mut r = Registers::default();
-        for (i, g) in r.gpr.iter_mut().enumerate() {
-            *g = 0x1111_1111_1111_1100 + i as u64;
-        }
-        r
-    }
-
-    fn d64(bytes: &[u8]) -> Result<Access, DecodeError> {
-        decode(bytes, CodeMode::Bits64, &regs())
-    }
-
-    fn store(size: u8, value: u64, len: u8) -> Result<Access, DecodeError> {
-        Ok(Access {
-            size,
-            operation: Operation::Store { value },
-            len,
-        })
-    }
-
-    fn load(
-        size: u8,
-        reg: usize,
-        high_byte: bool,
-        zero_extend: bool,
-        len: u8,
-    ) -> Result<Access, DecodeError> {
-        Ok(Access {
-            size,
-            operation: Operation::Load {
-                reg,
-                high_byte,
-                zero_extend,
-            },
-            len,
-        })
-    }
-
-    /// One row per accepted encoding (the Jailhouse-style table of
-    /// bad-inputs.md item 1).
-    #[test]
-    fn every_supported_encoding() {
-        let r = regs();
-        let cases: &[(&[u8], Result<Access, DecodeError>)] = &[
-            // mov [rax], ecx / rcx / cx / cl / ch
-            (&[0x89, 0x08], store(4, r.gpr[1], 2)),
-            (&[0x48, 0x89, 0x08], store(8, r.gpr[1], 3)),
-            (&[0x66, 0x89, 0x08], store(2, r.gpr[1], 3)),
-            (&[0x88, 0x08], store(1, r.gpr[1], 2)),
-            (&[0x88, 0x28], store(1, r.gpr[1] >> 8, 2)),
-            // mov [rax], r9d (REX.R); mov [rax], sil (REX makes 6 = SIL)
-            (&[0x44, 0x89, 0x08], store(4, r.gpr[9], 3)),
-            (&[0x40, 0x88, 0x30], store(1, r.gpr[6], 3)),
-            // mov eax, [rbx] / rax / ax / al / ah
-            (&[0x8b, 0x03], load(4, 0, false, true, 2)),
-            (&[0x48, 0x8b, 0x03], load(8, 0, false, false, 3)),
-            (&[0x66, 0x8b, 0x03], load(2, 0, false, false, 3)),
-            (&[0x8a, 0x03], load(1, 0, false, false, 2)),
-            (&[0x8a, 0x23], load(1, 0, true, false, 2)),
-            // disp8, disp32, SIB, SIB with no base + disp32, RIP-relative
-            (&[0x8b, 0x43, 0x10], load(4, 0, false, true, 3)),
-            (&[0x8b, 0x83, 0, 1, 0, 0], load(4, 0, false, true, 6)),
-            (&[0x8b, 0x04, 0x8b], load(4, 0, false, true, 3)),
-            (
-                &[0x8b, 0x04, 0x25, 0, 0, 0xb0, 0xfe],
-                load(4, 0, false, true, 7),
-            ),
-            (&[0x8b, 0x05, 0, 0, 0, 0], load(4, 0, false, true, 6)),
-            (&[0x8b, 0x44, 0x24, 0x08], load(4, 0, false, true, 4)),
-            // mov byte [rax], 0x5a; mov dword [rax+8], imm32; mov qword
-            // [rax], -1 (sign-extended); mov word [rax], 0x1234
-            (&[0xc6, 0x00, 0x5a], store(1, 0x5a, 3)),
-            (
-                &[0xc7, 0x40, 0x08, 0x78, 0x56, 0x34, 0x12],
-                store(4, 0x1234_5678, 7),
-            ),
-            (
-                &[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff],
-                store(8, u64::MAX, 7),
-            ),
-            (&[0x66, 0xc7, 0x00, 0x34, 0x12], store(2, 0x1234, 5)),
-            // movzx eax, byte [rbx]; movzx r10, word [rbx]
-            (&[0x0f, 0xb6, 0x03], load(1, 0, false, true, 3)),
-            (&[0x4c, 0x0f, 0xb7, 0x13], load(2, 10, false, true, 4)),
-            // mov eax, [moffs64]; mov [moffs64], rax
-            (
-                &[0xa1, 0, 0, 0xb0, 0xfe, 0, 0, 0, 0],
-                load(4, 0, false, true, 9),
-            ),
-            (
-                &[0x48, 0xa3, 0, 0, 0xb0, 0xfe, 0, 0, 0, 0],
-                store(8, r.gpr[0], 10),
-            ),
-            // segment override on a memory operand (XSA-123: ignored, the
-            // exit gives the address)
-            (&[0x64, 0x8b, 0x03], load(4, 0, false, true, 3)),
-        ];
-        for (bytes, expected) in cases {
-            assert_eq!(&d64(bytes), expected, "{bytes:02x?}");
-        }
-    }
-
-    #[test]
-    fn everything_else_is_refused() {
-        for bytes in [
-            &[0x89, 0xc8][..],         // mov eax, ecx: no memory operand
-            &[0xc7, 0x08, 0, 0, 0, 0], // C7 /1 is not MOV
-            &[0x0f, 0xc7, 0x08],       // cmpxchg8b (XSA-200)
-            &[0xf3, 0xa5],             // rep movs
-            &[0x01, 0x08],             // add
-            &[0xff],
-        ] {
-            assert!(
-                matches!(d64(bytes), Err(DecodeError::Unsupported(_))),
-                "{bytes:02x?}"
-            );
-        }
-        // Cut short: the fetch ended inside the instruction.
-        assert_eq!(d64(&[0x8b, 0x83, 0, 1]), Err(DecodeError::Fetch));
-        assert_eq!(d64(&[0x48]), Err(DecodeError::Fetch));
-        assert_eq!(
-            decode(&[0x8b, 0x03], CodeMode::Bits16, &regs()),
-            Err(DecodeError::Mode)
-        );
-        // 32-bit code: 0x48 is DEC, not REX.
-        assert!(decode(&[0x48, 0x8b, 0x03], CodeMode::Bits32, &regs()).is_err());
-        assert_eq!(
-            decode(&[0xa1, 0, 0, 0xb0, 0xfe], CodeMode::Bits32, &regs()),
-            load(4, 0, false, true, 5)
-        );
-    }
-
-    #[test]
-    fn loads_follow_the_register_write_rules() {
-        let mut r = regs();
-        let a = d64(&[0x8b, 0x03]).unwrap();
-        complete_load(&mut r, &a, 0xffff_ffff_aabb_ccdd);
-        assert_eq!(r.gpr[gpr::RAX], 0xaabb_ccdd, "32-bit loads zero-extend");
-        let a = d64(&[0x66, 0x8b, 0x0b]).unwrap();
-        complete_load(&mut r, &a, 0x9999);
-        assert_eq!(r.gpr[gpr::RCX], 0x1111_1111_1111_9999);
-        let a = d64(&[0x8a, 0x23]).unwrap();
-        complete_load(&mut r, &a, 0x7f);
-        assert_eq!(r.gpr[gpr::RAX], 0xaabb_7fdd, "AH: bits 15:8 only");
-        let a = d64(&[0x0f, 0xb7, 0x13]).unwrap();
-        complete_load(&mut r, &a, 0xfffe);
-        assert_eq!(r.gpr[gpr::RDX], 0xfffe);
-    }
-
-    #[test]
-    fn fetch_crosses_pages_through_the_guest_tables() {
-        use crate::memory::VecMemory;
-        let mut m = VecMemory::new(1 << 20);
-        let put = |m: &mut VecMemory, at: u64, v: u64| {
-            m.write(GuestPhysAddr(at), &v.to_le_bytes()).unwrap()
-        };
-        // Linear 0x400000 + 0xffe -> physical 0x8ffe; the next page maps to
-        // 0x20000, not 0x9000.
-        put(&mut m, 0x1000, 0x2000 | 3);
-        put(&mut m, 0x2000, 0x3000 | 3);
-        put(&mut m, 0x3000 + 2 * 8, 0x4000 | 3);
-        put(&mut m, 0x4000, 0x8000 | 3);
-        put(&mut m, 0x4000 + 8, 0x20000 | 3);
-        m.write(GuestPhysAddr(0x8ffe), &[0x48, 0x8b]).unwrap();
-        m.write(GuestPhysAddr(0x20000), &[0x03]).unwrap();
-        let paging = Paging {
-            cr0: 1 << 31 | 1,
-            cr3: 0x1000,
-            cr4: 1 << 5,
-            efer: 1 << 10,
-        };
-        let mut bytes = [0u8; MAX_LEN];
-        let n = fetch(&m, &paging, 0x40_0ffe, &mut bytes).unwrap();
-        assert_eq!(&bytes[..3], &[0x48, 0x8b, 0x03]);
-        assert_eq!(d64(&bytes[..n]), load(8, 0, false, false, 3));
-        // The second page unmapped: only two bytes, too few.
-        put(&mut m, 0x4000 + 8, 0);
-        let n = fetch(&m, &paging, 0x40_0ffe, &mut bytes).unwrap();
-        assert_eq!(n, 2);
-        assert_eq!(d64(&bytes[..n]), Err(DecodeError::Fetch));
-    }
-
-    #[test]
-    fn testdev_bounds() {
-        let mut t = TestDev::default();
-        assert!(TestDev::claims(GuestPhysAddr(TESTDEV_BASE + 4088), 8));
-        assert!(
-            !TestDev::claims(GuestPhysAddr(TESTDEV_BASE + 4089), 8),
-            "straddles the end"
-        );
-        assert!(!TestDev::claims(GuestPhysAddr(TESTDEV_BASE - 1), 1));
-        assert!(!TestDev::claims(GuestPhysAddr(u64::MAX - 2), 8));
-        t.write(GuestPhysAddr(TESTDEV_BASE + 8), 4, 0x1234_5678);
-        assert_eq!(t.read(GuestPhysAddr(TESTDEV_BASE + 8), 2), 0x5678);
-        assert_eq!(t.read(GuestPhysAddr(TESTDEV_BASE + 9), 1), 0x56);
-    }
-
-    #[test]
-    fn emulate_moves_data_and_rip_or_stops() {
-        use crate::memory::VecMemory;
-        let mut m = VecMemory::new(1 << 20);
-        // Paging off: RIP is physical. mov [rbx], eax; mov ecx, [rbx].
-        m.write(GuestPhysAddr(0x1000), &[0x89, 0x03, 0x8b, 0x0b, 0x0f, 0x0b])
-            .unwrap();
-        let paging = Paging {
-            cr0: 1,
-            cr3: 0,
-            cr4: 0,
-            efer: 0,
-        };
-        let mut dev = TestDev::default();
-        let mut r = regs();
-        r.rip = 0x1000;
-        r.gpr[0] = 0xdead_beef;
-        let at = GuestPhysAddr(TESTDEV_BASE + 16);
-        assert_eq!(
-            emulate(at, &mut r, CodeMode::Bits32, &paging, &m, &mut dev),
-            Some(Outcome::Resume)
-        );
-        assert_eq!(r.rip, 0x1002);
-        assert_eq!(
-            emulate(at, &mut r, CodeMode::Bits32, &paging, &m, &mut dev),
-            Some(Outcome::Resume)
-        );
-        assert_eq!((r.rip, r.gpr[1]), (0x1004, 0xdead_beef));
-        // UD2 at an MMIO address: not an access Atoll emulates.
-        assert!(matches!(
-            emulate(at, &mut r, CodeMode::Bits32, &paging, &m, &mut dev),
-            Some(Outcome::Stop(StopReason::MmioUnsupported {
-                opcode: 0x0f,
-                ..
-            }))
-        ));
-        assert_eq!(
-            emulate(
-                GuestPhysAddr(0x4000_0000),
-                &mut r,
-                CodeMode::Bits32,
-                &paging,
-                &m,
-                &mut dev
-            ),
-            None
-        );
-        // A 4-byte access at the page's last byte leaves the device.
-        r.rip = 0x1000;
-        let end = GuestPhysAddr(TESTDEV_BASE + TESTDEV_LEN - 1);
-        assert!(matches!(
-            emulate(end, &mut r, CodeMode::Bits32, &paging, &m, &mut dev),
-            Some(Outcome::Stop(_))
-        ));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn any_bytes_any_mode_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16), mode in 0u8..3) {
-            let mode = [CodeMode::Bits16, CodeMode::Bits32, CodeMode::Bits64][usize::from(mode)];
-            if let Ok(a) = decode(&bytes, mode, &regs()) {
-                proptest::prop_assert!(usize::from(a.len) <= bytes.len());
-                proptest::prop_assert!(matches!(a.size, 1 | 2 | 4 | 8));
-            }
-        }
-    }
-}
+mod tests;
