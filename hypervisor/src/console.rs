@@ -194,7 +194,9 @@ pub fn poll_input(vm_names: &[&str]) {
     }
     if let Some(index) = focus {
         let name = vm_names.get(index).copied().unwrap_or("?");
-        event("console_focus", |e| e.field("vm", name).field("index", index));
+        event("console_focus", |e| {
+            e.field("vm", name).field("index", index)
+        });
     }
 }
 

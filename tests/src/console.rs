@@ -69,7 +69,9 @@ impl SerialPty {
 
     /// A handle to type into the console with.
     pub fn input(&self) -> Result<File> {
-        self.master.try_clone().context("cloning the console handle")
+        self.master
+            .try_clone()
+            .context("cloning the console handle")
     }
 
     /// Copies everything the machine writes to `serial`, and to stdout if
@@ -94,9 +96,12 @@ impl SerialPty {
     }
 }
 
-/// Types a run's [`ConsoleInput`]s as their triggers appear.
+/// Types a run's [`ConsoleInput`]s as their triggers appear, one byte per
+/// call: the emulated UART has a 16-byte FIFO and the machine reads it only
+/// now and then, so bytes sent all at once would overflow it.
 pub struct Typist {
     pending: std::collections::VecDeque<ConsoleInput>,
+    typing: std::collections::VecDeque<u8>,
     to: File,
 }
 
@@ -104,23 +109,34 @@ impl Typist {
     pub fn new(inputs: &[ConsoleInput], to: File) -> Self {
         Typist {
             pending: inputs.iter().cloned().collect(),
+            typing: std::collections::VecDeque::new(),
             to,
         }
     }
 
     /// Called with every console line seen so far (`lines`, in order) and
-    /// the unfinished one: types each next input whose trigger appeared.
+    /// the unfinished one: starts the next input once its trigger appeared
+    /// and the one before it is typed, and types one byte.
     pub fn poll(&mut self, lines: &[String], unfinished: &str) {
-        while let Some(next) = self.pending.front() {
-            let seen = unfinished.contains(&next.after)
-                || lines.iter().any(|l| l.contains(&next.after));
-            if !seen {
-                return;
+        if self.typing.is_empty()
+            && let Some(next) = self.pending.front()
+        {
+            let seen =
+                unfinished.contains(&next.after) || lines.iter().any(|l| l.contains(&next.after));
+            if seen {
+                self.typing.extend(&next.send);
+                self.pending.pop_front();
             }
-            let _ = self.to.write_all(&next.send);
-            let _ = self.to.flush();
-            self.pending.pop_front();
         }
+        if let Some(byte) = self.typing.pop_front() {
+            let _ = self.to.write_all(&[byte]);
+            let _ = self.to.flush();
+        }
+    }
+
+    /// Whether everything has been typed.
+    pub fn done(&self) -> bool {
+        self.pending.is_empty() && self.typing.is_empty()
     }
 }
 
@@ -163,7 +179,8 @@ pub struct KeyboardGuard {
 impl Drop for KeyboardGuard {
     fn drop(&mut self) {
         let stdin = rustix::stdio::stdin();
-        let _ = rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &self.saved);
+        let _ =
+            rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &self.saved);
     }
 }
 
@@ -184,18 +201,31 @@ mod tests {
         );
         let mut lines = vec!["prompt".to_string()];
         typist.poll(&lines, "");
-        assert_eq!(std::fs::read(&path).unwrap(), b"", "the first waits for its own trigger");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"",
+            "the first waits for its own trigger"
+        );
         lines.push("login:".into());
+        typist.poll(&lines, "");
+        assert_eq!(std::fs::read(&path).unwrap(), b"a");
         typist.poll(&lines, "");
         assert_eq!(
             std::fs::read(&path).unwrap(),
             b"ab",
-            "then both: the second's trigger came earlier"
+            "then the second: its trigger came earlier"
         );
+        assert!(typist.done());
         let file = File::create(&path).unwrap();
         let mut typist = Typist::new(&[ConsoleInput::new("vm:/# ", b"ls\r")], file);
-        typist.poll(&[], "[vm] vm:/# ");
-        assert_eq!(std::fs::read(&path).unwrap(), b"ls\r", "a prompt counts");
+        for _ in 0..5 {
+            typist.poll(&[], "[vm] vm:/# ");
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"ls\r",
+            "a prompt counts; one byte a call"
+        );
         std::fs::remove_file(path).unwrap();
     }
 

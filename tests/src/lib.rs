@@ -22,7 +22,7 @@ pub mod packages;
 pub mod run;
 pub mod slots;
 
+pub use console::ConsoleInput;
 pub use emulator::{Emulator, NumaNode};
 pub use event::Event;
-pub use console::ConsoleInput;
 pub use run::{ConfigModule, Ending, RunOutcome, RunSpec, run};

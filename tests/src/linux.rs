@@ -26,7 +26,7 @@ pub const INITRAMFS_NAME: &str = "initramfs";
 const SOURCE_PACKAGE: &str = "linux-source-6.1";
 const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 /// Bumped when the build steps below change what they produce.
-const RECIPE_VERSION: &str = "1";
+const RECIPE_VERSION: &str = "2";
 
 /// The directory that holds cached guest images.
 pub fn cache_dir() -> PathBuf {
@@ -133,10 +133,29 @@ fn build_kernel() -> Result<PathBuf> {
     let built = build.join("arch/x86/boot/bzImage");
     let partial = image.with_extension("partial");
     fs::copy(&built, &partial).with_context(|| format!("copying {}", built.display()))?;
+    // The symbols, to read the guest's RIPs in vm_fault and vm_stopped.
+    let _ = fs::copy(build.join("System.map"), image.with_extension("System.map"));
     fs::rename(&partial, &image)?;
-    let _ = fs::remove_dir_all(&build);
+    remove_build_dirs();
     progress(&format!("kernel ready: {}", image.display()));
     Ok(image)
+}
+
+/// Build trees are only needed while building (also those a failed build
+/// left behind).
+fn remove_build_dirs() {
+    let Ok(entries) = fs::read_dir(cache_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("linux-build-")
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Unpacks the source tarball once per package version.

@@ -4,7 +4,7 @@ use crate::build::target_dir;
 use crate::console::{ConsoleInput, SerialPty, Typist};
 use crate::emulator::{self, Emulator, Machine, NumaNode, RunFiles, Running};
 use crate::event::{BadEvent, Event};
-use crate::iso::{IsoContents, make_iso};
+use crate::iso::{IsoContents, make_iso, make_linux_iso};
 use crate::slots;
 use anyhow::{Context, Result};
 use std::fmt;
@@ -50,6 +50,10 @@ pub struct RunSpec {
     pub numa: Vec<NumaNode>,
     /// What to type into the console, and when.
     pub console_input: Vec<ConsoleInput>,
+    /// Boot Atoll's Linux guest with this command line directly, without
+    /// the hypervisor (for comparisons); the run ends when the emulator
+    /// exits (Linux powered off).
+    pub native_linux: Option<String>,
     /// The keyboard types into the console and the console goes to stdout
     /// as it comes (not line by line); Ctrl-] ends the run.
     pub interactive: bool,
@@ -70,6 +74,7 @@ impl RunSpec {
             config: ConfigModule::File(crate::build::workspace_root().join("configs/core.toml")),
             numa: Vec::new(),
             console_input: Vec::new(),
+            native_linux: None,
             interactive: false,
         }
     }
@@ -141,6 +146,8 @@ pub struct RunOutcome {
     pub ending: Ending,
     /// Every console line, in order, without line terminators.
     pub lines: Vec<String>,
+    /// When each line arrived, from the emulator's start.
+    pub line_times: Vec<Duration>,
     pub events: Vec<Event>,
     /// Lines that start like an event but do not parse: a contract breach.
     pub bad_events: Vec<BadEvent>,
@@ -215,7 +222,8 @@ pub fn run(spec: &RunSpec, mut on_line: impl FnMut(&str)) -> Result<RunOutcome> 
         files.serial_terminal = Some(pty.terminal().to_path_buf());
         console.typist = Some(Typist::new(&spec.console_input, pty.input()?));
         if spec.interactive {
-            console.keyboard = crate::console::forward_keyboard(pty.input()?, Arc::clone(&console.quit));
+            console.keyboard =
+                crate::console::forward_keyboard(pty.input()?, Arc::clone(&console.quit));
         }
         console.pty = Some(pty);
     }
@@ -237,6 +245,7 @@ pub fn run(spec: &RunSpec, mut on_line: impl FnMut(&str)) -> Result<RunOutcome> 
     Ok(RunOutcome {
         ending,
         lines: collected.lines,
+        line_times: collected.times,
         events: collected.events,
         bad_events: collected.bad_events,
         wall_time: started.elapsed(),
@@ -248,6 +257,18 @@ pub fn run(spec: &RunSpec, mut on_line: impl FnMut(&str)) -> Result<RunOutcome> 
 
 /// Makes the ISO in `work_dir` and names the run's files.
 fn prepare(spec: &RunSpec, work_dir: &Path) -> Result<RunFiles> {
+    let files = |iso| RunFiles {
+        iso,
+        serial: work_dir.join("serial.txt"),
+        serial_terminal: None,
+        emulator_log: work_dir.join(format!("{}.log", spec.emulator.name())),
+        screen: work_dir.join("screen.txt"),
+    };
+    if let Some(cmdline) = &spec.native_linux {
+        let kernel = crate::linux::kernel()?;
+        let initrd = crate::linux::initramfs()?;
+        return Ok(files(make_linux_iso(work_dir, &kernel, &initrd, cmdline)?));
+    }
     let config = match &spec.config {
         ConfigModule::File(path) => Some(
             std::fs::read(path)
@@ -275,13 +296,7 @@ fn prepare(spec: &RunSpec, work_dir: &Path) -> Result<RunFiles> {
             vm_images: &vm_images,
         },
     )?;
-    Ok(RunFiles {
-        iso,
-        serial: work_dir.join("serial.txt"),
-        serial_terminal: None,
-        emulator_log: work_dir.join(format!("{}.log", spec.emulator.name())),
-        screen: work_dir.join("screen.txt"),
-    })
+    Ok(files(iso))
 }
 
 /// A run's console terminal, if it has one, and who types into it.
@@ -345,6 +360,7 @@ fn file_tail(path: &Path, n: usize) -> Vec<String> {
 #[derive(Default)]
 struct Collected {
     lines: Vec<String>,
+    times: Vec<Duration>,
     events: Vec<Event>,
     bad_events: Vec<BadEvent>,
     /// The first `panic` or `poweroff` event and when it arrived.
@@ -373,6 +389,7 @@ impl Collected {
             None => {}
         }
         self.lines.push(line);
+        self.times.push(at);
     }
 }
 

@@ -197,7 +197,11 @@ fn the_default_cluster_gives_each_linux_vm_a_shell_on_the_multiplexed_console() 
     for vm in ["linux-a", "linux-b"] {
         assert_eq!(vm_events(&out, "linux_init", vm).len(), 1, "{vm}\n{why}");
         let exit = vm_events(&out, "vm_exit", vm);
-        assert_eq!(exit.first().and_then(|e| e.u64("status")), Some(0), "{vm}\n{why}");
+        assert_eq!(
+            exit.first().and_then(|e| e.u64("status")),
+            Some(0),
+            "{vm}\n{why}"
+        );
     }
     // Nothing typed for linux-a reached linux-b: its shell ran only the
     // poweroff typed after the focus moved.

@@ -4,7 +4,6 @@
 
 mod common;
 
-use atoll_tests::build::workspace_root;
 use atoll_tests::{ConfigModule, Emulator, Ending, Event, RunOutcome, RunSpec};
 use common::{boot, spec};
 

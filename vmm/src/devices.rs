@@ -133,7 +133,25 @@ pub struct Uart {
     len: usize,
     /// Set when `line[..len]` is a finished line waiting to be taken.
     complete: bool,
+    /// Where the output is in a terminal control sequence, which is left
+    /// out of the console lines.
+    escape: Escape,
 }
+
+/// Progress through an ECMA-48 control sequence in the output: ESC, then
+/// for CSI `[`, parameter and intermediate bytes, and a final byte in
+/// 0x40-0x7E (ECMA-48 5.4). Shells send them (busybox asks for the cursor
+/// position with ESC [ 6 n); on the shared console they would only show as
+/// garbage or drive the operator's terminal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Escape {
+    #[default]
+    None,
+    Esc,
+    Csi,
+}
+
+const ESC: u8 = 0x1b;
 
 /// Receive FIFO size (a 16550A has 16; more keeps pasted input whole).
 pub const RX_FIFO: usize = 64;
@@ -184,6 +202,7 @@ impl Default for Uart {
             line: [0; LINE_BYTES],
             len: 0,
             complete: false,
+            escape: Escape::None,
         }
     }
 }
@@ -378,6 +397,19 @@ impl Uart {
 
     /// Adds a byte to the line; returns true when a line is complete.
     fn transmit(&mut self, byte: u8) -> bool {
+        self.escape = match (self.escape, byte) {
+            (_, ESC) => Escape::Esc,
+            (Escape::Esc, b'[') => Escape::Csi,
+            // Other two-byte escapes end with their second byte.
+            (Escape::Esc, _) => Escape::None,
+            (Escape::Csi, 0x40..=0x7e) => Escape::None,
+            (Escape::Csi, _) => Escape::Csi,
+            (Escape::None, _) => return self.add_to_line(byte),
+        };
+        false
+    }
+
+    fn add_to_line(&mut self, byte: u8) -> bool {
         if self.complete {
             // The caller did not take the last line: start over rather than
             // grow (a guest cannot make the host buffer unbounded output).
@@ -1026,5 +1058,14 @@ mod tests {
                 let _ = p.uart.take_line(&mut out);
             }
         }
+    }
+
+    #[test]
+    fn terminal_control_sequences_stay_off_the_console() {
+        let mut p = ports();
+        send(&mut p, b"a\x1b[6nb\x1b[1;32mc\x1bMd\n");
+        let mut out = [0; LINE_BYTES];
+        let n = p.uart.take_line(&mut out).unwrap();
+        assert_eq!(&out[..n], b"abcd");
     }
 }

@@ -93,6 +93,9 @@ struct Measurement {
     fields: BTreeMap<String, u128>,
 }
 
+/// The Linux boot-time benchmark's name.
+pub const LINUX_BOOT: &str = "linux-boot";
+
 /// Runs every suite whose package, target or measurement names contain
 /// `filter`; true when all of them ran.
 pub fn run(filter: Option<&str>) -> Result<bool> {
@@ -100,9 +103,11 @@ pub fn run(filter: Option<&str>) -> Result<bool> {
         .iter()
         .filter(|b| filter.is_none_or(|f| b.name.contains(f)))
         .collect();
-    let host_ok = run_suites(filter, !boots.is_empty())?;
+    let linux = filter.is_none_or(|f| LINUX_BOOT.contains(f));
+    let host_ok = run_suites(filter, !boots.is_empty() || linux)?;
     let boots_ok = run_boots(&boots)?;
-    Ok(host_ok && boots_ok)
+    let linux_ok = !linux || crate::linux_bench::run()?;
+    Ok(host_ok && boots_ok && linux_ok)
 }
 
 fn run_suites(filter: Option<&str>, others_chosen: bool) -> Result<bool> {
@@ -122,6 +127,7 @@ fn run_suites(filter: Option<&str>, others_chosen: bool) -> Result<bool> {
             .iter()
             .map(|s| s.target)
             .chain(BOOTS.iter().map(|b| b.name))
+            .chain([LINUX_BOOT])
             .collect();
         bail!(
             "no benchmark matches '{}'; the benchmarks are {}",

@@ -14,6 +14,7 @@
 
 mod bench;
 mod check_config;
+mod linux_bench;
 mod progress;
 mod stats;
 mod test;
@@ -181,8 +182,7 @@ fn run(args: RunArgs) -> Result<bool> {
         );
     }
     use std::io::IsTerminal;
-    let interactive =
-        args.interactive || (!args.no_interactive && std::io::stdin().is_terminal());
+    let interactive = args.interactive || (!args.no_interactive && std::io::stdin().is_terminal());
     let timeout = match (args.timeout, interactive) {
         (Some(secs), _) => Duration::from_secs(secs),
         (None, false) => Duration::from_secs(120),
