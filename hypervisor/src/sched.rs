@@ -566,6 +566,10 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
             vm.request_end(node, end);
             false
         }
+        Outcome::Reboot => {
+            vm.request_end(node, End::Rebooted);
+            false
+        }
         Outcome::Stop(reason) => {
             // The report shows the vCPU as it exited, paging registers too.
             vm.request_end(node, stopped(slot, reason, slot.vcpu.registers()));

@@ -116,6 +116,8 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
 pub enum End {
     /// It asked to (isa-debug-exit or the power-off hypercall).
     Exited { status: u32, vcpu: u16 },
+    /// It reset its machine: it starts again.
+    Rebooted,
     /// It was stopped, with the registers of the vCPU that caused it.
     Stopped {
         reason: StopReason,
@@ -161,6 +163,22 @@ pub enum Boot {
     Multiboot(EntryState),
     /// The Linux 64-bit boot protocol.
     Linux(LinuxEntry),
+}
+
+/// Why a VM starts again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    Crash,
+    Reboot,
+}
+
+impl Cause {
+    fn name(self) -> &'static str {
+        match self {
+            Cause::Crash => "crash",
+            Cause::Reboot => "reboot",
+        }
+    }
 }
 
 /// Restarts a crashing VM gets before it stays stopped: a guest that
@@ -696,9 +714,14 @@ impl Vm {
         if let Some(end) = end {
             report_end(self, node, &end);
         }
+        if let Some(End::Rebooted) = end {
+            if self.restart(node, Cause::Reboot) {
+                return;
+            }
+        }
         let may_restart = self.restarts.load(Ordering::Relaxed) < MAX_RESTARTS;
         if crashed && self.spec.on_crash == OnCrash::Restart {
-            if may_restart && self.restart(node) {
+            if may_restart && self.restart(node, Cause::Crash) {
                 return;
             }
             if !may_restart {
@@ -715,8 +738,9 @@ impl Vm {
     }
 
     /// Reloads the images and starts a new generation; false if the images
-    /// no longer load (then the VM stays down).
-    fn restart(&self, node: &Node) -> bool {
+    /// no longer load (then the VM stays down). Only crashes count against
+    /// [`MAX_RESTARTS`]; the disk (node memory) keeps its contents.
+    fn restart(&self, node: &Node, cause: Cause) -> bool {
         let fresh = self.new_devices();
         node.with_devices(self.local, |board| *board = fresh);
         self.unmap_channels();
@@ -724,7 +748,10 @@ impl Vm {
             log::error!("VM '{}' cannot restart: {e}", self.spec.name);
             return false;
         }
-        let restarts = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        let restarts = match cause {
+            Cause::Crash => self.restarts.fetch_add(1, Ordering::Relaxed) + 1,
+            Cause::Reboot => self.restarts.load(Ordering::Relaxed),
+        };
         self.blocked.store(0, Ordering::Relaxed);
         self.active
             .store(u32::from(self.spec.vcpus), Ordering::Relaxed);
@@ -735,6 +762,7 @@ impl Vm {
             e.field("vm", self.spec.name.as_str())
                 .field("node", node.index)
                 .field("restarts", restarts)
+                .field("cause", cause.name())
         });
         self.kick_cpus(node);
         true
@@ -814,6 +842,8 @@ pub fn print_guest_line(vm: &Vm, line: &[u8]) {
 fn report_end(vm: &Vm, node: &Node, end: &End) {
     let name = vm.spec.name.as_str();
     match *end {
+        // Reported by `vm_restarted` (cause "reboot").
+        End::Rebooted => {}
         End::Exited { status, vcpu } => console::event("vm_exit", |e| {
             e.field("vm", name)
                 .field("node", node.index)

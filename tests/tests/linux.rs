@@ -212,3 +212,45 @@ fn the_default_cluster_gives_each_linux_vm_a_shell_on_the_multiplexed_console() 
         "{why}"
     );
 }
+
+#[test]
+fn a_linux_reboot_starts_the_vm_again_with_its_disk_kept() {
+    let config = r#"
+[[node]]
+name = "a"
+cpus = [0, 1]
+mem_mib = 80
+
+[[vm]]
+name = "rebooter"
+node = "a"
+vcpus = 1
+mem_mib = 64
+kernel = "linux"
+initrd = "initramfs"
+cmdline = "console=ttyS0 quiet atoll.run=reboot"
+devices = ["uart", "virtio-blk"]
+disk_mib = 4
+"#;
+    let out = boot(&linux_spec(
+        ConfigModule::Bytes(config.as_bytes().to_vec()),
+        2,
+    ));
+    let why = out.diagnostics();
+    assert!(out.success(), "{why}");
+    let restarted = vm_events(&out, "vm_restarted", "rebooter");
+    assert_eq!(restarted.len(), 1, "{why}");
+    assert_eq!(restarted[0].str("cause"), Some("reboot"), "{why}");
+    assert_eq!(restarted[0].u64("restarts"), Some(0), "not a crash\n{why}");
+    assert_eq!(vm_events(&out, "linux_init", "rebooter").len(), 2, "{why}");
+    let check = vm_events(&out, "linux_check", "rebooter");
+    assert_eq!(check.len(), 1, "{why}");
+    assert_eq!(check[0].str("check"), Some("reboot"), "{why}");
+    assert_eq!(
+        check[0].get("ok"),
+        Some(&true.into()),
+        "the disk kept the marker\n{why}"
+    );
+    let exit = vm_events(&out, "vm_exit", "rebooter");
+    assert_eq!(exit.first().and_then(|e| e.u64("status")), Some(0), "{why}");
+}

@@ -6,7 +6,7 @@
 //! and returns effects (a completed console line, the VM's exit or reset)
 //! as values.
 
-use crate::dispatch::{Outcome, StopReason};
+use crate::dispatch::Outcome;
 use crate::legacy::{self, AcpiPm, PciConfig, Pic, Rtc};
 
 /// Which devices a VM has (from its config's `devices`).
@@ -717,7 +717,7 @@ impl From<PortEffect> for Option<Outcome> {
     fn from(effect: PortEffect) -> Self {
         match effect {
             PortEffect::Exit { status } => Some(Outcome::PowerOff { status }),
-            PortEffect::Reset => Some(Outcome::Stop(StopReason::Reset)),
+            PortEffect::Reset => Some(Outcome::Reboot),
             _ => None,
         }
     }
@@ -970,7 +970,7 @@ mod tests {
         assert_eq!(p.write(0x64, 1, 0xfe), PortEffect::Reset);
         assert_eq!(
             Option::<Outcome>::from(PortEffect::Reset),
-            Some(Outcome::Stop(StopReason::Reset))
+            Some(Outcome::Reboot)
         );
         // RTC.
         p.write(0x70, 1, 0x0b);

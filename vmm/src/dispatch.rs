@@ -70,10 +70,6 @@ pub enum StopReason {
     UnexpectedException { interruption: u32 },
     /// An exit reason Atoll does not handle (the basic reason number).
     UnknownExit { reason: u16 },
-    /// The guest reset its platform (reset control register, 8042). Like a
-    /// triple fault, which resets a PC, it counts as a crash, so the VM's
-    /// `on_crash` decides between restarting and stopping it.
-    Reset,
 }
 
 impl StopReason {
@@ -93,7 +89,6 @@ impl StopReason {
             StopReason::SetupFailed => "setup_failed",
             StopReason::UnexpectedException { .. } => "unexpected_exception",
             StopReason::UnknownExit { .. } => "unknown_exit",
-            StopReason::Reset => "reset",
         }
     }
 
@@ -130,6 +125,9 @@ pub enum Outcome {
     SetXcr0(u64),
     /// The VM asked to end with this status (isa-debug-exit or a hypercall).
     PowerOff { status: u32 },
+    /// The guest reset its machine (reset control register, keyboard
+    /// controller): a reboot, so the VM starts again from its images.
+    Reboot,
     /// Stop the VM.
     Stop(StopReason),
 }

@@ -29,6 +29,7 @@
 //! it does after any boot loader.
 
 use crate::addr::GuestPhysAddr;
+use crate::bytes::{read_u16, read_u32, read_u64};
 use crate::loader::memory_map;
 use crate::memory::{GuestMemory, MemoryError};
 
@@ -623,24 +624,6 @@ fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
     if let Some(slot) = buf.get_mut(at..end) {
         slot.copy_from_slice(bytes);
     }
-}
-
-fn read_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-fn read_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-
-fn read_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! arithmetic, and everything must land inside the VM's RAM without
 //! overlapping.
 
+use crate::bytes::{read_u16, read_u32, read_u64};
 use alloc::vec::Vec;
 
 use crate::addr::GuestPhysAddr;
@@ -548,24 +549,6 @@ fn slice<'a>(
         .checked_add(len)
         .and_then(|end| bytes.get(start..end))
         .ok_or(LoadError::BadElf(what))
-}
-
-fn read_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-fn read_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-
-fn read_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
 }
 
 #[cfg(test)]
