@@ -69,8 +69,8 @@ pub fn event(name: &str, fields: impl FnOnce(Event<&mut Serial>) -> Event<&mut S
 /// or only `text` after the part of the line [`guest_partial`] wrote.
 pub fn guest_line(index: usize, vm: &str, text: &str) {
     let mut serial = CONSOLE.lock();
+    close_line_of_other(&mut serial, index);
     if OPEN_LINE.swap(NO_LINE, Ordering::Relaxed) != index as u32 {
-        close_line_of_other(&mut serial, index);
         let _ = write!(serial, "[{vm}] ");
     }
     let _ = writeln!(serial, "{text}");

@@ -714,10 +714,10 @@ impl Vm {
         if let Some(end) = end {
             report_end(self, node, &end);
         }
-        if let Some(End::Rebooted) = end {
-            if self.restart(node, Cause::Reboot) {
-                return;
-            }
+        if let Some(End::Rebooted) = end
+            && self.restart(node, Cause::Reboot)
+        {
+            return;
         }
         let may_restart = self.restarts.load(Ordering::Relaxed) < MAX_RESTARTS;
         if crashed && self.spec.on_crash == OnCrash::Restart {

@@ -203,6 +203,12 @@ fn the_default_cluster_gives_each_linux_vm_a_shell_on_the_multiplexed_console() 
             "{vm}\n{why}"
         );
     }
+    // An open prompt line is ended before another VM's line starts.
+    let mixed = out
+        .lines
+        .iter()
+        .find(|l| l.find("[linux-").is_some_and(|at| at > 0));
+    assert!(mixed.is_none(), "{mixed:?}\n{why}");
     // Nothing typed for linux-a reached linux-b: its shell ran only the
     // poweroff typed after the focus moved.
     assert!(

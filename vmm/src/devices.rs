@@ -136,6 +136,8 @@ pub struct Uart {
     /// Where the output is in a terminal control sequence, which is left
     /// out of the console lines.
     escape: Escape,
+    /// The last byte output was a carriage return.
+    carriage_return: bool,
 }
 
 /// Progress through an ECMA-48 control sequence in the output: ESC, then
@@ -203,6 +205,7 @@ impl Default for Uart {
             len: 0,
             complete: false,
             escape: Escape::None,
+            carriage_return: false,
         }
     }
 }
@@ -416,12 +419,19 @@ impl Uart {
             self.len = 0;
             self.complete = false;
         }
+        let after_cr = core::mem::take(&mut self.carriage_return);
         match byte {
-            b'\r' => return false,
+            b'\r' => {
+                self.carriage_return = true;
+                return false;
+            }
             b'\n' => {
                 self.complete = true;
                 return true;
             }
+            // A carriage return not ending the line starts it over, as on
+            // a terminal (a shell redrawing its prompt and input).
+            _ if after_cr => self.len = 0,
             _ => {}
         }
         if let Some(slot) = self.line.get_mut(self.len) {
@@ -1058,6 +1068,15 @@ mod tests {
                 let _ = p.uart.take_line(&mut out);
             }
         }
+    }
+
+    #[test]
+    fn a_carriage_return_inside_a_line_starts_it_over() {
+        let mut p = ports();
+        send(&mut p, b"po\rprompt# poweroff\r\n");
+        let mut out = [0; LINE_BYTES];
+        let n = p.uart.take_line(&mut out).unwrap();
+        assert_eq!(&out[..n], b"prompt# poweroff");
     }
 
     #[test]

@@ -28,14 +28,16 @@ impl Tally {
 
 /// Runs both phases; true when everything passed.
 ///
-/// A hypervisor that does not build counts as one failure and skips the
+/// A hypervisor or guest image that does not build counts as one failure and skips the
 /// emulator phase (every boot test would fail the same way), but the host
 /// tests still run and the summary line is still printed.
 pub fn run_all() -> Result<bool> {
     ensure_packages()?;
     let mut total = Tally::default();
     let mut all_ok = true;
-    let built = match build_hypervisor(Profile::Release) {
+    // The guest images first, in the open: the Linux kernel takes minutes
+    // the first time, and inside a test its progress would be hidden.
+    let built = match build_hypervisor(Profile::Release).and_then(|_| build_guest_images()) {
         Ok(_) => true,
         Err(e) => {
             eprintln!("error: {e:#}; skipping the emulator tests");
@@ -70,6 +72,14 @@ pub fn run_all() -> Result<bool> {
     }
     println!("{} passed, {} failed", total.passed, total.failed);
     Ok(all_ok && total.failed == 0)
+}
+
+/// The test guests and the Linux guest's kernel and initramfs (cached).
+fn build_guest_images() -> Result<()> {
+    atoll_tests::guests::build_guests()?;
+    atoll_tests::linux::kernel()?;
+    atoll_tests::linux::initramfs()?;
+    Ok(())
 }
 
 /// Runs one cargo test invocation, streaming its output and counting.
