@@ -412,12 +412,14 @@ impl Vm {
         let ports = if linux {
             // What the ACPI tables (atoll_vmm::acpi) describe, and what
             // Linux probes: a masked 8259 pair, the ACPI PM1a blocks, the
-            // reset register, PCI configuration space with nothing in it.
-            // The FADT says there is no CMOS RTC.
+            // reset register, the CMOS RTC (without one Linux spins on its
+            // update-in-progress bit, 20000 port accesses at each boot),
+            // PCI configuration space with nothing in it.
             DeviceSet {
                 pic: true,
                 acpi_pm: true,
                 reset: true,
+                rtc: true,
                 pci: true,
                 ..self.spec.devices
             }
