@@ -153,6 +153,10 @@ pub fn forward_keyboard(to: File, quit: Arc<AtomicBool>) -> Option<KeyboardGuard
     if let Some(saved) = &saved {
         let mut raw = saved.clone();
         raw.make_raw();
+        // Keys go through untouched, but the console still prints "\n" as
+        // a new line (the same terminal shows the machine's output).
+        raw.output_modes |=
+            rustix::termios::OutputModes::OPOST | rustix::termios::OutputModes::ONLCR;
         let _ = rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw);
     }
     let mut to = to;

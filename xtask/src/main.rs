@@ -227,7 +227,9 @@ fn run(args: RunArgs) -> Result<bool> {
     for bad in &outcome.bad_events {
         eprintln!("malformed event line ({}): {}", bad.reason, bad.line);
     }
-    if outcome.success() {
+    if outcome.ending == atoll_tests::Ending::Interrupted {
+        eprintln!("atoll: {}", outcome.ending);
+    } else if outcome.success() {
         eprintln!(
             "atoll: {} after {:.1} s",
             outcome.ending,
