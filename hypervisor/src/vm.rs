@@ -511,12 +511,12 @@ impl Vm {
                 start: board::IOAPIC_BASE,
                 len: ioapic::IOAPIC_LEN,
             });
-            for place in board::virtio_places(&self.board_spec()) {
-                taken.push(Region {
-                    start: place.base,
-                    len: board::VIRTIO_WINDOW,
-                });
-            }
+        }
+        for place in board::virtio_places(&self.board_spec()) {
+            taken.push(Region {
+                start: place.base,
+                len: board::VIRTIO_WINDOW,
+            });
         }
         let mapped = self.mapped.lock();
         for ((range, _), at) in self.spec.channels.iter().zip(mapped.iter()) {

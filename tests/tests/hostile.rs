@@ -59,6 +59,7 @@ const CASES: &[(&str, Expect)] = &[
     ("interrupt-storm", Refused),
     ("signal-flood", Refused),
     ("init-sipi-to-missing-vcpus", Refused),
+    ("virtio-rings", Refused),
 ];
 
 /// Two nodes; `beat-a` shares node a, and CPU 0, with the hostile VMs
@@ -99,6 +100,12 @@ fn hostile_vm(case: &str) -> String {
     } else {
         (1, "[0]")
     };
+    let disk = if case.starts_with("virtio-") {
+        r#", "virtio-blk"]
+disk_mib = 2"#
+    } else {
+        "]"
+    };
     format!(
         r#"
 [[vm]]
@@ -109,7 +116,7 @@ mem_mib = 4
 kernel = "hostile"
 cmdline = "case={case} count=20000"
 pin = {pin}
-devices = ["uart", "debug-exit", "fw-cfg", "testdev"]
+devices = ["uart", "debug-exit", "fw-cfg", "testdev"{disk}
 signal = [{{ vm = "beat-b", notifications = [0] }}]
 "#
     )

@@ -1,12 +1,14 @@
 //! A VM's board: every device it has, where each sits (ports and
 //! guest-physical addresses) and how their interrupt lines are wired.
 //!
-//! Every VM has the port bus ([`LegacyPorts`]). A VM booted with the Linux
-//! boot protocol also gets the PC platform its ACPI tables describe
+//! Every VM has the port bus ([`LegacyPorts`]) and the virtio-mmio devices
+//! its config lists, one 4 KiB window each from [`VIRTIO_BASE`] (block
+//! first), on the ISA IRQs [`VIRTIO_IRQS`]. A VM booted with the Linux boot
+//! protocol also gets the PC platform its ACPI tables describe
 //! (crate::acpi): an IOAPIC at [`IOAPIC_BASE`] with the ISA interrupts on
-//! pins 0-15, and its virtio-mmio devices, one 4 KiB window each from
-//! [`VIRTIO_BASE`], on the ISA IRQs [`VIRTIO_IRQS`], which the kernel
-//! learns from its command line ([`virtio_cmdline`]).
+//! pins 0-15; the kernel learns of its virtio devices from its command line
+//! ([`virtio_cmdline`]). Without an IOAPIC the devices raise no interrupts:
+//! other guests poll them.
 //!
 //! The board turns device interrupts into IOAPIC messages; the hypervisor
 //! takes them with [`Board::take_messages`] after each access and delivers
@@ -49,7 +51,7 @@ const MAX_PENDING: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BoardSpec {
     pub ports: DeviceSet,
-    /// The PC platform for the Linux boot protocol: IOAPIC and virtio.
+    /// The PC platform for the Linux boot protocol: the IOAPIC.
     pub pc: bool,
     pub virtio_blk: bool,
     pub virtio_console: bool,
@@ -80,7 +82,7 @@ pub fn virtio_places(spec: &BoardSpec) -> Vec<VirtioPlace> {
     ];
     kinds
         .iter()
-        .filter(|(wanted, _)| spec.pc && *wanted)
+        .filter(|(wanted, _)| *wanted)
         .zip(VIRTIO_IRQS)
         .enumerate()
         .map(|(i, (&(_, kind), irq))| VirtioPlace {
@@ -446,11 +448,13 @@ mod tests {
             virtio_cmdline(" console=ttyS0 ", &places),
             "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
-        let no_pc = BoardSpec {
+        let console_only = BoardSpec {
             pc: false,
+            virtio_blk: false,
             ..linux_spec()
         };
-        assert!(virtio_places(&no_pc).is_empty());
+        let places = virtio_places(&console_only);
+        assert_eq!((places.len(), places[0].base), (1, VIRTIO_BASE));
         assert_eq!(virtio_cmdline("x", &[]), "x");
     }
 
@@ -475,7 +479,11 @@ mod tests {
             None,
         );
         assert!(!plain.claims(GuestPhysAddr(IOAPIC_BASE)));
-        assert!(!plain.claims(GuestPhysAddr(VIRTIO_BASE)));
+        assert!(
+            !plain.claims(GuestPhysAddr(VIRTIO_BASE)),
+            "virtio-blk without a disk is left out"
+        );
+        assert!(plain.claims(GuestPhysAddr(VIRTIO_BASE + 0x1000)));
     }
 
     #[test]

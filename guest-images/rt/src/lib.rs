@@ -366,6 +366,51 @@ pub mod mem {
         unsafe { core::ptr::read_volatile(addr as *const u64) }
     }
 
+    // The narrower accessors are for device registers: each is one MOV
+    // (as Linux's readl/writel are), never folded into another
+    // instruction, since Atoll emulates only the MOV forms drivers use.
+
+    pub fn write_u32(addr: u64, value: u32) {
+        // SAFETY: as for `write_u64`.
+        unsafe {
+            core::arch::asm!("mov dword ptr [{}], {:e}", in(reg) addr, in(reg) value, options(nostack))
+        }
+    }
+
+    pub fn read_u32(addr: u64) -> u32 {
+        let value: u32;
+        // SAFETY: as for `write_u64`.
+        unsafe {
+            core::arch::asm!("mov {:e}, dword ptr [{}]", out(reg) value, in(reg) addr, options(nostack))
+        };
+        value
+    }
+
+    pub fn write_u16(addr: u64, value: u16) {
+        // SAFETY: as for `write_u64`.
+        unsafe {
+            core::arch::asm!("mov word ptr [{}], {:x}", in(reg) addr, in(reg) value, options(nostack))
+        }
+    }
+
+    pub fn read_u16(addr: u64) -> u16 {
+        let value: u16;
+        // SAFETY: as for `write_u64`.
+        unsafe {
+            core::arch::asm!("mov {:x}, word ptr [{}]", out(reg) value, in(reg) addr, options(nostack))
+        };
+        value
+    }
+
+    pub fn read_u8(addr: u64) -> u8 {
+        let value: u8;
+        // SAFETY: as for `write_u64`.
+        unsafe {
+            core::arch::asm!("mov {}, byte ptr [{}]", out(reg_byte) value, in(reg) addr, options(nostack))
+        };
+        value
+    }
+
     /// `add dword [addr], 1`: a read-modify-write instruction.
     pub fn add_one(addr: u64) -> u32 {
         // SAFETY: a deliberate access at a guest-physical address.

@@ -15,6 +15,7 @@
 
 use atoll_guest_rt::hypercall::{self, call};
 use atoll_guest_rt::idt::{self, TrapFrame};
+use atoll_guest_rt::mem::{read_u8, read_u16, read_u32, write_u16, write_u32, write_u64};
 use atoll_guest_rt::{BootInfo, arg, cpuid, port, println, word, x2apic};
 
 atoll_guest_rt::entry!(main);
@@ -94,6 +95,8 @@ const CASES: &[(&str, Case)] = &[
         signal_flood(arg(i.cmdline(), "count").unwrap_or(10_000))
     }),
     ("init-sipi-to-missing-vcpus", |_| init_sipi_missing()),
+    // Virtio rings (bad-inputs 8): the device refuses, then still works.
+    ("virtio-rings", |_| virtio_rings()),
 ];
 
 fn main(info: &BootInfo) -> u32 {
@@ -361,4 +364,141 @@ fn init_sipi_missing() -> u32 {
         x2apic::send_ipi(dest, 6, 0x10);
     }
     report("init-sipi-to-missing-vcpus", true, "still running")
+}
+
+/// The VM's virtio-blk device (its first virtio-mmio window) and its
+/// registers (virtio 1.2, 4.2.2).
+mod blk {
+    pub const BASE: u64 = 0xd000_0000;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC: u64 = 0x080;
+    pub const QUEUE_DRIVER: u64 = 0x090;
+    pub const QUEUE_DEVICE: u64 = 0x0a0;
+    /// Status bits (2.1): ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK,
+    /// DEVICE_NEEDS_RESET.
+    pub const ACK_DRIVER: u32 = 1 | 2;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DRIVER_OK: u32 = 4;
+    pub const NEEDS_RESET: u32 = 64;
+}
+
+/// The queue's memory, in the guest's RAM: descriptors, available ring,
+/// used ring, then buffers.
+const DESC: u64 = 0x38_0000;
+const AVAIL: u64 = DESC + 0x1000;
+const USED: u64 = DESC + 0x2000;
+const BUF: u64 = DESC + 0x3000;
+const QUEUE_SIZE: u16 = 8;
+/// Descriptor flags (2.7.5): NEXT, WRITE.
+const NEXT: u16 = 1;
+const WRITE: u16 = 2;
+
+fn reg(offset: u64) -> u64 {
+    blk::BASE + offset
+}
+
+/// Resets the device and sets queue 0 up as a driver does (3.1.1).
+fn virtio_setup() -> bool {
+    write_u32(reg(blk::STATUS), 0);
+    for page in [DESC, AVAIL, USED, BUF] {
+        for off in (0..0x1000).step_by(8) {
+            write_u64(page + off, 0);
+        }
+    }
+    write_u32(reg(blk::STATUS), blk::ACK_DRIVER);
+    write_u32(reg(blk::DRIVER_FEATURES_SEL), 1);
+    write_u32(reg(blk::DRIVER_FEATURES), 1); // VIRTIO_F_VERSION_1 (bit 32)
+    write_u32(reg(blk::DRIVER_FEATURES_SEL), 0);
+    write_u32(reg(blk::DRIVER_FEATURES), 0);
+    write_u32(reg(blk::STATUS), blk::ACK_DRIVER | blk::FEATURES_OK);
+    if read_u32(reg(blk::STATUS)) & blk::FEATURES_OK == 0 {
+        return false;
+    }
+    write_u32(reg(blk::QUEUE_SEL), 0);
+    write_u32(reg(blk::QUEUE_NUM), u32::from(QUEUE_SIZE));
+    for (register, at) in [
+        (blk::QUEUE_DESC, DESC),
+        (blk::QUEUE_DRIVER, AVAIL),
+        (blk::QUEUE_DEVICE, USED),
+    ] {
+        write_u32(reg(register), at as u32);
+        write_u32(reg(register + 4), 0);
+    }
+    write_u32(reg(blk::QUEUE_READY), 1);
+    write_u32(
+        reg(blk::STATUS),
+        blk::ACK_DRIVER | blk::FEATURES_OK | blk::DRIVER_OK,
+    );
+    read_u32(reg(blk::STATUS)) & blk::DRIVER_OK != 0
+}
+
+fn descriptor(index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    let at = DESC + 16 * u64::from(index);
+    write_u64(at, addr);
+    write_u32(at + 8, len);
+    write_u16(at + 12, flags);
+    write_u16(at + 14, next);
+}
+
+/// Makes chain `head` available as entry `idx - 1` and notifies.
+fn offer(head: u16, idx: u16) {
+    write_u16(AVAIL + 4, head);
+    write_u16(AVAIL + 2, idx);
+    write_u32(reg(blk::QUEUE_NOTIFY), 0);
+}
+
+fn needs_reset() -> bool {
+    read_u32(reg(blk::STATUS)) & blk::NEEDS_RESET != 0
+}
+
+/// Three hostile rings, each of which must put the device in
+/// DEVICE_NEEDS_RESET (and nothing else: the VM runs on), then a valid
+/// GET_ID request after a reset, which must work.
+fn virtio_rings() -> u32 {
+    let case = "virtio-rings";
+    if read_u32(reg(blk::DEVICE_ID)) != 2 || !virtio_setup() {
+        return report(case, false, "no virtio-blk at 0xd0000000");
+    }
+    // A descriptor loop: 0 -> 1 -> 0.
+    descriptor(0, BUF, 16, NEXT, 1);
+    descriptor(1, BUF + 16, 16, NEXT, 0);
+    offer(0, 1);
+    let refused_loop = needs_reset();
+    // A buffer at the top of the address space, wrapping past it.
+    let _ = virtio_setup();
+    descriptor(0, 0xffff_ffff_ffff_f000, 0x2000, 0, 0);
+    offer(0, 1);
+    let refused_wrap = needs_reset();
+    // An available index far ahead of what the queue can hold.
+    let _ = virtio_setup();
+    descriptor(0, BUF, 16, 0, 0);
+    offer(0, 1000);
+    let refused_jump = needs_reset();
+    // After a reset, a real request: GET_ID (type 8) into 20 bytes.
+    let _ = virtio_setup();
+    write_u32(BUF, 8);
+    descriptor(0, BUF, 16, NEXT, 1);
+    descriptor(1, BUF + 0x100, 20, WRITE | NEXT, 2);
+    descriptor(2, BUF + 0x200, 1, WRITE, 0);
+    write_u64(BUF + 0x200, 0xff);
+    offer(0, 1);
+    let served = read_u16(USED + 2) == 1
+        && read_u8(BUF + 0x200) == 0
+        && read_u8(BUF + 0x100) == b'a'
+        && !needs_reset();
+    println!(
+        "virtio-rings: loop {refused_loop}, wrap {refused_wrap}, jump {refused_jump}, served {served}"
+    );
+    report(
+        case,
+        refused_loop && refused_wrap && refused_jump && served,
+        "bad rings refused, a good one served",
+    )
 }
