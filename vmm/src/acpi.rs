@@ -21,6 +21,7 @@
 use alloc::vec::Vec;
 
 use crate::addr::GuestPhysAddr;
+use crate::bytes::put;
 use crate::memory::{GuestMemory, MemoryError};
 
 /// Where the tables start, and the RSDP's address.
@@ -362,15 +363,6 @@ fn set_checksum(t: &mut [u8], at: usize, range: core::ops::Range<usize>) {
         .iter()
         .fold(0u8, |s, b| s.wrapping_add(*b));
     put(t, at, &[0u8.wrapping_sub(sum)]);
-}
-
-/// Copies `bytes` to `buf[at..]`; offsets are this module's constants,
-/// inside the buffers they index.
-fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
-    let end = at.saturating_add(bytes.len());
-    if let Some(slot) = buf.get_mut(at..end) {
-        slot.copy_from_slice(bytes);
-    }
 }
 
 #[cfg(test)]

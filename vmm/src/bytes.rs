@@ -1,5 +1,15 @@
 //! Little-endian fields of untrusted images (kernels, boot headers), read
-//! with checked bounds: `None` when the field does not fit the bytes.
+//! with checked bounds (`None` when the field does not fit the bytes), and
+//! fields of the tables Atoll writes for its guests.
+
+/// Copies `bytes` to `buf[at..]`; callers pass offsets of their own
+/// layouts, inside `buf`, and a field that would not fit is left out.
+pub fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+    let end = at.saturating_add(bytes.len());
+    if let Some(slot) = buf.get_mut(at..end) {
+        slot.copy_from_slice(bytes);
+    }
+}
 
 pub fn read_u16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(

@@ -29,7 +29,7 @@
 //! it does after any boot loader.
 
 use crate::addr::GuestPhysAddr;
-use crate::bytes::{read_u16, read_u32, read_u64};
+use crate::bytes::{put, read_u16, read_u32, read_u64};
 use crate::loader::memory_map;
 use crate::memory::{GuestMemory, MemoryError};
 
@@ -615,15 +615,6 @@ fn put_e820(page: &mut [u8], ram: u64) {
 fn put_split(page: &mut [u8], low: usize, high: usize, value: u64) {
     put(page, low, &(value as u32).to_le_bytes());
     put(page, high, &((value >> 32) as u32).to_le_bytes());
-}
-
-/// Copies `bytes` to `buf[at..]`; the offsets are this module's constants,
-/// all inside the buffers they index.
-fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
-    let end = at.saturating_add(bytes.len());
-    if let Some(slot) = buf.get_mut(at..end) {
-        slot.copy_from_slice(bytes);
-    }
 }
 
 #[cfg(test)]
