@@ -164,11 +164,18 @@ pub fn load(
     };
     placed.claim("boot information", info_at, info.len() as u64)?;
     mem.write(GuestPhysAddr(info_at), &info)?;
-    let ebx = u32::try_from(info_at).map_err(|_| LoadError::DoesNotFit {
-        what: "boot information",
-        at: info_at,
-        len: info.len() as u64,
-    })?;
+    // The block's pointers to its own parts are 32 bits: all of it must
+    // lie below 4 GiB, not only its start.
+    let len = info.len() as u64;
+    let below_4g = info_at.checked_add(len).is_some_and(|end| end <= 1 << 32);
+    let ebx = u32::try_from(info_at)
+        .ok()
+        .filter(|_| below_4g)
+        .ok_or(LoadError::DoesNotFit {
+            what: "boot information",
+            at: info_at,
+            len,
+        })?;
     Ok(EntryState { entry, eax, ebx })
 }
 
@@ -235,10 +242,16 @@ fn multiboot2_header(kernel: &[u8]) -> Result<Option<Mb2Header>, LoadError> {
         let flags = read_u16(kernel, tag + 2).unwrap_or(0);
         let size = read_u32(kernel, tag + 4).unwrap_or(0) as usize;
         let optional = flags & mb2_tag::OPTIONAL != 0;
+        // A tag lies inside the header (spec 3.1.3): its size bounds every
+        // loop over it, so it is checked first.
+        let tag_end = tag
+            .checked_add(size)
+            .filter(|&e| size >= 8 && e <= end)
+            .ok_or(LoadError::BadChecksum)?;
         match kind {
             mb2_tag::END => break,
             mb2_tag::INFORMATION_REQUEST if !optional => {
-                let requested = (tag + 8..tag + size.max(8)).step_by(4);
+                let requested = (tag + 8..tag_end).step_by(4);
                 for r in requested.filter_map(|o| read_u32(kernel, o)) {
                     if !MB2_PROVIDED.contains(&r) {
                         return Err(LoadError::UnsupportedFlags(r));
@@ -254,10 +267,7 @@ fn multiboot2_header(kernel: &[u8]) -> Result<Option<Mb2Header>, LoadError> {
             _ if optional => {}
             other => return Err(LoadError::UnsupportedFlags(u32::from(other) << 16)),
         }
-        if size < 8 {
-            return Err(LoadError::BadChecksum);
-        }
-        tag = tag.saturating_add(size).next_multiple_of(8);
+        tag = tag_end.next_multiple_of(8);
     }
     Ok(Some(header))
 }
@@ -808,5 +818,18 @@ mod tests {
             let mut mem = VecMemory::new(4 * MIB as usize);
             let _ = load(&mut mem, &kernel, &[Module { bytes: b"m", cmdline: "m" }], "c");
         }
+    }
+
+    #[test]
+    fn a_multiboot2_tag_larger_than_its_header_is_refused() {
+        let mut image = elf64_mb2(&[1], None);
+        // The information request is the first tag, 16 bytes into the
+        // header at 0x800; a size of nearly 4 GiB must not be walked.
+        image[0x814..0x818].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        let mut mem = VecMemory::new(16 << 20);
+        assert!(matches!(
+            load(&mut mem, &image, &[], ""),
+            Err(LoadError::BadChecksum)
+        ));
     }
 }
