@@ -11,7 +11,7 @@
 //! ends that line.
 
 use crate::arch::serial::Serial;
-use crate::arch::shared::{CONSOLE, CONSOLE_INPUT, INPUT_READY, OPEN_LINE};
+use crate::arch::shared::{CONSOLE, CONSOLE_INPUT, FOCUS, INPUT_READY, OPEN_LINE};
 use atoll_platform::event::Event;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
@@ -142,6 +142,7 @@ impl ConsoleInput {
                 return None;
             }
             self.focus = chosen;
+            FOCUS.store(chosen as u32, Ordering::Release);
             return Some(chosen);
         }
         if byte == FOCUS_KEY {
@@ -205,9 +206,9 @@ pub fn has_input(index: usize) -> bool {
     index < INPUT_VMS && INPUT_READY.load(Ordering::Acquire) & (1 << index) != 0
 }
 
-/// Whether VM `index` has the keyboard.
+/// Whether VM `index` has the keyboard (asked at every idle vCPU: no lock).
 pub fn has_focus(index: usize) -> bool {
-    CONSOLE_INPUT.lock().focus == index
+    FOCUS.load(Ordering::Acquire) == index as u32
 }
 
 /// Takes up to `buf.len()` bytes typed for VM `index`.

@@ -24,6 +24,12 @@ pub static CONSOLE: Mutex<Serial> = Mutex::new(Serial);
 #[unsafe(link_section = ".shared")]
 pub static CONSOLE_INPUT: Mutex<ConsoleInput> = Mutex::new(ConsoleInput::new());
 
+/// The VM (plan index) that has the console keyboard; written under the
+/// CONSOLE_INPUT lock, read without it.
+// SAFETY: as for CONSOLE.
+#[unsafe(link_section = ".shared")]
+pub static FOCUS: AtomicU32 = AtomicU32::new(0);
+
 /// One bit per VM (plan index) with console input waiting.
 // SAFETY: as for CONSOLE.
 #[unsafe(link_section = ".shared")]
