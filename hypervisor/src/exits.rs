@@ -114,6 +114,7 @@ impl ExitEnv for Env<'_> {
             msr::Read::Tsc => Some(cpu::rdtsc()),
             msr::Read::ApicBase => Some(self.slot.lapic.apic_base()),
             msr::Read::Lapic(reg) => self.slot.lapic.read(reg, cpu::rdtsc()),
+            msr::Read::Processor(msr) => Some(cpu::read_guest_msr(msr)),
             msr::Read::TscDeadline => Some(self.slot.lapic.tsc_deadline()),
             msr::Read::Fault => None,
         }

@@ -55,6 +55,8 @@ pub struct Slot {
     pub msrs: GuestMsrs,
     pub xcr0: u64,
     fpu: FpuArea,
+    /// CR2 and the debug registers, while another vCPU has the CPU.
+    loose: cpu::LooseRegs,
     /// The VM generation this vCPU was reset for.
     generation: u32,
     /// Whether this slot checked out of the current generation.
@@ -145,6 +147,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
                     msrs: GuestMsrs::default(),
                     xcr0: XCR0_RESET,
                     fpu,
+                    loose: cpu::LooseRegs::default(),
                     generation: 0,
                     parked: false,
                     halted_interruptible: false,
@@ -296,9 +299,14 @@ fn switch(slots: &mut [Slot], from: Option<usize>, to: usize, xsave: bool) {
     }
     if let Some(old) = from.and_then(|f| slots.get_mut(f)) {
         old.fpu.save(xsave);
+        old.loose = cpu::save_loose_regs();
+        for &msr in &atoll_vmm::msr::CHANGED_WITHOUT_EXIT {
+            old.msrs.save_from_processor(msr, cpu::read_guest_msr(msr));
+        }
     }
     let Some(new) = slots.get_mut(to) else { return };
     new.fpu.restore(xsave);
+    cpu::restore_loose_regs(&new.loose);
     cpu::set_xcr0(new.xcr0);
     for (msr, value) in new.msrs.processor_held() {
         cpu::load_guest_msr(msr, value);
@@ -386,6 +394,7 @@ fn restart_vcpu(slot: &mut Slot) {
     slot.msrs = GuestMsrs::default();
     slot.xcr0 = XCR0_RESET;
     slot.fpu.clear();
+    slot.loose = cpu::LooseRegs::default();
     slot.parked = false;
     prepare_boot_registers(slot);
 }

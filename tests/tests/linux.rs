@@ -260,3 +260,43 @@ disk_mib = 4
     let exit = vm_events(&out, "vm_exit", "rebooter");
     assert_eq!(exit.first().and_then(|e| e.u64("status")), Some(0), "{why}");
 }
+
+#[test]
+fn two_smp_linux_vms_time_share_the_cpus_of_one_node() {
+    // Four vCPUs on two CPUs: each CPU switches between a vCPU of each VM
+    // at every slice, so everything a vCPU leaves in the processor (its
+    // SWAPGS'd GS base, CR2, debug and extended state) must follow it.
+    let vm = |name: &str| {
+        format!(
+            r#"
+[[vm]]
+name = "{name}"
+node = "a"
+vcpus = 2
+mem_mib = 64
+kernel = "linux"
+initrd = "initramfs"
+cmdline = "console=ttyS0 quiet atoll.run=smp-blk"
+devices = ["uart", "virtio-blk"]
+disk_mib = 4
+"#
+        )
+    };
+    let config = format!(
+        "[[node]]\nname = \"a\"\ncpus = [0, 1]\nmem_mib = 160\n{}{}",
+        vm("linux-x"),
+        vm("linux-y")
+    );
+    let out = boot(&linux_spec(ConfigModule::Bytes(config.into_bytes()), 2));
+    assert!(out.success(), "{}", out.diagnostics());
+    for vm in ["linux-x", "linux-y"] {
+        let start = vm_events(&out, "vm_start", vm);
+        assert_eq!(
+            start.first().and_then(|e| e.u64_list("cpus")),
+            Some(vec![0, 1]),
+            "{vm} shares both CPUs\n{}",
+            out.diagnostics()
+        );
+        assert_workload_passed(&out, vm, 2, false);
+    }
+}

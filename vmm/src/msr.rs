@@ -7,7 +7,7 @@
 //! | MSRs | where the guest value lives | write checks |
 //! |---|---|---|
 //! | EFER, PAT, FS/GS base, SYSENTER_CS/ESP/EIP, DEBUGCTL | VMCS guest area | EFER: SCE, LME, NXE only, LME fixed while paging; PAT: valid types; bases: canonical; DEBUGCTL: 0 |
-//! | STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE, TSC_AUX | the processor, while the vCPU's CPU runs it (the host never uses them); saved here | canonical addresses, TSC_AUX 32 bits |
+//! | STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE, TSC_AUX | the processor, while the vCPU's CPU runs it (the host never uses them); saved here (KERNEL_GS_BASE, which SWAPGS changes without an exit, read from the processor) | canonical addresses, TSC_AUX 32 bits |
 //! | MTRRs, MISC_ENABLE, BIOS_SIGN_ID | here | valid memory types, reserved bits |
 //! | APIC_BASE, x2APIC 0x800-0x8FF, TSC_DEADLINE | the virtual local APIC | its own |
 //! | TSC | the processor (no offset) | writes: #GP |
@@ -72,6 +72,13 @@ pub enum VmcsMsr {
 /// are swapped only when the CPU switches vCPUs).
 pub const PROCESSOR_HELD: [u32; 6] = [STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE, TSC_AUX];
 
+/// Processor-held MSRs the guest changes without an exit: SWAPGS exchanges
+/// GS.base with IA32_KERNEL_GS_BASE (SDM Vol. 2B, SWAPGS). Their value is
+/// the processor's: RDMSR reads it there ([`Read::Processor`]), and a CPU
+/// that switches vCPUs saves it from there first
+/// ([`GuestMsrs::save_from_processor`]).
+pub const CHANGED_WITHOUT_EXIT: [u32; 1] = [KERNEL_GS_BASE];
+
 /// What an RDMSR reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Read {
@@ -82,6 +89,8 @@ pub enum Read {
     ApicBase,
     /// An x2APIC register of the vCPU's local APIC.
     Lapic(u32),
+    /// The processor's value (the guest may have changed it natively).
+    Processor(u32),
     TscDeadline,
     Fault,
 }
@@ -134,6 +143,16 @@ impl GuestMsrs {
             .iter()
             .copied()
             .zip(self.processor.iter().copied())
+    }
+
+    /// Records the processor's value of an MSR the guest changes without
+    /// an exit (others are ignored), before another vCPU's is loaded.
+    pub fn save_from_processor(&mut self, msr: u32, value: u64) {
+        if CHANGED_WITHOUT_EXIT.contains(&msr)
+            && let Some(slot) = self.slot(msr)
+        {
+            *slot = value;
+        }
     }
 
     fn get(&self, msr: u32) -> Option<u64> {
@@ -219,6 +238,7 @@ pub fn read(msrs: &GuestMsrs, msr: u32) -> Read {
         // Locked, VMX disabled both inside and outside SMX.
         FEATURE_CONTROL => Read::Value(1),
         MTRR_CAP => Read::Value(MTRR_CAP_VALUE),
+        m if CHANGED_WITHOUT_EXIT.contains(&m) => Read::Processor(m),
         _ => msrs.get(msr).map_or(Read::Fault, Read::Value),
     }
 }
@@ -406,6 +426,24 @@ mod tests {
             m.processor_held()
                 .any(|(msr, v)| msr == LSTAR && v == 0xffff_ffff_8100_0000)
         );
+    }
+
+    #[test]
+    fn kernel_gs_base_is_the_processors_because_swapgs_changes_it() {
+        let mut m = GuestMsrs::default();
+        assert_eq!(
+            write(&mut m, FLAT, KERNEL_GS_BASE, 0xffff_8880_0000_0000),
+            Write::Load(KERNEL_GS_BASE, 0xffff_8880_0000_0000)
+        );
+        assert_eq!(read(&m, KERNEL_GS_BASE), Read::Processor(KERNEL_GS_BASE));
+        // The guest swapped GS; the CPU saves what the processor holds.
+        m.save_from_processor(KERNEL_GS_BASE, 0x7f00_0000);
+        assert!(
+            m.processor_held()
+                .any(|(msr, v)| msr == KERNEL_GS_BASE && v == 0x7f00_0000)
+        );
+        m.save_from_processor(LSTAR, 1);
+        assert_eq!(read(&m, LSTAR), Read::Value(0), "only SWAPGS's MSR");
     }
 
     #[test]

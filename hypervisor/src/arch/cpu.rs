@@ -59,6 +59,15 @@ impl MsrRead for VmxMsrs {
     }
 }
 
+/// RDMSR of a guest's processor-held MSR (`atoll_vmm::msr::PROCESSOR_HELD`),
+/// as the guest left it.
+pub fn read_guest_msr(msr: u32) -> u64 {
+    // SAFETY: the processor-held MSRs exist on every x86-64 processor
+    // (TSC_AUX only with RDTSCP, which the caller checks); reading one has
+    // no side effect.
+    unsafe { x86::msr::rdmsr(msr) }
+}
+
 /// Stops this CPU for good: interrupts off, then HLT in a loop (an NMI or
 /// SMI may wake it; it halts again).
 pub fn halt_forever() -> ! {
@@ -184,5 +193,63 @@ pub fn set_xcr0(value: u64) {
             in("edx") (value >> 32) as u32,
             options(nomem, nostack)
         );
+    }
+}
+
+/// Guest registers that neither the VMCS nor XSAVE hold: a VM exit leaves
+/// CR2, DR0-DR3 and DR6 as the guest had them (SDM Vol. 3C, 28.3: only
+/// DR7 is in the guest-state area). A CPU that runs several vCPUs switches
+/// them with the vCPU: a page fault's CR2 must survive until the guest's
+/// handler reads it, and one VM must not see another's debug registers
+/// (MOV DR does not exit).
+#[derive(Clone, Copy, Debug)]
+pub struct LooseRegs {
+    cr2: u64,
+    dr: [u64; 4],
+    dr6: u64,
+}
+
+impl Default for LooseRegs {
+    /// The power-on values (SDM Vol. 3A, 10.1.1, Table 10-1).
+    fn default() -> Self {
+        LooseRegs {
+            cr2: 0,
+            dr: [0; 4],
+            dr6: 0xffff_0ff0,
+        }
+    }
+}
+
+/// The current guest's [`LooseRegs`], as its last VM exit left them.
+pub fn save_loose_regs() -> LooseRegs {
+    // SAFETY: reading CR2 and the debug registers is allowed at CPL 0 and
+    // has no side effect; the host itself neither page-faults in normal
+    // operation nor uses the debug registers, so they are the guest's.
+    unsafe {
+        LooseRegs {
+            cr2: x86::controlregs::cr2() as u64,
+            dr: [
+                x86::debugregs::dr0() as u64,
+                x86::debugregs::dr1() as u64,
+                x86::debugregs::dr2() as u64,
+                x86::debugregs::dr3() as u64,
+            ],
+            dr6: x86::debugregs::dr6().bits() as u64,
+        }
+    }
+}
+
+/// Loads a vCPU's [`LooseRegs`] before it runs.
+pub fn restore_loose_regs(regs: &LooseRegs) {
+    // SAFETY: CR2 is only read by page-fault handlers, and the host's DR7
+    // is 0 (VM exits load it, SDM 28.5.1), so DR0-DR3 and DR6 arm nothing
+    // while the host runs; the values are what this vCPU last had.
+    unsafe {
+        x86::controlregs::cr2_write(regs.cr2);
+        x86::debugregs::dr0_write(regs.dr[0] as usize);
+        x86::debugregs::dr1_write(regs.dr[1] as usize);
+        x86::debugregs::dr2_write(regs.dr[2] as usize);
+        x86::debugregs::dr3_write(regs.dr[3] as usize);
+        x86::debugregs::dr6_write(x86::debugregs::Dr6::from_bits_truncate(regs.dr6 as usize));
     }
 }
