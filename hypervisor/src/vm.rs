@@ -781,16 +781,24 @@ impl Vm {
         }
     }
 
-    /// A vCPU of the VM went idle: if the VM has the keyboard, what its
-    /// UART holds of an unfinished line (a prompt) is shown, the line left
-    /// open for the rest.
+    /// A vCPU of the VM went idle: if the VM has the keyboard and its UART
+    /// driver has sent all it had, what the UART holds of an unfinished
+    /// line (a prompt) is shown, the line left open for the rest. (A driver
+    /// idles between chunks of a line too: those stay until the line ends.)
     pub fn show_prompt(&self, node: &Node) {
         if !console::has_focus(self.spec.global) {
             return;
         }
         let mut line = [0u8; atoll_vmm::devices::LINE_BYTES];
         let len = node
-            .with_devices(self.local, |board| board.ports.uart.take_partial(&mut line))
+            .with_devices(self.local, |board| {
+                let uart = &mut board.ports.uart;
+                if uart.transmit_idle() {
+                    uart.take_partial(&mut line)
+                } else {
+                    None
+                }
+            })
             .flatten();
         if let Some(len) = len {
             let text = core::str::from_utf8(line.get(..len).unwrap_or(&[])).unwrap_or("?");

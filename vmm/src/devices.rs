@@ -355,6 +355,13 @@ impl Uart {
         if self.fifo_enabled { id | IIR_FIFO } else { id }
     }
 
+    /// Whether the driver has nothing more to send: it keeps the transmit
+    /// interrupt (IER.ETBEI) enabled while its buffer holds output, and a
+    /// line it is in the middle of sending must not be cut.
+    pub fn transmit_idle(&self) -> bool {
+        self.ier & IER_ETBEI == 0
+    }
+
     /// The level of the UART's interrupt output as the PC wires it: some
     /// enabled source pending, and MCR.OUT2 set (outside loopback).
     pub fn interrupt_line(&self) -> bool {
@@ -1086,5 +1093,15 @@ mod tests {
         let mut out = [0; LINE_BYTES];
         let n = p.uart.take_line(&mut out).unwrap();
         assert_eq!(&out[..n], b"abcd");
+    }
+
+    #[test]
+    fn the_transmitter_is_idle_only_while_the_driver_sends_nothing() {
+        let mut p = ports();
+        assert!(p.uart.transmit_idle());
+        p.write(COM1 + 1, 1, 0x02); // IER.ETBEI: the driver has output
+        assert!(!p.uart.transmit_idle());
+        p.write(COM1 + 1, 1, 0x01);
+        assert!(p.uart.transmit_idle());
     }
 }
