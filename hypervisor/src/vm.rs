@@ -844,8 +844,15 @@ impl Vm {
 }
 
 /// A guest console line, prefixed with its VM's name.
+/// Every source (UART, virtio-console, the console hypercall) goes
+/// through `console_byte`: no guest byte reaches the operator's terminal
+/// as a control character.
 pub fn print_guest_line(vm: &Vm, line: &[u8]) {
-    let text = core::str::from_utf8(line).unwrap_or("?");
+    let shown: Vec<u8> = line
+        .iter()
+        .map(|&b| atoll_vmm::devices::console_byte(b))
+        .collect();
+    let text = core::str::from_utf8(&shown).unwrap_or("?");
     console::guest_line(vm.spec.global, &vm.spec.name, text);
 }
 

@@ -96,6 +96,25 @@ fn assert_workload_passed(out: &RunOutcome, vm: &str, cpus: u64, virtio_console:
     );
 }
 
+/// A Linux VM in `node` with `vcpus` that runs the acceptance workload,
+/// with a 4 MiB disk and no virtio-console.
+fn workload_vm(name: &str, node: &str, vcpus: u32) -> String {
+    format!(
+        r#"
+[[vm]]
+name = "{name}"
+node = "{node}"
+vcpus = {vcpus}
+mem_mib = 64
+kernel = "linux"
+initrd = "initramfs"
+cmdline = "console=ttyS0 quiet atoll.run=smp-blk"
+devices = ["uart", "virtio-blk"]
+disk_mib = 4
+"#
+    )
+}
+
 #[test]
 fn a_two_vcpu_linux_vm_runs_a_workload_on_both_cpus_and_on_virtio_blk_then_powers_off() {
     let spec = linux_spec(
@@ -109,40 +128,13 @@ fn a_two_vcpu_linux_vm_runs_a_workload_on_both_cpus_and_on_virtio_blk_then_power
 
 #[test]
 fn two_linux_vms_on_two_nodes_run_at_the_same_time_and_both_finish() {
-    let config = r#"
-[[node]]
-name = "a"
-cpus = [0]
-mem_mib = 80
-
-[[node]]
-name = "b"
-cpus = [1]
-mem_mib = 80
-
-[[vm]]
-name = "linux-a"
-node = "a"
-vcpus = 1
-mem_mib = 64
-kernel = "linux"
-initrd = "initramfs"
-cmdline = "console=ttyS0 atoll.run=smp-blk"
-devices = ["uart", "virtio-blk"]
-disk_mib = 4
-
-[[vm]]
-name = "linux-b"
-node = "b"
-vcpus = 1
-mem_mib = 64
-kernel = "linux"
-initrd = "initramfs"
-cmdline = "console=ttyS0 atoll.run=smp-blk"
-devices = ["uart", "virtio-blk"]
-disk_mib = 4
-"#;
-    let spec = linux_spec(ConfigModule::Bytes(config.as_bytes().to_vec()), 2);
+    let config = format!(
+        "[[node]]\nname = \"a\"\ncpus = [0]\nmem_mib = 80\n\n\
+         [[node]]\nname = \"b\"\ncpus = [1]\nmem_mib = 80\n{}{}",
+        workload_vm("linux-a", "a", 1),
+        workload_vm("linux-b", "b", 1)
+    );
+    let spec = linux_spec(ConfigModule::Bytes(config.into_bytes()), 2);
     let out = boot(&spec);
     let why = out.diagnostics();
     assert!(out.success(), "{why}");
@@ -266,26 +258,10 @@ fn two_smp_linux_vms_time_share_the_cpus_of_one_node() {
     // Four vCPUs on two CPUs: each CPU switches between a vCPU of each VM
     // at every slice, so everything a vCPU leaves in the processor (its
     // SWAPGS'd GS base, CR2, debug and extended state) must follow it.
-    let vm = |name: &str| {
-        format!(
-            r#"
-[[vm]]
-name = "{name}"
-node = "a"
-vcpus = 2
-mem_mib = 64
-kernel = "linux"
-initrd = "initramfs"
-cmdline = "console=ttyS0 quiet atoll.run=smp-blk"
-devices = ["uart", "virtio-blk"]
-disk_mib = 4
-"#
-        )
-    };
     let config = format!(
         "[[node]]\nname = \"a\"\ncpus = [0, 1]\nmem_mib = 160\n{}{}",
-        vm("linux-x"),
-        vm("linux-y")
+        workload_vm("linux-x", "a", 2),
+        workload_vm("linux-y", "a", 2)
     );
     let out = boot(&linux_spec(ConfigModule::Bytes(config.into_bytes()), 2));
     assert!(out.success(), "{}", out.diagnostics());

@@ -86,6 +86,18 @@ pub const DEBUG_EXIT: u16 = 0xf4;
 pub const FW_CFG_SELECTOR: u16 = 0x510;
 pub const FW_CFG_DATA: u16 = 0x511;
 
+/// A guest's output byte as the shared console shows it: printable ASCII,
+/// space, tab and backspace (so an interactive shell can erase what it
+/// echoed) pass; any other byte could drive the operator's terminal and
+/// becomes '?'.
+pub fn console_byte(b: u8) -> u8 {
+    if b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | 0x08) {
+        b
+    } else {
+        b'?'
+    }
+}
+
 /// Bytes in a console line before it is cut.
 pub const LINE_BYTES: usize = 256;
 
@@ -458,14 +470,7 @@ impl Uart {
         }
         let len = self.len;
         for (o, b) in out.iter_mut().zip(self.line.iter().take(len)) {
-            // Backspace passes, so an interactive shell can erase what it
-            // echoed; other control bytes could drive the operator's
-            // terminal and become '?'.
-            *o = if b.is_ascii_graphic() || matches!(*b, b' ' | b'\t' | 0x08) {
-                *b
-            } else {
-                b'?'
-            };
+            *o = console_byte(*b);
         }
         self.len = 0;
         self.complete = false;
@@ -1077,22 +1082,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_carriage_return_inside_a_line_starts_it_over() {
+    /// The console line the UART makes of `output`.
+    fn line_of(output: &[u8]) -> std::vec::Vec<u8> {
         let mut p = ports();
-        send(&mut p, b"po\rprompt# poweroff\r\n");
+        send(&mut p, output);
         let mut out = [0; LINE_BYTES];
         let n = p.uart.take_line(&mut out).unwrap();
-        assert_eq!(&out[..n], b"prompt# poweroff");
+        out[..n].to_vec()
+    }
+
+    #[test]
+    fn a_carriage_return_inside_a_line_starts_it_over() {
+        assert_eq!(line_of(b"po\rprompt# poweroff\r\n"), b"prompt# poweroff");
     }
 
     #[test]
     fn terminal_control_sequences_stay_off_the_console() {
-        let mut p = ports();
-        send(&mut p, b"a\x1b[6nb\x1b[1;32mc\x1bMd\n");
-        let mut out = [0; LINE_BYTES];
-        let n = p.uart.take_line(&mut out).unwrap();
-        assert_eq!(&out[..n], b"abcd");
+        assert_eq!(line_of(b"a\x1b[6nb\x1b[1;32mc\x1bMd\n"), b"abcd");
+        assert_eq!(console_byte(0x07), b'?');
+        assert_eq!(console_byte(0x08), 0x08);
     }
 
     #[test]
