@@ -214,7 +214,7 @@ pub fn run(spec: &RunSpec, mut on_line: impl FnMut(&str)) -> Result<RunOutcome> 
     machine.check(spec.emulator)?;
     let work_dir = new_work_dir(spec)?;
     let mut files = prepare(spec, &work_dir)?;
-    let _slot = slots::acquire(&runs_dir())?;
+    let _slot = slots::acquire(&slots::machine_dir())?;
     let mut console = Console::default();
     if spec.interactive || !spec.console_input.is_empty() {
         let pty = SerialPty::open()?;
@@ -471,7 +471,7 @@ fn clean_line(bytes: &[u8]) -> String {
         .to_string()
 }
 
-/// target/atoll-runs: one directory per run, plus the emulator slot locks.
+/// target/atoll-runs: one directory per run.
 pub fn runs_dir() -> PathBuf {
     target_dir().join("atoll-runs")
 }

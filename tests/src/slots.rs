@@ -10,6 +10,13 @@ use std::time::Duration;
 /// How many emulators may run at once.
 pub const SLOTS: usize = 2;
 
+/// Where the slot files live: the machine's temporary directory, so that
+/// runs from different checkouts (each with its own target directory)
+/// share the two slots too.
+pub fn machine_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("atoll-emulator-slots")
+}
+
 /// A held slot; dropping it (closing the file) releases the lock.
 pub struct Slot {
     _file: File,
