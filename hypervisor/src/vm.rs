@@ -30,6 +30,7 @@ use atoll_vmm::board::{self, Board, BoardSpec, MemoryDisk};
 use atoll_vmm::devices::DeviceSet;
 use atoll_vmm::dispatch::StopReason;
 use atoll_vmm::exit::{ExitReason, Registers};
+use atoll_vmm::GuestMemory;
 use atoll_vmm::hypercall::Region;
 use atoll_vmm::ioapic;
 use atoll_vmm::lapic::{Delivery, Destination, Ipi, Lapic, Recipient};
@@ -40,7 +41,7 @@ use spin::Mutex;
 
 use crate::arch::guestram::{self, GuestRam};
 use crate::arch::kmem::{KernelMemory, SharedFrames};
-use crate::arch::{apic, idt, images};
+use crate::arch::{apic, cpu, idt, images};
 use crate::console;
 use crate::node::Node;
 
@@ -233,6 +234,30 @@ pub struct Vm {
     counts: [AtomicU64; REASONS.len()],
     root_ticks: [AtomicU64; REASONS.len()],
     guest_ticks: AtomicU64,
+    /// The last time its memory was cleared (first start or restart).
+    cleared: Mutex<Cleared>,
+}
+
+/// Memory cleared before a VM (re)starts, and what that cost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cleared {
+    pub bytes: u64,
+    pub ticks: u64,
+}
+
+/// Zeroes `ram` and, if given, `disk`: nothing a VM finds in its memory
+/// comes from before it started.
+fn clear(ram: GuestRam, disk: Option<GuestRam>) -> Cleared {
+    let start = cpu::rdtsc();
+    let mut bytes = 0;
+    for mut memory in core::iter::once(ram).chain(disk) {
+        memory.zero();
+        bytes += memory.size();
+    }
+    Cleared {
+        bytes,
+        ticks: cpu::rdtsc().saturating_sub(start),
+    }
 }
 
 /// Why a VM could not be built.
@@ -315,6 +340,7 @@ impl Vm {
         .map_err(BuildError::Ept)?;
         let eptp = ept.pointer();
         let ram = guestram::for_vm(node_plan, spec.memory).ok_or(BuildError::NotNodeMemory)?;
+        let cleared = clear(ram, disk);
         let vcpus = spec.vcpus;
         let channels = spec.channels.len();
         let vm = Vm {
@@ -348,6 +374,7 @@ impl Vm {
             counts: [const { AtomicU64::new(0) }; REASONS.len()],
             root_ticks: [const { AtomicU64::new(0) }; REASONS.len()],
             guest_ticks: AtomicU64::new(0),
+            cleared: Mutex::new(cleared),
         };
         vm.load_images()?;
         Ok(vm)
@@ -746,6 +773,10 @@ impl Vm {
         let fresh = self.new_devices();
         node.with_devices(self.local, |board| *board = fresh);
         self.unmap_channels();
+        // RAM is cleared; the disk is the VM's own and survives, as a
+        // disk survives a reset.
+        let cleared = clear(self.ram, None);
+        *self.cleared.lock() = cleared;
         if let Err(e) = self.load_images() {
             log::error!("VM '{}' cannot restart: {e}", self.spec.name);
             return false;
@@ -765,6 +796,8 @@ impl Vm {
                 .field("node", node.index)
                 .field("restarts", restarts)
                 .field("cause", cause.name())
+                .field("cleared_mib", cleared.bytes >> 20)
+                .field("clear_ticks", cleared.ticks)
         });
         self.kick_cpus(node);
         true
@@ -832,6 +865,7 @@ impl Vm {
             Boot::Linux(e) => e.rip,
         };
         let mem = HexRange(self.spec.memory.start.0, self.spec.memory.end());
+        let cleared = *self.cleared.lock();
         console::event("vm_start", |e| {
             e.field("vm", self.spec.name.as_str())
                 .field("node", node.index)
@@ -839,6 +873,8 @@ impl Vm {
                 .field("cpus", self.spec.vcpu_cpus.as_slice())
                 .field("mem", mem)
                 .field("entry", Hex(entry))
+                .field("cleared_mib", cleared.bytes >> 20)
+                .field("clear_ticks", cleared.ticks)
         });
     }
 }

@@ -234,6 +234,9 @@ fn storms() {
     run_batch(&CASES[29..], 120);
 }
 
+/// The restarted VM also checks its RAM was zeroed (case
+/// `ram-zeroed-at-start`: each incarnation finds the top MiB of its RAM
+/// zero, dirties it, and crashes).
 #[test]
 fn a_crashing_vm_with_on_crash_restart_comes_back_and_its_neighbours_never_notice() {
     let crashy = r#"
@@ -243,9 +246,10 @@ node = "a"
 vcpus = 1
 mem_mib = 4
 kernel = "hostile"
-cmdline = "case=triple-fault"
+cmdline = "case=ram-zeroed-at-start"
 pin = [0]
 on_crash = "restart"
+devices = ["uart", "debug-exit", "fw-cfg"]
 "#;
     let out = run(config(crashy, 60));
     let why = out.diagnostics();
@@ -265,9 +269,22 @@ on_crash = "restart"
     let runs = out
         .lines
         .iter()
-        .filter(|l| *l == "[crashy] hostile: triple-fault")
+        .filter(|l| *l == "[crashy] hostile: ram-zeroed-at-start")
         .count();
     assert_eq!(runs, 4, "the VM came back and ran again each time\n{why}");
+    let zeroed: Vec<Option<bool>> = out
+        .events
+        .iter()
+        .filter(|e| is(e, "guest_case", "crashy"))
+        .map(|e| e.bool("ok"))
+        .collect();
+    assert_eq!(
+        zeroed,
+        [Some(true); 4],
+        "every incarnation found its RAM zeroed\n{why}"
+    );
+    let cleared: Vec<Option<u64>> = restarts.iter().map(|e| e.u64("cleared_mib")).collect();
+    assert_eq!(cleared, [Some(4); 3], "each restart cleared the 4 MiB\n{why}");
     // The neighbours beat on through every restart, none missing.
     for beat in ["beat-a", "beat-b"] {
         let counts: Vec<u64> = out

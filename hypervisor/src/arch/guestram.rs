@@ -47,6 +47,22 @@ impl GuestRam {
     }
 }
 
+impl GuestRam {
+    /// Sets every byte to 0, so a VM never finds what its memory held
+    /// before it (an earlier incarnation, or whatever the machine left
+    /// there). Called only while no vCPU of the VM runs: before its first
+    /// start and between generations, when every CPU has parked its vCPUs.
+    pub fn zero(&mut self) {
+        let Ok(len) = usize::try_from(self.size) else {
+            return;
+        };
+        // SAFETY: `[host, host + size)` is the VM's memory, mapped
+        // read-write (`new`'s contract); no vCPU runs, so nothing else
+        // accesses it while it is cleared.
+        unsafe { core::ptr::write_bytes(self.host as *mut u8, 0, len) };
+    }
+}
+
 impl GuestMemory for GuestRam {
     fn size(&self) -> u64 {
         self.size

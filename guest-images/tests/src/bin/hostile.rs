@@ -72,6 +72,7 @@ const CASES: &[(&str, Case)] = &[
     ("vmxon", |_| vmxon()),
     // Crashes: the VM is stopped.
     ("triple-fault", |_| triple_fault()),
+    ("ram-zeroed-at-start", |_| ram_zeroed_at_start()),
     ("halt-forever", |_| halt_forever()),
     ("string-io", |_| string_io()),
     // Hypercalls: refused with error codes, never a crash.
@@ -179,6 +180,23 @@ fn vmxon() -> u32 {
 }
 
 fn triple_fault() -> u32 {
+    atoll_guest_rt::cr::triple_fault()
+}
+
+/// Checks that the top MiB of RAM (where nothing is loaded) is zero, fills
+/// it with a pattern, and triple-faults: run with `on_crash = "restart"`,
+/// each incarnation checks that none of the last one's bytes survived.
+fn ram_zeroed_at_start() -> u32 {
+    let end = atoll_guest_rt::fw_cfg::ram_bytes();
+    let top = (end.saturating_sub(1 << 20)..end).step_by(8);
+    let dirty = top
+        .clone()
+        .filter(|&a| atoll_guest_rt::mem::read_u64(a) != 0)
+        .count();
+    for a in top {
+        write_u64(a, 0xd1d1_d1d1_d1d1_d1d1);
+    }
+    report("ram-zeroed-at-start", dirty == 0, "top MiB checked");
     atoll_guest_rt::cr::triple_fault()
 }
 
