@@ -80,7 +80,8 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
         .filter(|(_, vm)| usize::from(vm.node.0) == node)
         .map(|(global, vm)| VmSpec {
             name: vm.name.clone(),
-            vcpus: vm.vcpus.min(u32::from(u16::MAX)) as u16,
+            // At most MAX_VCPUS (255): the parser's bound, kept in the type.
+            vcpus: vm.vcpus,
             memory: vm.memory,
             vcpu_cpus: vm.vcpu_cpus.iter().map(|c| c.0).collect(),
             kernel: vm.kernel.clone(),
