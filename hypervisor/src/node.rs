@@ -42,6 +42,9 @@ pub struct BootState {
     pub selftest: selftest::Selftest,
     /// The VMX capabilities, when the processor can run VMs.
     pub vmx: Option<atoll_platform::vmx::VmxCaps>,
+    /// `[[vm]]` tables refused at boot (`vm_refused`): they count as
+    /// failed VMs in the power-off status.
+    pub refused: u32,
 }
 
 /// What part 1 hands a node's first CPU: the only argument of part 2.
@@ -212,7 +215,8 @@ fn build_vms(node: &'static Node, plan: &NodePlan) {
     let mut devices = Vec::with_capacity(specs.len());
     for spec in specs {
         let name = spec.name.clone();
-        let built = Vm::build(vms.len(), spec, plan, &node.kmem);
+        let (_, heap_free) = node.heap.usage();
+        let built = Vm::build(vms.len(), spec, plan, &node.kmem, heap_free);
         match built {
             Ok(vm) => {
                 devices.push(vm.new_devices());
@@ -350,7 +354,10 @@ fn maybe_power_off(node: &Node) {
     if running > 0 {
         return;
     }
-    let failed: u32 = pages.map(|p| p.vms_failed.load(Ordering::SeqCst)).sum();
+    let failed: u32 = pages
+        .map(|p| p.vms_failed.load(Ordering::SeqCst))
+        .sum::<u32>()
+        .saturating_add(node.boot.refused);
     let status = u8::from(failed > 0);
     crate::boot::power_off(
         status,

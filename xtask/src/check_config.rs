@@ -69,15 +69,24 @@ fn read(file: &Path, name: &str) -> Result<Vec<u8>, ConfigError> {
         const O_NONBLOCK: i32 = 0o4000;
         options.custom_flags(O_NONBLOCK);
     }
-    let mut f = options
-        .open(file)
-        .map_err(|e| error(format!("cannot open the file: {e}"), "give the path of a config file"))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| error(format!("cannot look at the file: {e}"), "give the path of a config file"))?;
+    let mut f = options.open(file).map_err(|e| {
+        error(
+            format!("cannot open the file: {e}"),
+            "give the path of a config file",
+        )
+    })?;
+    let meta = f.metadata().map_err(|e| {
+        error(
+            format!("cannot look at the file: {e}"),
+            "give the path of a config file",
+        )
+    })?;
     if !meta.is_file() {
         return Err(error(
-            format!("not a regular file (it is {})", file_kind(&meta.file_type())),
+            format!(
+                "not a regular file (it is {})",
+                file_kind(&meta.file_type())
+            ),
             "give the path of a config file; check-config reads only regular files",
         ));
     }
@@ -87,7 +96,12 @@ fn read(file: &Path, name: &str) -> Result<Vec<u8>, ConfigError> {
     f.by_ref()
         .take(MAX_CONFIG_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| error(format!("cannot read the file: {e}"), "give the path of a readable config file"))?;
+        .map_err(|e| {
+            error(
+                format!("cannot read the file: {e}"),
+                "give the path of a readable config file",
+            )
+        })?;
     check_size(name, bytes.len())?;
     Ok(bytes)
 }
@@ -106,7 +120,11 @@ fn file_kind(t: &std::fs::FileType) -> &'static str {
             return "a socket";
         }
     }
-    if t.is_dir() { "a directory" } else { "not a plain file" }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a plain file"
+    }
 }
 
 /// The machine `check-config` plans on without `--topology`: the one
@@ -367,8 +385,15 @@ mod tests {
         // 3 CPUs are more than the default machine has.
         let big = CONFIG.replace("count = 2", "count = 3");
         let errors = verdict("c.toml", big.as_bytes(), None).unwrap_err();
-        assert!(errors[0].starts_with("c.toml:7:9: node 'b' asks for 3 CPUs"), "{errors:?}");
-        assert!(errors[1].starts_with("c.toml: planned on the default machine: cpus=4,numa=1,mem-mib=512"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("c.toml:7:9: node 'b' asks for 3 CPUs"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1]
+                .starts_with("c.toml: planned on the default machine: cpus=4,numa=1,mem-mib=512"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -405,7 +430,9 @@ mod tests {
         let errors = verdict("c.toml", b"[[node]]\nname = \"\xc3\xa9a\xffb\"\n", None).unwrap_err();
         assert_eq!(
             errors,
-            ["c.toml:2:11: the file is not UTF-8 text (byte 20 is not valid UTF-8); save the config as UTF-8"]
+            [
+                "c.toml:2:11: the file is not UTF-8 text (byte 20 is not valid UTF-8); save the config as UTF-8"
+            ]
         );
         assert!(verdict("c.toml", b"", None).unwrap_err()[0].contains("no [[node]]"));
     }
@@ -437,13 +464,22 @@ mod tests {
     fn only_regular_files_within_the_limit_are_read() {
         let dir = temp("read");
         let err = read(&dir, "d").unwrap_err().to_string();
-        assert_eq!(err, "d:1:1: not a regular file (it is a directory); give the path of a config file; check-config reads only regular files");
+        assert_eq!(
+            err,
+            "d:1:1: not a regular file (it is a directory); give the path of a config file; check-config reads only regular files"
+        );
         let err = read(Path::new("/dev/zero"), "z").unwrap_err().to_string();
         assert!(err.contains("not a regular file (it is a device)"), "{err}");
         let big = dir.join("big.toml");
         std::fs::write(&big, vec![b'#'; MAX_CONFIG_BYTES + 1]).unwrap();
         let err = read(&big, "big.toml").unwrap_err().to_string();
-        assert_eq!(err, format!("big.toml:1:1: the config is {} bytes, more than the {MAX_CONFIG_BYTES} Atoll reads; split the cluster, or shorten the config (comments and blank lines count too)", MAX_CONFIG_BYTES + 1));
+        assert_eq!(
+            err,
+            format!(
+                "big.toml:1:1: the config is {} bytes, more than the {MAX_CONFIG_BYTES} Atoll reads; split the cluster, or shorten the config (comments and blank lines count too)",
+                MAX_CONFIG_BYTES + 1
+            )
+        );
         std::fs::write(&big, b"# ok\n").unwrap();
         assert_eq!(read(&big, "big.toml").unwrap(), b"# ok\n");
         std::fs::remove_dir_all(dir).unwrap();

@@ -31,6 +31,7 @@
 //! ```
 
 mod error;
+mod nesting;
 mod parse;
 mod read;
 
@@ -39,6 +40,7 @@ pub use error::{
     utf8,
 };
 pub(crate) use error::{ErrorList, vm_index as vm_table};
+pub use nesting::MAX_NESTING;
 
 use alloc::collections::BTreeSet;
 use alloc::format;
@@ -57,12 +59,13 @@ pub const MIN_KERNEL_MIB: u64 = 2;
 /// Largest `mem_mib`, `kernel_mib` and `disk_mib` (16 TiB): keeps every
 /// size in bytes far from `u64` overflow.
 pub const MAX_MEM_MIB: u64 = 1 << 24;
-/// Largest config file in bytes. The hypervisor parses the config in its
-/// 2 MiB boot heap, and the TOML document of a file takes up to about 90
-/// times the file's size there: 16 KiB keeps the worst case (measured by
-/// `tests/limits.rs`) within half the heap. A config of 64 nodes, each
-/// with a VM, is about 8 KiB.
-pub const MAX_CONFIG_BYTES: usize = 16 * 1024;
+/// Largest config file in bytes. The hypervisor parses and plans the
+/// config in its 2 MiB boot heap, and the TOML document of a pathological
+/// file (`cpus = [0,0,0,...`) takes about 95 bytes per byte of text: 8 KiB
+/// keeps the worst case measured by `tests/limits.rs` (about 770 KiB)
+/// within half the heap. The default config is 4 KiB; a VM table about
+/// 200 bytes.
+pub const MAX_CONFIG_BYTES: usize = 8 * 1024;
 /// CPUs Atoll can use: its boot discovery records at most this many (the
 /// MADT limit of `atoll_platform::acpi`). Bounds `count`, the length of
 /// `cpus` and every CPU index (0 to `MAX_CPUS - 1`).
@@ -283,8 +286,8 @@ impl ClusterConfig {
     ///
     /// Returns the errors found, sorted by position: at most
     /// [`MAX_ERRORS`], then one [`ErrorKind::More`] line counting the
-    /// rest. A text over [`MAX_CONFIG_BYTES`] is one error, and is not
-    /// parsed. A TOML syntax error stops the checks (the rest of the
+    /// rest. A text over [`MAX_CONFIG_BYTES`], or nested deeper than
+    /// [`MAX_NESTING`], is one error, and is not parsed. A TOML syntax error stops the checks (the rest of the
     /// document is unreliable); any other error lets the remaining checks
     /// run.
     pub fn parse(file_name: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigError>> {
@@ -298,7 +301,9 @@ impl ClusterConfig {
         text: &str,
         skip: &BTreeSet<usize>,
     ) -> Result<ClusterConfig, ErrorList> {
-        if let Err(e) = check_size(file_name, text.len()) {
+        if let Err(e) =
+            check_size(file_name, text.len()).and_then(|()| nesting::check(file_name, text))
+        {
             let mut list = ErrorList::new(file_name);
             list.push(e);
             return Err(list);

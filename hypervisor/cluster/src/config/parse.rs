@@ -15,9 +15,8 @@ use super::read::{Field, Key, Reader, Section, Table, closest, sorted_entries, s
 use super::{
     ChannelConfig, ChannelGrant, ClusterConfig, CpuSelection, DEFAULT_KERNEL_MIB, IpiConfig,
     MAX_CHANNELS, MAX_CMDLINE_LEN, MAX_CPUS, MAX_IPIS, MAX_MEM_MIB, MAX_MODULES, MAX_NAME_LEN,
-    MAX_NODES, MAX_PATH_LEN, MAX_VCPUS, MAX_VM_CHANNELS, MAX_VM_SIGNALS, MAX_VMS,
-    MAX_VMS_PER_NODE, MIN_KERNEL_MIB, NOTIFICATIONS, NodeConfig, OnCrash, VmConfig,
-    VmSignalConfig,
+    MAX_NODES, MAX_PATH_LEN, MAX_VCPUS, MAX_VM_CHANNELS, MAX_VM_SIGNALS, MAX_VMS, MAX_VMS_PER_NODE,
+    MIN_KERNEL_MIB, NOTIFICATIONS, NodeConfig, OnCrash, VmConfig, VmSignalConfig,
 };
 use crate::plan::{Access, DEVICES, NodeId};
 use crate::topology::{CpuIndex, DomainId};
@@ -217,10 +216,7 @@ fn section_limit(section: &str) -> (usize, &'static str) {
     match section {
         "node" => (MAX_NODES, "every node needs a CPU of its own; merge nodes"),
         "channel" => (MAX_CHANNELS, "merge channels"),
-        "ipi" => (
-            MAX_IPIS,
-            "merge the [[ipi]] tables of each pair of nodes",
-        ),
+        "ipi" => (MAX_IPIS, "merge the [[ipi]] tables of each pair of nodes"),
         _ => (MAX_VMS, "merge VMs or split the cluster"),
     }
 }
@@ -1070,10 +1066,7 @@ fn read_access(
     }
     if entries.len() < 2 {
         let message = match entries.first() {
-            Some((node, _)) => format!(
-                "{who} gives access only to node '{}'",
-                shown(&node.value)
-            ),
+            Some((node, _)) => format!("{who} gives access only to node '{}'", shown(&node.value)),
             None => format!("{who} gives access to no node"),
         };
         r.report(

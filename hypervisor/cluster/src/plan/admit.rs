@@ -18,7 +18,7 @@
 //! hypervisor runs at boot and what `cargo xtask check-config` runs, so
 //! the two agree on which VMs a config loses.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -65,7 +65,7 @@ pub fn admit(file: &str, text: &str, topology: &Topology) -> Result<Admitted, Ve
             Err(errors) => {
                 let fatal = errors.outside_vms || errors.vms.is_empty();
                 let before = skip.len();
-                refuse(&errors, &mut refused, &mut skip);
+                refuse(&errors, &errors.vm_names, &mut refused, &mut skip);
                 all.extend(errors);
                 if fatal || skip.len() == before {
                     return Err(all.into_sorted());
@@ -93,7 +93,12 @@ pub fn admit(file: &str, text: &str, topology: &Topology) -> Result<Admitted, Ve
             Err(errors) => {
                 let fatal = errors.outside_vms || errors.vms.is_empty();
                 let before = skip.len();
-                refuse(&errors, &mut refused, &mut skip);
+                let names: BTreeMap<usize, String> = config
+                    .vms
+                    .iter()
+                    .map(|vm| (table_index(vm), vm.name.value.clone()))
+                    .collect();
+                refuse(&errors, &names, &mut refused, &mut skip);
                 all.extend(errors);
                 if fatal || skip.len() == before {
                     return Err(all.into_sorted());
@@ -104,12 +109,17 @@ pub fn admit(file: &str, text: &str, topology: &Topology) -> Result<Admitted, Ve
     }
 }
 
-/// Records a refusal for each `[[vm]]` table with errors in `errors`.
-fn refuse(errors: &ErrorList, refused: &mut Vec<Refusal>, skip: &mut BTreeSet<usize>) {
+/// Records a refusal for each `[[vm]]` table with errors in `errors`;
+/// `names` are the valid names of the tables, by index.
+fn refuse(
+    errors: &ErrorList,
+    names: &BTreeMap<usize, String>,
+    refused: &mut Vec<Refusal>,
+    skip: &mut BTreeSet<usize>,
+) {
     for (&index, error) in &errors.vms {
         if skip.insert(index) {
-            let name = errors
-                .vm_names
+            let name = names
                 .get(&index)
                 .cloned()
                 .unwrap_or_else(|| format!("vm[{index}]"));
@@ -135,7 +145,10 @@ fn refuse_signalling(config: &mut ClusterConfig, refused: &mut Vec<Refusal>, all
             .filter(|n| !present.contains(n))
             .collect();
         let hit = config.vms.iter().find_map(|vm| {
-            let s = vm.signals.iter().find(|s| gone.contains(s.vm.value.as_str()))?;
+            let s = vm
+                .signals
+                .iter()
+                .find(|s| gone.contains(s.vm.value.as_str()))?;
             let error = ConfigError::new(
                 &config.file,
                 &s.vm.at,
