@@ -205,9 +205,10 @@ fn build_vms(node: &'static Node, plan: &NodePlan) {
                     ),
                 )
         });
-        node.status
-            .vms_failed
-            .fetch_add(specs.len() as u32, Ordering::SeqCst);
+        node.status.vms_failed.fetch_add(
+            u32::try_from(specs.len()).unwrap_or(u32::MAX),
+            Ordering::SeqCst,
+        );
         node.vms.call_once(Vec::new);
         return;
     }
@@ -234,9 +235,10 @@ fn build_vms(node: &'static Node, plan: &NodePlan) {
     if let Ok(mut kernel) = node.kernel.lock(0, cpu::rdtsc) {
         kernel.devices = devices;
     }
-    node.status
-        .vms_running
-        .store(vms.len() as u32, Ordering::SeqCst);
+    node.status.vms_running.store(
+        u32::try_from(vms.len()).unwrap_or(u32::MAX),
+        Ordering::SeqCst,
+    );
     for vm in &vms {
         vm.report_start(node);
     }

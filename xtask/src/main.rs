@@ -53,7 +53,7 @@ enum Cmd {
     /// Check a cluster config file and plan it, as the hypervisor would
     /// at boot.
     CheckConfig {
-        /// The config file (a regular file of at most 8 KiB).
+        /// The config file (a regular file of at most 16 KiB).
         file: PathBuf,
         /// A machine to plan the config on, e.g. cpus=4,numa=2,mem-mib=1024
         /// (keys: cpus, numa, mem-mib or ram-mib, boot-cpu). Without it,

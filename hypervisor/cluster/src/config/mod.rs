@@ -40,7 +40,7 @@ pub use error::{
     utf8,
 };
 pub(crate) use error::{ErrorList, vm_index as vm_table};
-pub use nesting::MAX_NESTING;
+pub use nesting::{MAX_ITEMS, MAX_NESTING, MAX_TABLES};
 
 use alloc::collections::BTreeSet;
 use alloc::format;
@@ -60,12 +60,11 @@ pub const MIN_KERNEL_MIB: u64 = 2;
 /// size in bytes far from `u64` overflow.
 pub const MAX_MEM_MIB: u64 = 1 << 24;
 /// Largest config file in bytes. The hypervisor parses and plans the
-/// config in its 2 MiB boot heap, and the TOML document of a pathological
-/// file (`cpus = [0,0,0,...`) takes about 95 bytes per byte of text: 8 KiB
-/// keeps the worst case measured by `tests/limits.rs` (about 770 KiB)
-/// within half the heap. The default config is 4 KiB; a VM table about
-/// 200 bytes.
-pub const MAX_CONFIG_BYTES: usize = 8 * 1024;
+/// config in its 2 MiB boot heap; with at most [`MAX_ITEMS`] keys and
+/// values and [`MAX_TABLES`] tables, the worst case `tests/limits.rs`
+/// measures at this size stays within 5/8 of the heap. The default config is 4 KiB; a VM table about
+/// 200 bytes; a 64-node cluster with a ring of channels about 15 KiB.
+pub const MAX_CONFIG_BYTES: usize = 16 * 1024;
 /// CPUs Atoll can use: its boot discovery records at most this many (the
 /// MADT limit of `atoll_platform::acpi`). Bounds `count`, the length of
 /// `cpus` and every CPU index (0 to `MAX_CPUS - 1`).
@@ -286,8 +285,9 @@ impl ClusterConfig {
     ///
     /// Returns the errors found, sorted by position: at most
     /// [`MAX_ERRORS`], then one [`ErrorKind::More`] line counting the
-    /// rest. A text over [`MAX_CONFIG_BYTES`], or nested deeper than
-    /// [`MAX_NESTING`], is one error, and is not parsed. A TOML syntax error stops the checks (the rest of the
+    /// rest. A text over [`MAX_CONFIG_BYTES`], nested deeper than
+    /// [`MAX_NESTING`], or with more than [`MAX_ITEMS`] items or
+    /// [`MAX_TABLES`] tables, is one error, and is not parsed. A TOML syntax error stops the checks (the rest of the
     /// document is unreliable); any other error lets the remaining checks
     /// run.
     pub fn parse(file_name: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigError>> {
