@@ -12,8 +12,9 @@ use crate::console;
 use crate::node::{self, BootState};
 use crate::selftest::Selftest;
 use alloc::vec::Vec;
-use atoll_cluster::config::ClusterConfig;
+use atoll_cluster::config::{check_size, utf8};
 use atoll_cluster::plan::Plan;
+use atoll_cluster::plan::admit::{Refusal, admit};
 use atoll_cluster::topology::{Cpu, CpuIndex, DomainId, DomainMemory, PhysRange, Topology};
 use atoll_platform::acpi::{Madt, PhysMemory, SoftOff, Tables};
 use atoll_platform::cmdline::Cmdline;
@@ -81,11 +82,14 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
     };
 
     let config_text = find_config(&info, memory, soft_off);
-    let config = ClusterConfig::parse(CONFIG_MODULE, config_text)
-        .unwrap_or_else(|errors| config_errors(&errors, soft_off));
     let topology = discover_topology(&info, &madt, &tables, features.apic_id, boot_info, soft_off);
-    let plan = atoll_cluster::plan::plan(&config, &topology)
+    // Errors only inside [[vm]] tables refuse those VMs; any other error
+    // stops the boot (atoll_cluster::plan::admit).
+    let admitted = admit(CONFIG_MODULE, config_text, &topology)
         .unwrap_or_else(|errors| config_errors(&errors, soft_off));
+    report_refusals(&admitted.refused);
+    let refused = u32::try_from(admitted.refused.len()).unwrap_or(u32::MAX);
+    let plan = admitted.plan;
     if plan.nodes.len() > arch::status::MAX_NODES {
         fatal(
             "config",
@@ -113,6 +117,7 @@ pub fn run(magic: u32, boot_info: &[u8], memory: &BootMemory) -> ! {
         soft_off,
         selftest,
         vmx,
+        refused,
     }));
     node::start_cluster(boot)
 }
@@ -264,6 +269,17 @@ fn report_plan(plan: &Plan) {
     }
 }
 
+/// Reports each VM the boot leaves out (`vm_refused`).
+fn report_refusals(refused: &[Refusal]) {
+    for r in refused {
+        log::warn!("VM '{}' refused: {}", r.name, r.error);
+        console::event("vm_refused", |e| {
+            e.field("vm", r.name.as_str())
+                .field("msg", format_args!("{}", r.error))
+        });
+    }
+}
+
 /// Reports every config error (each as an `error` event with kind
 /// `config`) and powers off.
 fn config_errors(errors: &[atoll_cluster::config::ConfigError], soft_off: Option<SoftOff>) -> ! {
@@ -355,6 +371,11 @@ fn find_config<'m>(
     });
     log::info!("cluster config: {} bytes at {}", module.len(), module.start);
     let len = usize::try_from(module.len()).unwrap_or(usize::MAX);
+    // Before anything is read: the config is parsed in the boot heap,
+    // which holds the document of a file up to this size.
+    if let Err(e) = check_size(CONFIG_MODULE, len) {
+        fatal("config", e, soft_off);
+    }
     let Some(bytes) = memory.bytes(module.start, len) else {
         fatal(
             "config",
@@ -365,13 +386,7 @@ fn find_config<'m>(
             soft_off,
         );
     };
-    core::str::from_utf8(bytes).unwrap_or_else(|e| {
-        fatal(
-            "config",
-            format_args!("{CONFIG_MODULE}: not UTF-8 text ({e}); save the config as UTF-8"),
-            soft_off,
-        )
-    })
+    utf8(CONFIG_MODULE, bytes).unwrap_or_else(|e| fatal("config", e, soft_off))
 }
 
 /// Reports a fatal input error and powers off with status 1.

@@ -42,6 +42,9 @@ pub struct BootState {
     pub selftest: selftest::Selftest,
     /// The VMX capabilities, when the processor can run VMs.
     pub vmx: Option<atoll_platform::vmx::VmxCaps>,
+    /// `[[vm]]` tables refused at boot (`vm_refused`): they count as
+    /// failed VMs in the power-off status.
+    pub refused: u32,
 }
 
 /// What part 1 hands a node's first CPU: the only argument of part 2.
@@ -202,9 +205,10 @@ fn build_vms(node: &'static Node, plan: &NodePlan) {
                     ),
                 )
         });
-        node.status
-            .vms_failed
-            .fetch_add(specs.len() as u32, Ordering::SeqCst);
+        node.status.vms_failed.fetch_add(
+            u32::try_from(specs.len()).unwrap_or(u32::MAX),
+            Ordering::SeqCst,
+        );
         node.vms.call_once(Vec::new);
         return;
     }
@@ -212,7 +216,8 @@ fn build_vms(node: &'static Node, plan: &NodePlan) {
     let mut devices = Vec::with_capacity(specs.len());
     for spec in specs {
         let name = spec.name.clone();
-        let built = Vm::build(vms.len(), spec, plan, &node.kmem);
+        let (_, heap_free) = node.heap.usage();
+        let built = Vm::build(vms.len(), spec, plan, &node.kmem, heap_free);
         match built {
             Ok(vm) => {
                 devices.push(vm.new_devices());
@@ -230,9 +235,10 @@ fn build_vms(node: &'static Node, plan: &NodePlan) {
     if let Ok(mut kernel) = node.kernel.lock(0, cpu::rdtsc) {
         kernel.devices = devices;
     }
-    node.status
-        .vms_running
-        .store(vms.len() as u32, Ordering::SeqCst);
+    node.status.vms_running.store(
+        u32::try_from(vms.len()).unwrap_or(u32::MAX),
+        Ordering::SeqCst,
+    );
     for vm in &vms {
         vm.report_start(node);
     }
@@ -350,7 +356,10 @@ fn maybe_power_off(node: &Node) {
     if running > 0 {
         return;
     }
-    let failed: u32 = pages.map(|p| p.vms_failed.load(Ordering::SeqCst)).sum();
+    let failed: u32 = pages
+        .map(|p| p.vms_failed.load(Ordering::SeqCst))
+        .sum::<u32>()
+        .saturating_add(node.boot.refused);
     let status = u8::from(failed > 0);
     crate::boot::power_off(
         status,

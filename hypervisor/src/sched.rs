@@ -93,20 +93,33 @@ fn input_poll_ticks() -> u64 {
 pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::Infallible> {
     let me = percpu::current()?;
     let vms = node.vms.get()?;
-    let mine: Vec<(&'static Vm, u16)> = vms
-        .iter()
-        .flat_map(|vm| {
+    // vCPU numbers are below MAX_VCPUS (255), so u16 holds them.
+    let on_this_cpu = || {
+        vms.iter().flat_map(move |vm| {
             vm.spec
                 .vcpu_cpus
                 .iter()
                 .enumerate()
-                .filter(|(_, cpu)| **cpu == me.cpu)
-                .map(move |(i, _)| (*vm, i as u16))
+                .filter(move |(_, cpu)| **cpu == me.cpu)
+                .filter_map(move |(i, _)| Some((*vm, u16::try_from(i).ok()?)))
         })
-        .collect();
-    if mine.is_empty() {
+    };
+    let count = on_this_cpu().count();
+    if count == 0 {
         return None;
     }
+    // Both lists grow with the config: allocated fallibly, and if the node
+    // heap cannot hold them, this CPU's vCPUs are stopped, not the host.
+    let mut mine: Vec<(&'static Vm, u16)> = Vec::new();
+    let mut slots: Vec<Slot> = Vec::new();
+    if mine.try_reserve_exact(count).is_err() || slots.try_reserve_exact(count).is_err() {
+        log::error!("CPU {}: no node heap for its {count} vCPUs", me.cpu);
+        for (vm, id) in on_this_cpu() {
+            abandon(node, vm, id);
+        }
+        return None;
+    }
+    mine.extend(on_this_cpu());
     let setup = vmx::enable_on_this_cpu(caps, &mut node.kmem.lock())
         .map_err(|e| alloc::format!("VMX cannot be turned on: {e}"))
         .and_then(|()| vmcs::controls(caps).map_err(|e| alloc::format!("{e}")));
@@ -120,7 +133,6 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
             return None;
         }
     };
-    let mut slots = Vec::with_capacity(mine.len());
     for (vm, id) in mine {
         let template = VmcsTemplate {
             controls,

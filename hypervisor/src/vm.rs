@@ -81,7 +81,8 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
         .filter(|(_, vm)| usize::from(vm.node.0) == node)
         .map(|(global, vm)| VmSpec {
             name: vm.name.clone(),
-            vcpus: vm.vcpus.min(u32::from(u16::MAX)) as u16,
+            // At most MAX_VCPUS (255): the parser's bound, kept in the type.
+            vcpus: vm.vcpus,
             memory: vm.memory,
             vcpu_cpus: vm.vcpu_cpus.iter().map(|c| c.0).collect(),
             kernel: vm.kernel.clone(),
@@ -273,6 +274,14 @@ pub enum BuildError {
     /// An initrd for a kernel that is not booted with the Linux protocol.
     InitrdWithoutLinux,
     Ept(atoll_platform::ept::EptError),
+    /// The node heap cannot hold the VM's state (checked before the build,
+    /// and every allocation that grows with the config is fallible).
+    OutOfHeap {
+        needed: usize,
+        free: usize,
+    },
+    /// More VMs in the node than VPIDs (the config allows far fewer).
+    TooManyVms,
 }
 
 impl core::fmt::Display for BuildError {
@@ -294,18 +303,56 @@ impl core::fmt::Display for BuildError {
                 "`initrd` is for Linux kernels (bzImage); give a multiboot kernel its files as `modules`",
             ),
             BuildError::Ept(e) => write!(f, "{e}"),
+            BuildError::OutOfHeap { needed, free } => write!(
+                f,
+                "the node heap has {free} bytes free, but the VM needs about {needed}: raise kernel_mib of its node, or give it fewer vCPUs"
+            ),
+            BuildError::TooManyVms => f.write_str("the node has more VMs than VPIDs"),
         }
     }
 }
 
+/// Node-heap bytes the loaders may take for a while during a build (the
+/// multiboot information, the Linux command line).
+const LOAD_SLACK: usize = 64 << 10;
+
 impl Vm {
+    /// About the node-heap bytes a VM of `spec` takes: its record and
+    /// devices, and per vCPU its mailbox, its run-loop slot and its
+    /// entries in the CPU lists. Checked against the heap's free bytes
+    /// before the build, so a config the heap cannot hold stops that VM,
+    /// not the host.
+    pub fn heap_needed(spec: &VmSpec) -> usize {
+        let per_vcpu = size_of::<Mailbox>()
+            + size_of::<crate::sched::Slot>()
+            + size_of::<u32>()
+            + size_of::<(&Vm, u16)>();
+        usize::from(spec.vcpus)
+            .saturating_mul(per_vcpu)
+            .saturating_add(size_of::<Vm>() + size_of::<VmBoard>() + LOAD_SLACK)
+            .saturating_add(spec.cmdline.len().saturating_mul(4))
+    }
+
     /// Builds the VM: its EPT (from `kmem`), its images loaded into its RAM.
+    /// `heap_free` is what the node heap has free.
     pub fn build(
         local: usize,
         spec: VmSpec,
         node_plan: &NodePlan,
         kmem: &'static Mutex<KernelMemory>,
+        heap_free: usize,
     ) -> Result<Vm, BuildError> {
+        let needed = Self::heap_needed(&spec);
+        if needed > heap_free {
+            return Err(BuildError::OutOfHeap {
+                needed,
+                free: heap_free,
+            });
+        }
+        let vpid = u16::try_from(local)
+            .ok()
+            .and_then(|l| l.checked_add(1))
+            .ok_or(BuildError::TooManyVms)?;
         let kernel =
             images::find(&spec.kernel).ok_or(BuildError::MissingImage(spec.kernel.clone()))?;
         let modules = spec
@@ -343,9 +390,17 @@ impl Vm {
         let cleared = clear(ram, disk);
         let vcpus = spec.vcpus;
         let channels = spec.channels.len();
+        let mut mailboxes = Vec::new();
+        mailboxes
+            .try_reserve_exact(usize::from(vcpus))
+            .map_err(|_| BuildError::OutOfHeap {
+                needed,
+                free: heap_free,
+            })?;
+        mailboxes.extend((0..vcpus).map(Mailbox::new));
         let vm = Vm {
             local,
-            vpid: local as u16 + 1,
+            vpid,
             spec,
             ram,
             eptp,
@@ -366,7 +421,7 @@ impl Vm {
             run: AtomicU8::new(RUNNING),
             active: AtomicU32::new(u32::from(vcpus)),
             blocked: AtomicU32::new(0),
-            mailboxes: (0..vcpus).map(Mailbox::new).collect(),
+            mailboxes,
             lost_ipis: AtomicU64::new(0),
             faults: AtomicU32::new(0),
             end: Mutex::new(None),
@@ -639,8 +694,10 @@ impl Vm {
     /// The vCPUs a destination names, as seen from vCPU `from`.
     fn targets(&self, destination: Destination, from: u16) -> Vec<u16> {
         match destination {
-            Destination::Apic(id) if u32::from(self.spec.vcpus) > id => {
-                alloc::vec![id as u16]
+            Destination::Apic(id)
+                if let Some(id) = u16::try_from(id).ok().filter(|&id| id < self.spec.vcpus) =>
+            {
+                alloc::vec![id]
             }
             Destination::SelfOnly => alloc::vec![from],
             Destination::AllIncludingSelf => (0..self.spec.vcpus).collect(),

@@ -479,3 +479,47 @@ fn vcpus_the_node_has_no_kernel_memory_for_stop_their_vms_cleanly() {
     assert!(out.events_named("vm_restarted").is_empty(), "{why}");
     assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
 }
+
+#[test]
+fn a_vm_beyond_the_config_bounds_is_refused_and_the_rest_boots() {
+    // 100000 vCPUs once booted as 65535 (a u16 truncation) and took the
+    // host down with a failed allocation. Now the parser's bound (255)
+    // refuses that VM alone: `vm_refused` names it and the error, the
+    // other VM beats to its end in node b, and the machine powers off
+    // (status 1: a VM of the config did not run).
+    let vms = r#"
+[[vm]]
+name = "beat"
+node = "b"
+vcpus = 1
+mem_mib = 4
+kernel = "heartbeat"
+cmdline = "beats=3"
+
+[[vm]]
+name = "big"
+node = "a"
+vcpus = 100000
+mem_mib = 4
+kernel = "hello"
+"#;
+    let out = boot(&config_bytes(&common::two_nodes(16, 16, false, vms)));
+    let why = out.diagnostics();
+    let refused = out.events_named("vm_refused");
+    assert_eq!(refused.len(), 1, "{why}");
+    assert_eq!(refused[0].str("vm"), Some("big"), "{why}");
+    let msg = refused[0].str("msg").unwrap_or_default();
+    assert!(
+        msg.starts_with("cluster.toml:")
+            && msg.contains("vCPU count 100000 is too large")
+            && msg.contains("255"),
+        "{why}"
+    );
+    assert!(vm_events(&out, "vm_start", "big").is_empty(), "{why}");
+    assert_eq!(vm_events(&out, "guest_heartbeat", "beat").len(), 3, "{why}");
+    let exit = vm_events(&out, "vm_exit", "beat");
+    assert_eq!(exit.len(), 1, "{why}");
+    assert_eq!(exit[0].u64("status"), Some(0), "{why}");
+    assert!(out.events_named("error").is_empty(), "{why}");
+    assert_eq!(out.ending, Ending::PoweredOff { status: 1 }, "{why}");
+}

@@ -148,3 +148,42 @@ fn stats_renders_a_console_log_and_fails_on_one_without_stats() {
     assert!(text.contains("no stats events"), "{text}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn check_config_without_topology_plans_on_the_default_machine() {
+    // 2 vCPUs and 1 pinned CPU: only planning finds it, and the hypervisor
+    // refuses the VM at boot, so check-config must fail without
+    // --topology too, and say which machine it planned on.
+    let dir =
+        atoll_tests::build::workspace_root().join("hypervisor/cluster/tests/fixtures/invalid");
+    let (ok, out) = check_config(&dir, &["vm-pin-count.toml"]);
+    assert!(!ok, "{out}");
+    let expected = std::fs::read_to_string(dir.join("vm-pin-count.expected")).unwrap();
+    assert!(out.lines().any(|l| l == expected.trim_end()), "{out}");
+    assert!(
+        out.contains("vm-pin-count.toml: the hypervisor would refuse VM 'web'")
+            && out.contains("planned on the default machine: cpus=4,numa=1,mem-mib=512"),
+        "{out}"
+    );
+    let root = atoll_tests::build::workspace_root();
+    let (ok, out) = check_config(&root, &["configs/default.toml"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("planned on the default machine: cpus=4,numa=1,mem-mib=512"),
+        "{out}"
+    );
+    assert!(out.contains("node 0 "), "{out}");
+}
+
+#[test]
+fn check_config_reads_only_regular_files() {
+    let root = atoll_tests::build::workspace_root();
+    for (path, what) in [("/dev/zero", "a device"), ("configs", "a directory")] {
+        let (ok, out) = check_config(&root, &[path]);
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains(&format!("not a regular file (it is {what})")),
+            "{out}"
+        );
+    }
+}

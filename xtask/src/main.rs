@@ -50,13 +50,15 @@ enum Cmd {
     Run(RunArgs),
     /// Run every test: host unit tests, then emulator integration tests.
     Test,
-    /// Check a cluster config file, and plan it on a machine if given one.
+    /// Check a cluster config file and plan it, as the hypervisor would
+    /// at boot.
     CheckConfig {
-        /// The config file.
+        /// The config file (a regular file of at most 16 KiB).
         file: PathBuf,
         /// A machine to plan the config on, e.g. cpus=4,numa=2,mem-mib=1024
-        /// (keys: cpus, numa, mem-mib or ram-mib, boot-cpu). Without it
-        /// the config is checked alone.
+        /// (keys: cpus, numa, mem-mib or ram-mib, boot-cpu). Without it,
+        /// the machine `cargo xtask run` boots by default
+        /// (cpus=4,numa=1,mem-mib=512).
         #[arg(long, value_name = "SPEC")]
         topology: Option<String>,
     },
@@ -74,20 +76,26 @@ enum Cmd {
     },
 }
 
+/// The machine `cargo xtask run` boots by default (and `check-config`
+/// plans on without `--topology`).
+const DEFAULT_CPUS: u32 = 4;
+const DEFAULT_NUMA: u32 = 1;
+const DEFAULT_MEM_MIB: u32 = 512;
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// Cluster config passed as the `cluster.toml` boot module.
     #[arg(long, default_value = "configs/default.toml")]
     config: PathBuf,
     /// Number of emulated CPUs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = DEFAULT_CPUS, value_parser = clap::value_parser!(u32).range(1..=64))]
     cpus: u32,
     /// NUMA domains (QEMU only): CPUs and memory split evenly, in order,
     /// and described to the hypervisor in the ACPI SRAT.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(long, default_value_t = DEFAULT_NUMA, value_parser = clap::value_parser!(u32).range(1..=16))]
     numa: u32,
     /// Emulated RAM in MiB.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=16384))]
+    #[arg(long, default_value_t = DEFAULT_MEM_MIB, value_parser = clap::value_parser!(u32).range(64..=16384))]
     mem_mib: u32,
     /// Give up after this many seconds (default: 120, or no limit when
     /// the console is interactive).

@@ -10,6 +10,7 @@
 //! submodules and in this crate's `DESIGN.md`; the boot axioms it
 //! guarantees are property-tested in `tests/properties.rs`.
 
+pub mod admit;
 mod cpus;
 mod fmt;
 mod memory;
@@ -23,7 +24,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::config::{ClusterConfig, ConfigError, CpuSelection, ErrorKind, Location};
+use crate::config::{ClusterConfig, ConfigError, CpuSelection, ErrorKind, ErrorList, Location};
 use crate::topology::{Cpu, DomainId, PhysRange, Topology};
 
 /// A node's number: its position in the config's `[[node]]` list.
@@ -135,14 +136,14 @@ impl Access {
 /// Errors found while planning, reported against the config's file.
 pub(crate) struct Problems<'c> {
     file: &'c str,
-    errors: Vec<ConfigError>,
+    errors: ErrorList,
 }
 
 impl<'c> Problems<'c> {
     fn new(file: &'c str) -> Self {
         Self {
             file,
-            errors: Vec::new(),
+            errors: ErrorList::new(file),
         }
     }
 
@@ -166,10 +167,10 @@ impl<'c> Problems<'c> {
         self.errors.is_empty()
     }
 
-    /// The errors in file order. Never empty: a planning step that gives
-    /// up reports why, and this guards one that would not (a config built
-    /// in code beyond the parser's limits, say).
-    fn into_sorted(mut self) -> Vec<ConfigError> {
+    /// The errors. Never empty: a planning step that gives up reports
+    /// why, and this guards one that would not (a config built in code
+    /// beyond the parser's limits, say).
+    fn into_list(mut self) -> ErrorList {
         if self.errors.is_empty() {
             self.error(
                 &Location::start_of_file(),
@@ -178,7 +179,6 @@ impl<'c> Problems<'c> {
                 "check it with ClusterConfig::parse, which enforces the language's limits".into(),
             );
         }
-        self.errors.sort_by_key(|e| (e.line, e.column));
         self.errors
     }
 }
@@ -189,14 +189,22 @@ impl<'c> Problems<'c> {
 /// Pure and deterministic: the same inputs give the same plan. Every error
 /// points at the config key that cannot be honoured and says how much was
 /// asked and how much there is.
+///
+/// The errors come in file order: at most [`crate::config::MAX_ERRORS`],
+/// then a line counting the rest.
 pub fn plan(config: &ClusterConfig, topology: &Topology) -> Result<Plan, Vec<ConfigError>> {
+    plan_checked(config, topology).map_err(ErrorList::into_sorted)
+}
+
+/// [`plan`], with the errors as the refusal of VMs needs them.
+pub(crate) fn plan_checked(config: &ClusterConfig, topology: &Topology) -> Result<Plan, ErrorList> {
     let mut problems = Problems::new(&config.file);
     check_topology(topology, &mut problems);
     if !problems.is_empty() {
-        return Err(problems.into_sorted());
+        return Err(problems.into_list());
     }
     let Some(assignment) = cpus::assign(config, topology, &mut problems) else {
-        return Err(problems.into_sorted());
+        return Err(problems.into_list());
     };
     let domains: Vec<Option<DomainId>> = config
         .nodes
@@ -219,7 +227,7 @@ pub fn plan(config: &ClusterConfig, topology: &Topology) -> Result<Plan, Vec<Con
         })
         .collect();
     let Some(placement) = memory::place(config, topology, &domains, &signals, &mut problems) else {
-        return Err(problems.into_sorted());
+        return Err(problems.into_list());
     };
 
     let channels: Vec<ChannelPlan> = config
@@ -274,7 +282,7 @@ pub fn plan(config: &ClusterConfig, topology: &Topology) -> Result<Plan, Vec<Con
         .collect();
     let vms = vms::place(config, &nodes, &channels, &mut problems);
     if !problems.is_empty() {
-        return Err(problems.into_sorted());
+        return Err(problems.into_list());
     }
     Ok(Plan {
         nodes,

@@ -8,7 +8,7 @@
 //! from random node, channel and IPI choices, mostly valid, sometimes
 //! asking for more than the machine has.
 
-use atoll_cluster::config::{ClusterConfig, ConfigError, CpuSelection};
+use atoll_cluster::config::{ClusterConfig, ConfigError, CpuSelection, ErrorKind, MAX_ERRORS};
 use atoll_cluster::plan::{KERNEL_ALIGN, Plan, TRAMPOLINE_END, TRAMPOLINE_FIRST, plan};
 use atoll_cluster::topology::{Cpu, CpuIndex, DomainId, DomainMemory, PhysRange, Topology};
 use proptest::prelude::*;
@@ -503,8 +503,20 @@ fn check_axioms(config: &ClusterConfig, t: &Topology, p: &Plan) -> Result<(), Te
 
 fn well_formed(errors: &[ConfigError], file: &str, text: &str) -> Result<(), TestCaseError> {
     prop_assert!(!errors.is_empty());
+    // At most MAX_ERRORS, then one line counting the rest.
+    prop_assert!(errors.len() <= MAX_ERRORS + 1, "{} errors", errors.len());
+    let errors = match errors.split_last() {
+        Some((last, rest)) if last.kind == ErrorKind::More => {
+            prop_assert_eq!(rest.len(), MAX_ERRORS);
+            let more = format!("{file}: and ");
+            prop_assert!(last.to_string().starts_with(&more), "{}", last);
+            rest
+        }
+        _ => errors,
+    };
     let lines = text.lines().count() as u32 + 1;
     for e in errors {
+        prop_assert!(e.kind != ErrorKind::More, "{}", e);
         prop_assert_eq!(&e.file, file);
         prop_assert!(e.line >= 1 && e.line <= lines.max(1), "{}", e);
         prop_assert!(e.column >= 1, "{}", e);

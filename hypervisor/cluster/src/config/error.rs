@@ -6,10 +6,23 @@
 //! [`Location`] next to every value so that the planner, which runs later and
 //! without the text, can still point at the exact spot.
 
+use alloc::collections::BTreeMap;
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
+
+/// Most errors one check reports: the rest are counted in a last line
+/// ("and 9980 more errors"), so a broken file cannot flood the terminal
+/// or the boot console.
+pub const MAX_ERRORS: usize = 20;
+/// Longest echo of a name or value in a message, in characters; a longer
+/// one is cut and its length given.
+pub const MAX_SHOWN: usize = 40;
+/// Most items a list in a message names ("known nodes: a, b, ... (256 in
+/// all)").
+pub const MAX_LISTED: usize = 8;
 
 /// Where a key or value is in the config file.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +91,12 @@ pub enum ErrorKind {
     /// The topology handed to the planner breaks its own invariants (a boot
     /// discovery bug, not a config mistake).
     Topology,
+    /// The file cannot be read as a config at all: too large, not a
+    /// regular file, not UTF-8.
+    File,
+    /// Not an error of its own: the count of errors left out after
+    /// [`MAX_ERRORS`]. Shown without a line and column.
+    More,
 }
 
 /// One problem in a cluster config.
@@ -114,6 +133,9 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == ErrorKind::More {
+            return write!(f, "{}: {}; {}", self.file, self.message, self.fix);
+        }
         write!(
             f,
             "{}:{}:{}: {}; {}",
@@ -173,6 +195,188 @@ impl<'s> SourceMap<'s> {
             span,
         }
     }
+}
+
+/// The `[[vm]]` an error is inside: `N` of a key `vm[N]...`.
+pub(crate) fn vm_index(key: &str) -> Option<usize> {
+    let rest = key.strip_prefix("vm[")?;
+    let (digits, _) = rest.split_once(']')?;
+    digits.parse().ok()
+}
+
+/// The errors of one check, kept bounded: at most `2 * KEEP` are held at
+/// any time (the earliest in the file win), the others only counted. What
+/// a boot needs to refuse VMs survives the cut: which `[[vm]]` tables have
+/// errors, the first error of each, and whether any error is elsewhere.
+#[derive(Clone, Debug)]
+pub(crate) struct ErrorList {
+    file: String,
+    kept: Vec<ConfigError>,
+    dropped: usize,
+    /// First error (in file order) of each `[[vm]]` table with errors.
+    pub(crate) vms: BTreeMap<usize, ConfigError>,
+    /// Some error is outside every `[[vm]]` table.
+    pub(crate) outside_vms: bool,
+    /// Valid names of the `[[vm]]` tables read, by index, so that a
+    /// refusal can name a VM whose table has errors.
+    pub(crate) vm_names: BTreeMap<usize, String>,
+}
+
+/// Errors held before the list is cut back to the earliest.
+const KEEP: usize = 4 * MAX_ERRORS;
+
+impl ErrorList {
+    pub(crate) fn new(file: &str) -> Self {
+        Self {
+            file: file.into(),
+            kept: Vec::new(),
+            dropped: 0,
+            vms: BTreeMap::new(),
+            outside_vms: false,
+            vm_names: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, error: ConfigError) {
+        match vm_index(&error.key) {
+            Some(vm) => {
+                let earlier = self
+                    .vms
+                    .get(&vm)
+                    .is_some_and(|e| (e.line, e.column) <= (error.line, error.column));
+                if !earlier {
+                    self.vms.insert(vm, error.clone());
+                }
+            }
+            None => self.outside_vms = true,
+        }
+        self.kept.push(error);
+        if self.kept.len() >= 2 * KEEP {
+            self.cut(KEEP);
+        }
+    }
+
+    /// Sorts by position (stable: errors at one spot keep the order the
+    /// checks found them in) and keeps the first `n`.
+    fn cut(&mut self, n: usize) {
+        self.kept.sort_by_key(|e| (e.line, e.column));
+        if self.kept.len() > n {
+            self.dropped += self.kept.len() - n;
+            self.kept.truncate(n);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.kept.is_empty() && self.dropped == 0
+    }
+
+    /// Errors in all, reported or not.
+    pub(crate) fn len(&self) -> usize {
+        self.kept.len() + self.dropped
+    }
+
+    /// Adds every error of `other` (a later pass over the same file).
+    pub(crate) fn extend(&mut self, other: ErrorList) {
+        self.dropped += other.dropped;
+        for e in other.kept {
+            self.push(e);
+        }
+        for (vm, e) in other.vms {
+            self.vms.entry(vm).or_insert(e);
+        }
+        self.outside_vms |= other.outside_vms;
+    }
+
+    /// The first [`MAX_ERRORS`] in file order, then an [`ErrorKind::More`]
+    /// line if there were more.
+    pub(crate) fn into_sorted(mut self) -> Vec<ConfigError> {
+        self.cut(MAX_ERRORS);
+        if self.dropped > 0 {
+            let n = self.dropped;
+            let s = if n == 1 { "" } else { "s" };
+            self.kept.push(ConfigError::new(
+                &self.file,
+                &Location::start_of_file(),
+                ErrorKind::More,
+                format!("and {n} more error{s}"),
+                "correct the errors above and check again".into(),
+            ));
+        }
+        self.kept
+    }
+}
+
+/// A name or value as a message shows it: control characters (and the
+/// characters that reorder text on a terminal) escaped as `\u{1b}`, and
+/// cut after [`MAX_SHOWN`] characters with its length given. Nothing from
+/// the file reaches the operator's terminal raw.
+pub fn shown(text: &str) -> String {
+    let mut out = String::new();
+    let mut count = 0usize;
+    for c in text.chars() {
+        count += 1;
+        if count > MAX_SHOWN {
+            continue;
+        }
+        if c.is_control() || is_bidi_control(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    if count > MAX_SHOWN {
+        out.push_str(&format!("... ({count} characters)"));
+    }
+    out
+}
+
+/// The Unicode bidirectional embedding, override and isolate controls
+/// (they are not `Cc`, but reorder what a terminal shows).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
+/// A list in a message: at most [`MAX_LISTED`] items, each [`shown`] and
+/// quoted, then how many there are in all.
+pub fn listed<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> String {
+    listed_upto(items, MAX_LISTED)
+}
+
+/// [`listed`] with at most `max` items named.
+pub(crate) fn listed_upto<'a>(items: impl ExactSizeIterator<Item = &'a str>, max: usize) -> String {
+    let total = items.len();
+    let mut out = String::new();
+    for (i, item) in items.take(max).enumerate() {
+        if i > 0 {
+            out.push_str(if i + 1 == total { " and " } else { ", " });
+        }
+        out.push('\'');
+        out.push_str(&shown(item));
+        out.push('\'');
+    }
+    if total > max {
+        out.push_str(&format!(", ... ({total} in all)"));
+    }
+    out
+}
+
+/// `bytes` as UTF-8 text, or a [`ErrorKind::File`] error at the line and
+/// column of the first byte that is not.
+pub fn utf8<'b>(file: &str, bytes: &'b [u8]) -> Result<&'b str, ConfigError> {
+    core::str::from_utf8(bytes).map_err(|e| {
+        let good = e.valid_up_to();
+        // The valid prefix is text: count lines and characters in it.
+        let prefix = core::str::from_utf8(bytes.get(..good).unwrap_or(&[])).unwrap_or("");
+        let map = SourceMap::new(prefix);
+        let at = map.locate(String::new(), good..good);
+        ConfigError::new(
+            file,
+            &at,
+            ErrorKind::File,
+            format!("the file is not UTF-8 text (byte {good} is not valid UTF-8)"),
+            "save the config as UTF-8".into(),
+        )
+    })
 }
 
 fn saturate(n: usize) -> u32 {

@@ -31,11 +31,19 @@
 //! ```
 
 mod error;
+mod nesting;
 mod parse;
 mod read;
 
-pub use error::{ConfigError, ErrorKind, Located, Location};
+pub use error::{
+    ConfigError, ErrorKind, Located, Location, MAX_ERRORS, MAX_LISTED, MAX_SHOWN, listed, shown,
+    utf8,
+};
+pub(crate) use error::{ErrorList, vm_index as vm_table};
+pub use nesting::{MAX_ITEMS, MAX_NESTING, MAX_TABLES};
 
+use alloc::collections::BTreeSet;
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -48,11 +56,45 @@ use crate::topology::{CpuIndex, DomainId};
 pub const DEFAULT_KERNEL_MIB: u64 = 8;
 /// Smallest kernel memory: one 2 MiB block.
 pub const MIN_KERNEL_MIB: u64 = 2;
-/// Largest `mem_mib` (16 TiB): keeps every size in bytes far from `u64`
-/// overflow.
+/// Largest `mem_mib`, `kernel_mib` and `disk_mib` (16 TiB): keeps every
+/// size in bytes far from `u64` overflow.
 pub const MAX_MEM_MIB: u64 = 1 << 24;
-/// Most `[[node]]` tables a config may have (node IDs are 16 bits wide).
-pub const MAX_NODES: usize = 4096;
+/// Largest config file in bytes. The hypervisor parses and plans the
+/// config in its 2 MiB boot heap; with at most [`MAX_ITEMS`] keys and
+/// values and [`MAX_TABLES`] tables, the worst case `tests/limits.rs`
+/// measures at this size stays within 5/8 of the heap. The default config is 4 KiB; a VM table about
+/// 200 bytes; a 64-node cluster with a ring of channels about 15 KiB.
+pub const MAX_CONFIG_BYTES: usize = 16 * 1024;
+/// CPUs Atoll can use: its boot discovery records at most this many (the
+/// MADT limit of `atoll_platform::acpi`). Bounds `count`, the length of
+/// `cpus` and every CPU index (0 to `MAX_CPUS - 1`).
+pub const MAX_CPUS: usize = atoll_platform::acpi::MAX_CPUS;
+/// Most `[[node]]` tables: every node needs a CPU of its own.
+pub const MAX_NODES: usize = MAX_CPUS;
+/// Most vCPUs of one VM: Linux runs a VM's local APICs in xAPIC mode,
+/// whose APIC IDs are 8 bits with 0xFF the broadcast ID, so vCPUs 0 to
+/// 254 are addressable. Also bounds the length of `pin`.
+pub const MAX_VCPUS: u16 = 255;
+/// Most `[[vm]]` tables of one node.
+pub const MAX_VMS_PER_NODE: usize = 64;
+/// Most `[[vm]]` tables in all.
+pub const MAX_VMS: usize = 256;
+/// Most `[[channel]]` tables.
+pub const MAX_CHANNELS: usize = 256;
+/// Most `[[ipi]]` tables.
+pub const MAX_IPIS: usize = 1024;
+/// Most `modules` of a VM.
+pub const MAX_MODULES: usize = 16;
+/// Most `signal` entries of a VM (its IPI capability handles).
+pub const MAX_VM_SIGNALS: usize = 64;
+/// Most `channels` of a VM (its channel handles).
+pub const MAX_VM_CHANNELS: usize = 64;
+/// Longest `kernel`, `initrd` or module path, in bytes.
+pub const MAX_PATH_LEN: usize = 255;
+/// Longest `cmdline`, in bytes: Atoll appends the VM's name and its
+/// virtio devices, and Linux takes 2048 bytes in all (x86
+/// `COMMAND_LINE_SIZE`).
+pub const MAX_CMDLINE_LEN: usize = 1024;
 /// Notifications per ordered node pair: the bits of the doorbell word.
 pub const NOTIFICATIONS: u8 = 64;
 /// Longest node, channel or VM name (they appear in events and tables).
@@ -175,8 +217,8 @@ pub struct VmConfig {
     pub name: Located<String>,
     /// The node the VM lives in.
     pub node: Located<NodeId>,
-    /// At least 1.
-    pub vcpus: Located<u32>,
+    /// 1 to [`MAX_VCPUS`].
+    pub vcpus: Located<u16>,
     /// At least 1.
     pub mem_mib: Located<u64>,
     /// Path of the guest kernel image, non-empty.
@@ -241,11 +283,32 @@ pub struct Signal {
 impl ClusterConfig {
     /// Parses and checks a config. `file_name` is only used in errors.
     ///
-    /// Returns every error found, sorted by position. A TOML syntax error
-    /// stops the checks (the rest of the document is unreliable); any
-    /// other error lets the remaining checks run.
+    /// Returns the errors found, sorted by position: at most
+    /// [`MAX_ERRORS`], then one [`ErrorKind::More`] line counting the
+    /// rest. A text over [`MAX_CONFIG_BYTES`], nested deeper than
+    /// [`MAX_NESTING`], or with more than [`MAX_ITEMS`] items or
+    /// [`MAX_TABLES`] tables, is one error, and is not parsed. A TOML syntax error stops the checks (the rest of the
+    /// document is unreliable); any other error lets the remaining checks
+    /// run.
     pub fn parse(file_name: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigError>> {
-        parse::parse(file_name, text)
+        Self::parse_skipping(file_name, text, &BTreeSet::new()).map_err(ErrorList::into_sorted)
+    }
+
+    /// Parses, leaving out the `[[vm]]` tables whose indices are in `skip`
+    /// (refused VMs: see [`crate::plan::admit`]).
+    pub(crate) fn parse_skipping(
+        file_name: &str,
+        text: &str,
+        skip: &BTreeSet<usize>,
+    ) -> Result<ClusterConfig, ErrorList> {
+        if let Err(e) =
+            check_size(file_name, text.len()).and_then(|()| nesting::check(file_name, text))
+        {
+            let mut list = ErrorList::new(file_name);
+            list.push(e);
+            return Err(list);
+        }
+        parse::parse(file_name, text, skip)
     }
 
     pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
@@ -282,6 +345,22 @@ impl ClusterConfig {
         }
         out
     }
+}
+
+/// A config of `len` bytes is within [`MAX_CONFIG_BYTES`]; else the error
+/// (checked before anything is parsed, and by `check-config` before the
+/// file is read).
+pub fn check_size(file: &str, len: usize) -> Result<(), ConfigError> {
+    if len <= MAX_CONFIG_BYTES {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        file,
+        &Location::start_of_file(),
+        ErrorKind::File,
+        format!("the config is {len} bytes, more than the {MAX_CONFIG_BYTES} Atoll reads"),
+        "split the cluster, or shorten the config (comments and blank lines count too)".into(),
+    ))
 }
 
 #[cfg(test)]

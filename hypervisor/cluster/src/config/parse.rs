@@ -2,7 +2,7 @@
 //! checks across tables that need no hardware (unique names, CPUs claimed
 //! twice, references to nodes, notifications granted twice).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -10,14 +10,15 @@ use alloc::vec::Vec;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::error::{ConfigError, ErrorKind, Located, Location};
+use super::error::{ErrorKind, ErrorList, Located, Location, shown};
 use super::read::{Field, Key, Reader, Section, Table, closest, sorted_entries, suggest};
 use super::{
     ChannelConfig, ChannelGrant, ClusterConfig, CpuSelection, DEFAULT_KERNEL_MIB, IpiConfig,
-    MAX_MEM_MIB, MAX_NAME_LEN, MAX_NODES, MIN_KERNEL_MIB, NOTIFICATIONS, NodeConfig, OnCrash,
-    VmConfig, VmSignalConfig,
+    MAX_CHANNELS, MAX_CMDLINE_LEN, MAX_CPUS, MAX_IPIS, MAX_MEM_MIB, MAX_MODULES, MAX_NAME_LEN,
+    MAX_NODES, MAX_PATH_LEN, MAX_VCPUS, MAX_VM_CHANNELS, MAX_VM_SIGNALS, MAX_VMS, MAX_VMS_PER_NODE,
+    MIN_KERNEL_MIB, NOTIFICATIONS, NodeConfig, OnCrash, VmConfig, VmSignalConfig,
 };
-use crate::plan::{Access, NodeId};
+use crate::plan::{Access, DEVICES, NodeId};
 use crate::topology::{CpuIndex, DomainId};
 
 const NAME_MEANING: &str = "its name: lowercase letters, digits, '_' and '-'";
@@ -210,7 +211,21 @@ const VM: Section = Section {
 
 const TOP_LEVEL: [&str; 4] = ["node", "channel", "ipi", "vm"];
 
-pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigError>> {
+/// Most tables of a top-level section, and why.
+fn section_limit(section: &str) -> (usize, &'static str) {
+    match section {
+        "node" => (MAX_NODES, "every node needs a CPU of its own; merge nodes"),
+        "channel" => (MAX_CHANNELS, "merge channels"),
+        "ipi" => (MAX_IPIS, "merge the [[ipi]] tables of each pair of nodes"),
+        _ => (MAX_VMS, "merge VMs or split the cluster"),
+    }
+}
+
+pub(super) fn parse(
+    file: &str,
+    text: &str,
+    skip: &BTreeSet<usize>,
+) -> Result<ClusterConfig, ErrorList> {
     let mut r = Reader::new(file, text);
     let (doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
@@ -223,7 +238,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
                 "correct the TOML syntax here (see toml.io)".into(),
             );
         }
-        return Err(sorted(r.errors));
+        return Err(r.errors);
     }
     let doc = doc.into_inner();
     let mut sections: BTreeMap<&str, Vec<&Spanned<DeValue<'_>>>> = BTreeMap::new();
@@ -231,7 +246,21 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
         let name: &str = key.get_ref();
         match TOP_LEVEL.iter().find(|t| **t == name) {
             Some(&section) => {
-                if let Some(items) = array_of_tables(&mut r, section, value) {
+                if let Some(mut items) = array_of_tables(&mut r, section, value) {
+                    let (max, why) = section_limit(section);
+                    if items.len() > max {
+                        let at = r.locate(section.into(), value.span());
+                        r.report(
+                            &at,
+                            ErrorKind::BadValue,
+                            format!(
+                                "the config has {} [[{section}]] tables, more than the {max} Atoll accepts",
+                                items.len()
+                            ),
+                            format!("keep at most {max} ({why})"),
+                        );
+                        items.truncate(max);
+                    }
                     sections.insert(section, items);
                 }
             }
@@ -249,7 +278,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
                 r.report(
                     &at,
                     ErrorKind::UnknownKey,
-                    format!("unknown top-level {what} '{name}'"),
+                    format!("unknown top-level {what} '{}'", shown(name)),
                     match closest(name, &TOP_LEVEL) {
                         Some(close) => format!("did you mean [[{close}]]? {tables}"),
                         None => tables.into(),
@@ -276,9 +305,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
         );
     }
     let nodes = read_nodes(&mut r, &node_values);
-    let names = NodeNames {
-        names: nodes.iter().map(|d| d.name.clone()).collect(),
-    };
+    let names = NodeNames::new(nodes.iter().map(|d| d.name.clone()).collect());
     let channels: Vec<Option<ChannelConfig>> = section("channel")
         .iter()
         .enumerate()
@@ -295,9 +322,12 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
         .map(|(i, v)| read_ipi(&mut r, &names, i, v))
         .collect();
     check_ipi_duplicates(&mut r, &names, &ipis);
+    // Skipped (refused) tables are not read at all: they leave no errors
+    // and no names behind.
     let vms: Vec<Option<VmConfig>> = section("vm")
         .iter()
         .enumerate()
+        .filter(|(i, _)| !skip.contains(i))
         .map(|(i, v)| read_vm(&mut r, &names, i, v))
         .collect();
     check_unique_names(
@@ -305,9 +335,10 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
         "VM",
         vms.iter().map(|v| v.as_ref().map(|v| &v.name)),
     );
+    check_vms_per_node(&mut r, &names, &vms);
 
     if !r.errors.is_empty() {
-        return Err(sorted(r.errors));
+        return Err(r.errors);
     }
     let config = (|| {
         Some(ClusterConfig {
@@ -335,11 +366,26 @@ pub(super) fn parse(file: &str, text: &str) -> Result<ClusterConfig, Vec<ConfigE
     }
 }
 
-/// Errors in file order; the sort is stable, so errors at one spot keep the
-/// order the checks found them in.
-fn sorted(mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
-    errors.sort_by_key(|e| (e.line, e.column));
-    errors
+/// A node runs at most [`MAX_VMS_PER_NODE`] VMs: the VMs past that are
+/// the errors (each at its `node` key, so each is refused alone).
+fn check_vms_per_node(r: &mut Reader<'_>, nodes: &NodeNames, vms: &[Option<VmConfig>]) {
+    let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for vm in vms.iter().flatten() {
+        let count = per_node.entry(vm.node.value).or_insert(0);
+        *count += 1;
+        if *count > MAX_VMS_PER_NODE {
+            problems.push((vm.node.at.clone(), nodes.name(vm.node.value)));
+        }
+    }
+    for (at, node) in problems {
+        r.report(
+            &at,
+            ErrorKind::BadValue,
+            format!("node '{node}' has more than {MAX_VMS_PER_NODE} VMs"),
+            format!("run at most {MAX_VMS_PER_NODE} VMs in a node: move this VM to another node"),
+        );
+    }
 }
 
 /// The tables of a top-level `[[section]]` array.
@@ -378,11 +424,13 @@ fn check_name(r: &mut Reader<'_>, name: &Located<String>, what: &str) {
         Some(format!("the {what} name is empty"))
     } else if n.chars().count() > MAX_NAME_LEN {
         Some(format!(
-            "the {what} name '{n}' is longer than {MAX_NAME_LEN} characters"
+            "the {what} name '{}' is longer than {MAX_NAME_LEN} characters",
+            shown(n)
         ))
     } else if !ok_chars {
         Some(format!(
-            "the {what} name '{n}' has characters other than a-z, 0-9, '_' and '-'"
+            "the {what} name '{}' has characters other than a-z, 0-9, '_' and '-'",
+            shown(n)
         ))
     } else {
         None
@@ -416,24 +464,40 @@ fn check_name(r: &mut Reader<'_>, name: &Located<String>, what: &str) {
 
 /// A located integer narrowed to `u32`.
 fn to_u32(r: &mut Reader<'_>, n: Located<u64>, what: &str) -> Option<Located<u32>> {
-    match u32::try_from(n.value) {
-        Ok(v) => Some(Located::new(v, n.at)),
-        Err(_) => {
-            r.report(
-                &n.at,
-                ErrorKind::BadValue,
-                format!("{what} {} is too large", n.value),
-                format!("the largest {what} Atoll accepts is {}", u32::MAX),
-            );
-            None
-        }
+    at_most(r, n, u64::from(u32::MAX), what, "")
+        .and_then(|n| Some(Located::new(u32::try_from(n.value).ok()?, n.at)))
+}
+
+/// A located integer that is at most `max`; else an error that names the
+/// bound (and, in `why`, where it comes from).
+fn at_most(
+    r: &mut Reader<'_>,
+    n: Located<u64>,
+    max: u64,
+    what: &str,
+    why: &str,
+) -> Option<Located<u64>> {
+    if n.value <= max {
+        return Some(n);
     }
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({why})")
+    };
+    r.report(
+        &n.at,
+        ErrorKind::BadValue,
+        format!("{what} {} is too large", n.value),
+        format!("the largest {what} Atoll accepts is {max}{why}"),
+    );
+    None
 }
 
 /// `owner` in messages: `node 'db'` once the name is known, else the path.
 fn owner(kind: &str, path: &str, name: Option<&Located<String>>) -> String {
     match name {
-        Some(n) => format!("{kind} '{}'", n.value),
+        Some(n) => format!("{kind} '{}'", shown(&n.value)),
         None => path.into(),
     }
 }
@@ -471,7 +535,7 @@ fn read_nodes(r: &mut Reader<'_>, values: &[&Spanned<DeValue<'_>>]) -> Vec<NodeD
     // CPUs and NUMA domains claimed by two nodes: the later claim is the
     // error, pointing back at the earlier one.
     let name_of = |i: usize| match drafts.get(i).and_then(|d| d.name.as_ref()) {
-        Some(n) => format!("node '{}'", n.value),
+        Some(n) => format!("node '{}'", shown(&n.value)),
         None => format!("node[{i}]"),
     };
     let mut cpu_owner: BTreeMap<CpuIndex, usize> = BTreeMap::new();
@@ -581,7 +645,18 @@ fn read_node(r: &mut Reader<'_>, index: usize, value: &Spanned<DeValue<'_>>) -> 
         }
     }
     if let Some(Some(k)) = &kernel_mib {
-        if k.value < MIN_KERNEL_MIB {
+        if k.value > MAX_MEM_MIB {
+            r.report(
+                &k.at,
+                ErrorKind::BadValue,
+                format!(
+                    "kernel_mib {} of {who} is above Atoll's limit of {MAX_MEM_MIB} MiB",
+                    k.value
+                ),
+                format!("set kernel_mib to {MAX_MEM_MIB} or less"),
+            );
+            ok = false;
+        } else if k.value < MIN_KERNEL_MIB {
             r.report(
                 &k.at,
                 ErrorKind::BadValue,
@@ -702,6 +777,7 @@ fn read_selection(
                 );
                 return None;
             }
+            let n = at_most(r, n, CPUS, "CPU count", CPUS_WHY)?;
             CpuSelection::Count(to_u32(r, n, "CPU count")?.value)
         }
     };
@@ -715,7 +791,7 @@ fn read_cpu_list(
     who: &str,
     key: &str,
 ) -> Option<Vec<Located<CpuIndex>>> {
-    let items = r.array(field)?;
+    let items = r.array(field, MAX_CPUS, CPUS_WHY)?;
     if items.is_empty() {
         r.report(
             &field.at,
@@ -727,8 +803,9 @@ fn read_cpu_list(
     }
     let cpus = read_cpus(r, &items)?;
     let mut ok = true;
-    for (i, cpu) in cpus.iter().enumerate() {
-        if cpus.iter().take(i).any(|c| c.value == cpu.value) {
+    let mut seen = BTreeSet::new();
+    for cpu in &cpus {
+        if !seen.insert(cpu.value) {
             r.report(
                 &cpu.at,
                 ErrorKind::Duplicate,
@@ -741,11 +818,19 @@ fn read_cpu_list(
     ok.then_some(cpus)
 }
 
+/// `MAX_CPUS` as a config value.
+const CPUS: u64 = MAX_CPUS as u64;
+const CPUS_WHY: &str = "Atoll uses at most 256 CPUs";
+
 fn read_cpus(r: &mut Reader<'_>, items: &[Field<'_, '_>]) -> Option<Vec<Located<CpuIndex>>> {
     let mut out = Vec::with_capacity(items.len());
     let mut ok = true;
     for item in items {
-        match r.integer(item).and_then(|n| to_u32(r, n, "CPU index")) {
+        match r
+            .integer(item)
+            .and_then(|n| at_most(r, n, CPUS - 1, "CPU index", CPUS_WHY))
+            .and_then(|n| to_u32(r, n, "CPU index"))
+        {
             Some(n) => out.push(Located::new(CpuIndex(n.value), n.at)),
             None => ok = false,
         }
@@ -756,9 +841,30 @@ fn read_cpus(r: &mut Reader<'_>, items: &[Field<'_, '_>]) -> Option<Vec<Located<
 /// Names of the nodes that have readable names, for resolving references.
 struct NodeNames {
     names: Vec<Option<Located<String>>>,
+    /// Name to node index (the first node of a name), for lookups in
+    /// logarithmic time.
+    index: BTreeMap<String, usize>,
 }
 
 impl NodeNames {
+    fn new(names: Vec<Option<Located<String>>>) -> Self {
+        let mut index = BTreeMap::new();
+        for (i, n) in names.iter().enumerate() {
+            if let Some(n) = n {
+                index.entry(n.value.clone()).or_insert(i);
+            }
+        }
+        Self { names, index }
+    }
+
+    /// The name of node `id`, shown for a message; `?` if unreadable.
+    fn name(&self, id: NodeId) -> String {
+        self.names
+            .get(usize::from(id.0))
+            .and_then(Option::as_ref)
+            .map_or_else(|| "?".to_string(), |n| shown(&n.value))
+    }
+
     /// Every node's name is known: an unresolved reference is then a real
     /// error, not the echo of a node whose name could not be read.
     fn complete(&self) -> bool {
@@ -773,10 +879,7 @@ impl NodeNames {
         name: &Located<String>,
         context: &str,
     ) -> Option<Located<NodeId>> {
-        let found = self
-            .names
-            .iter()
-            .position(|n| n.as_ref().is_some_and(|n| n.value == name.value));
+        let found = self.index.get(&name.value).copied();
         if let Some(id) = found.and_then(|i| u16::try_from(i).ok()) {
             return Some(Located::new(NodeId(id), name.at.clone()));
         }
@@ -788,14 +891,17 @@ impl NodeNames {
                 .map(|n| n.value.as_str())
                 .collect();
             let fix = if known.is_empty() {
-                format!("add a [[node]] named '{}'", name.value)
+                format!("add a [[node]] named '{}'", shown(&name.value))
             } else {
-                suggest(&name.value, &known, "the nodes")
+                suggest(&name.value, &known, "the nodes", super::MAX_LISTED)
             };
             r.report(
                 &name.at,
                 ErrorKind::UnknownNode,
-                format!("{context} node '{}', which does not exist", name.value),
+                format!(
+                    "{context} node '{}', which does not exist",
+                    shown(&name.value)
+                ),
                 fix,
             );
         }
@@ -818,7 +924,7 @@ fn check_unique_names<'a>(
                 name.at.clone(),
                 format!(
                     "{kind} name '{}' is already used by {} on line {}",
-                    name.value,
+                    shown(&name.value),
                     first.key.trim_end_matches(".name"),
                     first.line
                 ),
@@ -903,6 +1009,18 @@ fn read_access(
     who: &str,
 ) -> Option<Vec<ChannelGrant>> {
     let entries = r.map(field)?;
+    if entries.len() > MAX_NODES {
+        r.report(
+            &field.at,
+            ErrorKind::BadValue,
+            format!(
+                "{who} gives access to {} nodes, more than the {MAX_NODES} a config has",
+                entries.len()
+            ),
+            "name each node of the channel once".into(),
+        );
+        return None;
+    }
     let mut grants = Vec::with_capacity(entries.len());
     let mut ok = true;
     let context = format!("{who} gives access to");
@@ -915,8 +1033,9 @@ fn read_access(
                     &value.at,
                     ErrorKind::BadValue,
                     format!(
-                        "access \"{s}\" of node '{}' to {who} is neither \"r\" nor \"rw\"",
-                        node.value
+                        "access \"{}\" of node '{}' to {who} is neither \"r\" nor \"rw\"",
+                        shown(s),
+                        shown(&node.value)
                     ),
                     "write \"r\" (read-only) or \"rw\" (read-write)".into(),
                 );
@@ -947,7 +1066,7 @@ fn read_access(
     }
     if entries.len() < 2 {
         let message = match entries.first() {
-            Some((node, _)) => format!("{who} gives access only to node '{}'", node.value),
+            Some((node, _)) => format!("{who} gives access only to node '{}'", shown(&node.value)),
             None => format!("{who} gives access to no node"),
         };
         r.report(
@@ -992,11 +1111,7 @@ fn read_ipi(
     if let (Some(from), Some(to)) = (&from, &to)
         && from.value == to.value
     {
-        let name = nodes
-            .names
-            .get(usize::from(from.value.0))
-            .and_then(Option::as_ref)
-            .map_or("?", |n| n.value.as_str());
+        let name = nodes.name(from.value);
         r.report(
             &to.at,
             ErrorKind::BadValue,
@@ -1018,7 +1133,11 @@ fn read_notifications(
     field: &Field<'_, '_>,
     path: &str,
 ) -> Option<Vec<Located<u8>>> {
-    let items = r.array(field)?;
+    let items = r.array(
+        field,
+        usize::from(NOTIFICATIONS),
+        "there are 64 notifications, 0 to 63",
+    )?;
     if items.is_empty() {
         r.report(
             &field.at,
@@ -1030,6 +1149,7 @@ fn read_notifications(
     }
     let mut out: Vec<Located<u8>> = Vec::with_capacity(items.len());
     let mut ok = true;
+    let mut seen = 0u64;
     for item in &items {
         let Some(n) = r.integer(item) else {
             ok = false;
@@ -1037,7 +1157,8 @@ fn read_notifications(
         };
         match u8::try_from(n.value) {
             Ok(v) if v < NOTIFICATIONS => {
-                if out.iter().any(|o| o.value == v) {
+                let bit = 1u64.checked_shl(u32::from(v)).unwrap_or(0);
+                if seen & bit != 0 {
                     r.report(
                         &n.at,
                         ErrorKind::Duplicate,
@@ -1046,6 +1167,7 @@ fn read_notifications(
                     );
                     ok = false;
                 } else {
+                    seen |= bit;
                     out.push(Located::new(v, n.at));
                 }
             }
@@ -1070,13 +1192,7 @@ fn read_notifications(
 /// same notification twice is a mistake (two senders would think they own
 /// it), so it is reported at the second grant.
 fn check_ipi_duplicates(r: &mut Reader<'_>, nodes: &NodeNames, ipis: &[Option<IpiConfig>]) {
-    let name = |id: NodeId| {
-        nodes
-            .names
-            .get(usize::from(id.0))
-            .and_then(Option::as_ref)
-            .map_or_else(|| "?".to_string(), |n| n.value.clone())
-    };
+    let name = |id: NodeId| nodes.name(id);
     let mut granted: BTreeMap<(NodeId, NodeId, u8), &Location> = BTreeMap::new();
     let mut problems = Vec::new();
     for ipi in ipis.iter().flatten() {
@@ -1117,7 +1233,14 @@ fn read_vm(
 ) -> Option<VmConfig> {
     let path = format!("vm[{index}]");
     let t = r.table(path.clone(), value, &VM)?;
+    let errors_before = r.errors.len();
     let name = read_name(r, &t, &VM_NAME, "VM");
+    // A valid name names the VM if it is refused.
+    if let Some(n) = &name
+        && r.errors.len() == errors_before
+    {
+        r.errors.vm_names.insert(index, n.value.clone());
+    }
     let who = owner("VM", &path, name.as_ref());
     let node = r
         .required(&t, &VM_NODE, &who)
@@ -1134,7 +1257,16 @@ fn read_vm(
                 "a VM needs at least one vCPU: set vcpus = 1 or more",
             )
         })
-        .and_then(|n| to_u32(r, n, "vCPU count"));
+        .and_then(|n| {
+            at_most(
+                r,
+                n,
+                u64::from(MAX_VCPUS),
+                "vCPU count",
+                "a VM's local APICs have 8-bit xAPIC IDs, 255 being broadcast",
+            )
+        })
+        .and_then(|n| Some(Located::new(u16::try_from(n.value).ok()?, n.at)));
     let mem_mib = r
         .required(&t, &VM_MEM, &who)
         .and_then(|f| r.integer(&f))
@@ -1174,12 +1306,13 @@ fn read_vm(
                     "give the disk a size, like `disk_mib = 16`, or leave disk_mib out",
                 )
             })
+            .and_then(|n| at_most(r, n, MAX_MEM_MIB, "disk_mib", ""))
             .map(Some)
             .ok_or(()),
     };
     let kernel = r
         .required(&t, &VM_KERNEL, &who)
-        .and_then(|f| r.string(&f))
+        .and_then(|f| r.short_string(&f, MAX_PATH_LEN, "the kernel path"))
         .and_then(|k| {
             if k.value.is_empty() {
                 r.report(
@@ -1193,29 +1326,58 @@ fn read_vm(
                 Some(k)
             }
         });
-    let optional_string =
-        |r: &mut Reader<'_>, key: &'static Key| -> Result<Option<Located<String>>, ()> {
-            match r.optional(&t, key) {
-                None => Ok(None),
-                Some(f) => r.string(&f).map(Some).ok_or(()),
-            }
-        };
-    let initrd = optional_string(r, &VM_INITRD);
-    let cmdline = optional_string(r, &VM_CMDLINE);
-    let optional_strings =
-        |r: &mut Reader<'_>, key: &'static Key| -> Result<Vec<Located<String>>, ()> {
-            match r.optional(&t, key) {
-                None => Ok(Vec::new()),
-                Some(f) => r.strings(&f).ok_or(()),
-            }
-        };
-    let modules = optional_strings(r, &VM_MODULES);
-    let devices = optional_strings(r, &VM_DEVICES);
-    let channels = optional_strings(r, &VM_CHANNELS);
+    let optional_string = |r: &mut Reader<'_>,
+                           key: &'static Key,
+                           max: usize,
+                           what: &str|
+     -> Result<Option<Located<String>>, ()> {
+        match r.optional(&t, key) {
+            None => Ok(None),
+            Some(f) => r.short_string(&f, max, what).map(Some).ok_or(()),
+        }
+    };
+    let initrd = optional_string(r, &VM_INITRD, MAX_PATH_LEN, "the initrd path");
+    let cmdline = optional_string(r, &VM_CMDLINE, MAX_CMDLINE_LEN, "the cmdline");
+    let optional_strings = |r: &mut Reader<'_>,
+                            key: &'static Key,
+                            max: usize,
+                            why: &str,
+                            max_len: usize,
+                            what: &str|
+     -> Result<Vec<Located<String>>, ()> {
+        match r.optional(&t, key) {
+            None => Ok(Vec::new()),
+            Some(f) => r.strings(&f, max, why, max_len, what).ok_or(()),
+        }
+    };
+    let modules = optional_strings(
+        r,
+        &VM_MODULES,
+        MAX_MODULES,
+        "a VM boots with at most 16 modules",
+        MAX_PATH_LEN,
+        "the module path",
+    );
+    let devices = optional_strings(
+        r,
+        &VM_DEVICES,
+        DEVICES.len(),
+        "each device once",
+        MAX_NAME_LEN,
+        "the device name",
+    );
+    let channels = optional_strings(
+        r,
+        &VM_CHANNELS,
+        MAX_VM_CHANNELS,
+        "a VM holds at most 64 channel handles",
+        MAX_NAME_LEN,
+        "the channel name",
+    );
     let signals = match r.optional(&t, &VM_SIGNAL) {
         None => Ok(Vec::new()),
         Some(f) => r
-            .array(&f)
+            .array(&f, MAX_VM_SIGNALS, "a VM holds at most 64 signal handles")
             .and_then(|items| {
                 let read: Vec<Option<VmSignalConfig>> =
                     items.iter().map(|item| read_vm_signal(r, item)).collect();
@@ -1225,7 +1387,10 @@ fn read_vm(
     };
     let pin = match r.optional(&t, &VM_PIN) {
         None => Ok(Vec::new()),
-        Some(f) => r.array(&f).and_then(|items| read_cpus(r, &items)).ok_or(()),
+        Some(f) => r
+            .array(&f, usize::from(MAX_VCPUS), "one CPU per vCPU")
+            .and_then(|items| read_cpus(r, &items))
+            .ok_or(()),
     };
     let on_crash = match r.optional(&t, &VM_ON_CRASH) {
         None => Ok(None),
@@ -1238,7 +1403,7 @@ fn read_vm(
                     ErrorKind::BadValue,
                     format!(
                         "on_crash \"{}\" of {who} is neither \"stop\" nor \"restart\"",
-                        s.value
+                        shown(&s.value)
                     ),
                     "write on_crash = \"stop\" (the default) or on_crash = \"restart\"".into(),
                 );
@@ -1271,7 +1436,9 @@ fn read_vm(
 fn read_vm_signal(r: &mut Reader<'_>, item: &Field<'_, '_>) -> Option<VmSignalConfig> {
     let t = r.field_table(item, &SIGNAL)?;
     let path = t.path.clone();
-    let vm = r.required(&t, &SIGNAL_VM, &path).and_then(|f| r.string(&f));
+    let vm = r
+        .required(&t, &SIGNAL_VM, &path)
+        .and_then(|f| r.short_string(&f, MAX_NAME_LEN, "the VM name"));
     let notifications = r
         .required(&t, &SIGNAL_NOTIFICATIONS, &path)
         .and_then(|f| read_notifications(r, &f, &path));

@@ -14,7 +14,7 @@ use core::ops::Range;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
-use super::error::{ConfigError, ErrorKind, Located, Location, SourceMap};
+use super::error::{ConfigError, ErrorKind, ErrorList, Located, Location, SourceMap, shown};
 
 /// A key the language has, with an example and a description used in fixes.
 pub(crate) struct Key {
@@ -69,7 +69,7 @@ pub(crate) struct Field<'t, 'i> {
 pub(crate) struct Reader<'s> {
     pub file: &'s str,
     map: SourceMap<'s>,
-    pub errors: Vec<ConfigError>,
+    pub errors: ErrorList,
 }
 
 impl<'s> Reader<'s> {
@@ -77,7 +77,7 @@ impl<'s> Reader<'s> {
         Self {
             file,
             map: SourceMap::new(text),
-            errors: Vec::new(),
+            errors: ErrorList::new(file),
         }
     }
 
@@ -139,8 +139,13 @@ impl<'s> Reader<'s> {
                 self.report(
                     &key_at,
                     ErrorKind::UnknownKey,
-                    format!("unknown key '{name}' in {path}"),
-                    suggest(name, &names, &format!("the keys of {}", section.header)),
+                    format!("unknown key '{}' in {path}", shown(name)),
+                    suggest(
+                        name,
+                        &names,
+                        &format!("the keys of {}", section.header),
+                        usize::MAX,
+                    ),
                 );
             }
         }
@@ -252,12 +257,32 @@ impl<'s> Reader<'s> {
         );
     }
 
-    /// The elements of an array, each with its own key path `key[i]`.
-    pub(crate) fn array<'t, 'i>(&mut self, field: &Field<'t, 'i>) -> Option<Vec<Field<'t, 'i>>> {
+    /// The elements of an array of at most `max` (`why` says where the
+    /// bound comes from), each with its own key path `key[i]`. A longer
+    /// array is one error, before any element is looked at.
+    pub(crate) fn array<'t, 'i>(
+        &mut self,
+        field: &Field<'t, 'i>,
+        max: usize,
+        why: &str,
+    ) -> Option<Vec<Field<'t, 'i>>> {
         let DeValue::Array(array) = field.value else {
             self.wrong_type(field, "an array");
             return None;
         };
+        if array.len() > max {
+            self.report(
+                &field.at,
+                ErrorKind::BadValue,
+                format!(
+                    "{} lists {} entries, more than the {max} Atoll accepts",
+                    field.at.key,
+                    array.len()
+                ),
+                format!("list at most {max} ({why})"),
+            );
+            return None;
+        }
         Some(
             array
                 .iter()
@@ -271,13 +296,45 @@ impl<'s> Reader<'s> {
         )
     }
 
-    /// An array of strings.
-    pub(crate) fn strings(&mut self, field: &Field<'_, '_>) -> Option<Vec<Located<String>>> {
-        let items = self.array(field)?;
+    /// A string of at most `max` bytes.
+    pub(crate) fn short_string(
+        &mut self,
+        field: &Field<'_, '_>,
+        max: usize,
+        what: &str,
+    ) -> Option<Located<String>> {
+        let s = self.string(field)?;
+        if s.value.len() > max {
+            self.report(
+                &s.at,
+                ErrorKind::BadValue,
+                format!(
+                    "{} '{}' is {} bytes long, more than the {max} Atoll accepts",
+                    what,
+                    shown(&s.value),
+                    s.value.len()
+                ),
+                format!("shorten it to at most {max} bytes"),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    /// An array of at most `max` strings of at most `max_len` bytes each.
+    pub(crate) fn strings(
+        &mut self,
+        field: &Field<'_, '_>,
+        max: usize,
+        why: &str,
+        max_len: usize,
+        what: &str,
+    ) -> Option<Vec<Located<String>>> {
+        let items = self.array(field, max, why)?;
         let mut out = Vec::with_capacity(items.len());
         let mut ok = true;
         for item in &items {
-            match self.string(item) {
+            match self.short_string(item, max_len, what) {
                 Some(s) => out.push(s),
                 None => ok = false,
             }
@@ -332,38 +389,31 @@ pub(crate) fn article(type_name: &str) -> String {
 }
 
 /// A fix for an unknown word: "did you mean 'x'? " when one of `known` is
-/// close, then the list of known words.
-pub(crate) fn suggest(word: &str, known: &[&str], list_intro: &str) -> String {
-    let list = join_quoted(known);
+/// close, then the list of known words: all of them for the language's
+/// own words (`max` = `usize::MAX`), else at most `max` (the config's
+/// names: see [`super::error::listed`]).
+pub(crate) fn suggest(word: &str, known: &[&str], list_intro: &str, max: usize) -> String {
+    let list = super::error::listed_upto(known.iter().copied(), max);
     match closest(word, known) {
-        Some(k) => format!("did you mean '{k}'? {list_intro} are {list}"),
+        Some(k) => format!("did you mean '{}'? {list_intro} are {list}", shown(k)),
         None => format!("{list_intro} are {list}"),
     }
 }
 
 /// The word of `known` that `word` is probably a misspelling of: at most
-/// two edits away, and fewer edits than the word is long.
+/// two edits away, and fewer edits than the word is long. Words much
+/// longer than a name are nobody's misspelling (and would make the edit
+/// distance costly).
 pub(crate) fn closest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+    if word.len() > 2 * super::MAX_NAME_LEN {
+        return None;
+    }
     known
         .iter()
         .map(|k| (edit_distance(word, k), *k))
         .filter(|&(d, k)| d <= 2 && d < k.len())
         .min_by_key(|&(d, _)| d)
         .map(|(_, k)| k)
-}
-
-/// `'a', 'b' and 'c'`.
-pub(crate) fn join_quoted(words: &[&str]) -> String {
-    let mut out = String::new();
-    for (i, w) in words.iter().enumerate() {
-        if i > 0 {
-            out.push_str(if i + 1 == words.len() { " and " } else { ", " });
-        }
-        out.push('\'');
-        out.push_str(w);
-        out.push('\'');
-    }
-    out
 }
 
 /// Levenshtein distance, for "did you mean" (inputs are short key names).
@@ -407,12 +457,12 @@ mod tests {
     #[test]
     fn suggest_names_a_close_key_and_lists_all() {
         assert_eq!(
-            suggest("cpu", &["name", "cpus"], "the keys of [[node]]"),
+            suggest("cpu", &["name", "cpus"], "the keys of [[node]]", usize::MAX),
             "did you mean 'cpus'? the keys of [[node]] are 'name' and 'cpus'"
         );
         assert_eq!(
-            suggest("zzzzzz", &["a", "b", "c"], "the keys"),
-            "the keys are 'a', 'b' and 'c'"
+            suggest("zzzzzz", &["a", "b", "c"], "the keys", 2),
+            "the keys are 'a', 'b', ... (3 in all)"
         );
     }
 }

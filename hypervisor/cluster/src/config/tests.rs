@@ -221,7 +221,7 @@ fn values_out_of_integer_range_are_errors_not_wraps() {
     assert_eq!(
         e,
         [
-            "c.toml:3:9: CPU index 4294967296 is too large; the largest CPU index Atoll accepts is 4294967295"
+            "c.toml:3:9: CPU index 4294967296 is too large; the largest CPU index Atoll accepts is 255 (Atoll uses at most 256 CPUs)"
         ]
     );
     let e = errors("[[node]]\nname = \"a\"\ncount = 1\nmem_mib = 9223372036854775807\n");

@@ -4,12 +4,13 @@
 //! `pin` list, or round robin over the node's CPUs in order, counting on
 //! from the node's previous unpinned vCPU), and its devices are named ones.
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::{Access, ChannelPlan, NodePlan, Problems};
-use crate::config::{ClusterConfig, ErrorKind, Located, OnCrash, VmConfig};
+use crate::config::{ClusterConfig, ErrorKind, Located, OnCrash, Signal, VmConfig, listed, shown};
 use crate::plan::NodeId;
 use crate::topology::{CpuIndex, PhysRange};
 
@@ -36,7 +37,8 @@ const DEFAULT_DEVICES: usize = 3;
 pub struct VmPlan {
     pub name: String,
     pub node: NodeId,
-    pub vcpus: u32,
+    /// 1 to [`crate::config::MAX_VCPUS`].
+    pub vcpus: u16,
     /// Its RAM: guest-physical 0 maps to `memory.start`.
     pub memory: PhysRange,
     /// The CPU each vCPU runs on (one entry per vCPU).
@@ -80,6 +82,15 @@ pub(super) fn place(
     let mut free: Vec<Vec<PhysRange>> = nodes.iter().map(guest_memory).collect();
     let mut next_cpu = alloc::vec![0usize; nodes.len()];
     let mut out = Vec::new();
+    // Looked up once per signal entry: built once, not per lookup.
+    let granted = config.signals();
+    let vm_index: BTreeMap<&str, usize> = config
+        .vms
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, v)| (v.name.value.as_str(), i))
+        .collect();
     for vm in &config.vms {
         let Some(node) = nodes.get(usize::from(vm.node.value.0)) else {
             continue;
@@ -87,7 +98,7 @@ pub(super) fn place(
         let index = usize::from(node.id.0);
         let cpus = vcpu_cpus(vm, node, next_cpu.get_mut(index), problems);
         let devices = devices(vm, problems);
-        let signals = signals(config, vm, problems);
+        let signals = signals(config, &vm_index, &granted, vm, problems);
         let vm_channels = vm_channels(vm, node, channels, problems);
         let memory = free
             .get_mut(index)
@@ -126,7 +137,7 @@ pub(super) fn place(
             });
         }
     }
-    check_routes(config, problems);
+    check_routes(config, &vm_index, problems);
     out
 }
 
@@ -135,24 +146,29 @@ pub(super) fn place(
 /// every notification.
 fn signals(
     config: &ClusterConfig,
+    vm_index: &BTreeMap<&str, usize>,
+    granted: &[Signal],
     vm: &VmConfig,
     problems: &mut Problems<'_>,
 ) -> Option<Vec<VmSignalPlan>> {
     let mut out = Vec::new();
     let mut ok = true;
-    let names: Vec<&str> = config.vms.iter().map(|v| v.name.value.as_str()).collect();
     let from = vm.node.value;
     for s in &vm.signals {
-        let Some(target) = config.vms.iter().position(|v| v.name.value == s.vm.value) else {
+        let Some(&target) = vm_index.get(s.vm.value.as_str()) else {
             ok = false;
             problems.error(
                 &s.vm.at,
                 ErrorKind::BadValue,
                 format!(
                     "VM '{}' signals VM '{}', which no [[vm]] declares",
-                    vm.name.value, s.vm.value
+                    vm.name.value,
+                    shown(&s.vm.value)
                 ),
-                format!("name one of the VMs: {}", names.join(", ")),
+                format!(
+                    "name one of the VMs: {}",
+                    listed(config.vms.iter().map(|v| v.name.value.as_str()))
+                ),
             );
             continue;
         };
@@ -172,12 +188,10 @@ fn signals(
             );
             continue;
         }
-        let granted: u64 = config
-            .signals()
+        let granted: u64 = granted
             .iter()
             .filter(|g| g.from == from && g.to == to)
-            .map(|g| g.notifications)
-            .sum();
+            .fold(0, |m, g| m | g.notifications);
         let missing = s.mask() & !granted;
         if missing != 0 {
             ok = false;
@@ -216,11 +230,15 @@ fn signals(
 
 /// A notification from one node to another must reach one VM: two VMs of
 /// a node may not both receive notification n from the same node.
-fn check_routes(config: &ClusterConfig, problems: &mut Problems<'_>) {
+fn check_routes(
+    config: &ClusterConfig,
+    vm_index: &BTreeMap<&str, usize>,
+    problems: &mut Problems<'_>,
+) {
     let mut routes: Vec<(NodeId, NodeId, u64, usize)> = Vec::new();
     for vm in &config.vms {
         for s in &vm.signals {
-            let Some(target) = config.vms.iter().position(|v| v.name.value == s.vm.value) else {
+            let Some(&target) = vm_index.get(s.vm.value.as_str()) else {
                 continue;
             };
             let to = config
@@ -268,17 +286,19 @@ fn vm_channels(
             Some(grant) => out.push(grant),
             None => {
                 ok = false;
-                let names: Vec<String> = node
+                let names: Vec<&str> = node
                     .channels
                     .iter()
-                    .filter_map(|(i, _)| channels.get(*i).map(|p| p.name.clone()))
+                    .filter_map(|(i, _)| channels.get(*i).map(|p| p.name.as_str()))
                     .collect();
                 problems.error(
                     &c.at,
                     ErrorKind::BadValue,
                     format!(
                         "VM '{}' maps channel '{}', which node '{}' does not hold",
-                        vm.name.value, c.value, node.name
+                        vm.name.value,
+                        shown(&c.value),
+                        node.name
                     ),
                     if names.is_empty() {
                         format!(
@@ -289,7 +309,7 @@ fn vm_channels(
                         format!(
                             "choose a channel of node '{}': {}",
                             node.name,
-                            names.join(", ")
+                            listed(names.into_iter())
                         )
                     },
                 );
@@ -437,7 +457,7 @@ fn vcpu_cpus(
         return Some((cpus, false));
     }
     let mut ok = true;
-    if vm.pin.len() != vm.vcpus.value as usize {
+    if vm.pin.len() != usize::from(vm.vcpus.value) {
         ok = false;
         problems.error(
             vm.pin.first().map_or(&vm.at, |p| &p.at),
@@ -454,7 +474,9 @@ fn vcpu_cpus(
     for p in &vm.pin {
         if !node_cpus.contains(&p.value) {
             ok = false;
-            let list: Vec<String> = node_cpus.iter().map(|c| format!("{}", c.0)).collect();
+            let mut list: Vec<u32> = node_cpus.iter().map(|c| c.0).collect();
+            list.sort_unstable();
+            let list = super::fmt::index_set(&list);
             problems.error(
                 &p.at,
                 ErrorKind::BadValue,
@@ -462,7 +484,7 @@ fn vcpu_cpus(
                     "VM '{}' pins a vCPU to CPU {}, which is not a CPU of node '{}'",
                     vm.name.value, p.value.0, node.name
                 ),
-                format!("pin to CPUs of node '{}': {}", node.name, list.join(", ")),
+                format!("pin to CPUs of node '{}': {list}", node.name),
             );
         }
     }
@@ -489,7 +511,8 @@ fn devices(vm: &VmConfig, problems: &mut Problems<'_>) -> Option<Vec<String>> {
                 ErrorKind::BadValue,
                 format!(
                     "VM '{}' asks for device '{}', which Atoll does not have",
-                    vm.name.value, d.value
+                    vm.name.value,
+                    shown(&d.value)
                 ),
                 format!("choose from {}", DEVICES.join(", ")),
             );
