@@ -25,6 +25,7 @@ use crate::ioapic::{IOAPIC_BASE as IOAPIC_ADDRESS, IOAPIC_LEN, Ioapic, Message};
 use crate::memory::GuestMemory;
 use crate::mmio::TestDev;
 use crate::virtio::Device;
+use crate::virtio::budget::Budget;
 use crate::virtio::blk::Block;
 use crate::virtio::blk::{BlockBackend, SECTOR};
 use crate::virtio::console::Console;
@@ -124,7 +125,9 @@ impl<D: Device> Slot<D> {
 }
 
 /// A disk kept in memory the VM cannot reach (for the hypervisor, a range
-/// of node memory), addressed from 0.
+/// of node memory), addressed from 0. It is volatile: its contents last as
+/// long as the machine runs (a VM restart keeps them, a power-off does
+/// not), so it does not offer VIRTIO_BLK_F_FLUSH.
 #[derive(Clone, Debug)]
 pub struct MemoryDisk<M: GuestMemory>(pub M);
 
@@ -141,9 +144,13 @@ impl<M: GuestMemory> BlockBackend for MemoryDisk<M> {
         self.0.write(GuestPhysAddr(offset), data).map_err(|_| ())
     }
 
-    /// Node memory is as durable as it gets: nothing to do.
+    fn durable(&self) -> bool {
+        false
+    }
+
+    /// Never called (FLUSH is not offered); nothing could make it last.
     fn flush(&mut self) -> Result<(), ()> {
-        Ok(())
+        Err(())
     }
 }
 
@@ -324,6 +331,30 @@ impl<B: BlockBackend> Board<B> {
         }
         testdev.write(gpa, size, value);
         true
+    }
+
+    /// Whether a device has work waiting for [`Board::work`].
+    pub fn has_device_work(&self) -> bool {
+        self.blk.as_ref().is_some_and(|s| s.dev.has_work())
+    }
+
+    /// One slice of device work (crate::virtio::budget) over the VM's RAM
+    /// `mem`; a completion raises the device's interrupt. Returns whether
+    /// work remains.
+    pub fn work(&mut self, mem: &mut impl GuestMemory, budget: &mut Budget) -> bool {
+        let Some(slot) = self.blk.as_mut() else {
+            return false;
+        };
+        let ((effect, more), irq) = (slot.dev.work(mem, budget), slot.place.irq);
+        self.interrupt_if(effect, irq);
+        more
+    }
+
+    /// The block device's counters: requests, failed ones, the longest
+    /// request's ticks (see [`Block`]).
+    pub fn blk_stats(&self) -> Option<(u64, u64, u64)> {
+        let b = self.blk.as_ref()?.dev.device();
+        Some((b.requests, b.failed, b.max_request_ticks))
     }
 
     /// The local APIC of some vCPU ended level-triggered `vector`.
@@ -561,6 +592,6 @@ mod tests {
         disk.read(512, &mut buf).unwrap();
         assert_eq!(&buf, b"abc");
         assert!(disk.read(4095, &mut buf).is_err());
-        assert!(disk.flush().is_ok());
+        assert!(!disk.durable(), "node memory does not outlive the machine");
     }
 }

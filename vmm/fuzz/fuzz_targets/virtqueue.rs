@@ -1,15 +1,18 @@
 //! A virtio-blk device over virtio-mmio against arbitrary guest memory and
 //! an arbitrary sequence of register accesses, notifications and memory
-//! pokes. The device must never panic, whatever the driver does.
+//! pokes. The device must never panic, whatever the driver does. Device
+//! work runs in slices of an op-chosen budget after each access, as the
+//! hypervisor runs it, so requests stay in flight across pokes.
 //!
 //! Input: one flags byte (bit 0: start from a driver that has already
 //! set the device up, with an 8-entry queue at 0x1000/0x2000/0x3000), two
-//! bytes of memory-image length, the image, then 7-byte operations.
+//! bytes of memory-image length, the image, then 7-byte operations (after
+//! each, one slice of device work of 512 << (op byte 0 >> 4) bytes).
 #![no_main]
 
 use atoll_vmm::GuestPhysAddr;
 use atoll_vmm::memory::{GuestMemory, VecMemory};
-use atoll_vmm::virtio::VirtioMmio;
+use atoll_vmm::virtio::{Budget, VirtioMmio};
 use atoll_vmm::virtio::blk::{Block, BlockBackend};
 use atoll_vmm::virtio::mmio::{VIRTIO_F_VERSION_1, reg, status};
 use libfuzzer_sys::fuzz_target;
@@ -33,6 +36,9 @@ impl BlockBackend for Disk {
         let dst = self.0.get_mut(o..o.checked_add(data.len()).ok_or(())?).ok_or(())?;
         dst.copy_from_slice(data);
         Ok(())
+    }
+    fn durable(&self) -> bool {
+        true
     }
     fn flush(&mut self) -> Result<(), ()> {
         Ok(())
@@ -90,5 +96,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = mem.write(at, &[op[1], op[2]]);
             }
         }
+        let bytes = 512u64 << (op[0] >> 4);
+        dev.work(&mut mem, &mut Budget::new(bytes, u64::MAX, || 0));
     }
 });
