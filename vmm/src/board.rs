@@ -25,9 +25,9 @@ use crate::ioapic::{IOAPIC_BASE as IOAPIC_ADDRESS, IOAPIC_LEN, Ioapic, Message};
 use crate::memory::GuestMemory;
 use crate::mmio::TestDev;
 use crate::virtio::Device;
-use crate::virtio::budget::Budget;
 use crate::virtio::blk::Block;
 use crate::virtio::blk::{BlockBackend, SECTOR};
+use crate::virtio::budget::Budget;
 use crate::virtio::console::Console;
 use crate::virtio::mmio::{Effect, VirtioMmio};
 
@@ -201,6 +201,25 @@ pub struct Board<B: BlockBackend> {
     pending: Vec<Message>,
     /// Messages dropped because `pending` was full.
     pub dropped_messages: u64,
+    /// Device-work slices the hypervisor ran, as it counts them.
+    pub slices: SliceStats,
+}
+
+/// Device-work slices as the hypervisor measured them (on its clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SliceStats {
+    pub count: u64,
+    /// The longest slice, and all of them summed.
+    pub max_ticks: u64,
+    pub total_ticks: u64,
+}
+
+impl SliceStats {
+    pub fn record(&mut self, ticks: u64) {
+        self.count = self.count.saturating_add(1);
+        self.max_ticks = self.max_ticks.max(ticks);
+        self.total_ticks = self.total_ticks.saturating_add(ticks);
+    }
 }
 
 impl<B: BlockBackend> Board<B> {
@@ -235,6 +254,7 @@ impl<B: BlockBackend> Board<B> {
             console_lines: Vec::new(),
             pending: Vec::new(),
             dropped_messages: 0,
+            slices: SliceStats::default(),
         }
     }
 

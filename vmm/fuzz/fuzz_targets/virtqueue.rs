@@ -12,9 +12,9 @@
 
 use atoll_vmm::GuestPhysAddr;
 use atoll_vmm::memory::{GuestMemory, VecMemory};
-use atoll_vmm::virtio::{Budget, VirtioMmio};
 use atoll_vmm::virtio::blk::{Block, BlockBackend};
 use atoll_vmm::virtio::mmio::{VIRTIO_F_VERSION_1, reg, status};
+use atoll_vmm::virtio::{Budget, VirtioMmio};
 use libfuzzer_sys::fuzz_target;
 
 const RAM: usize = 0x10000;
@@ -27,13 +27,19 @@ impl BlockBackend for Disk {
     }
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), ()> {
         let o = usize::try_from(offset).map_err(|_| ())?;
-        let src = self.0.get(o..o.checked_add(buf.len()).ok_or(())?).ok_or(())?;
+        let src = self
+            .0
+            .get(o..o.checked_add(buf.len()).ok_or(())?)
+            .ok_or(())?;
         buf.copy_from_slice(src);
         Ok(())
     }
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ()> {
         let o = usize::try_from(offset).map_err(|_| ())?;
-        let dst = self.0.get_mut(o..o.checked_add(data.len()).ok_or(())?).ok_or(())?;
+        let dst = self
+            .0
+            .get_mut(o..o.checked_add(data.len()).ok_or(())?)
+            .ok_or(())?;
         dst.copy_from_slice(data);
         Ok(())
     }
@@ -54,8 +60,18 @@ fn set_up(dev: &mut VirtioMmio<Block<Disk>>, mem: &mut VecMemory) {
     w(dev, mem, reg::STATUS, 0);
     w(dev, mem, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
     w(dev, mem, reg::DRIVER_FEATURES_SEL, 1);
-    w(dev, mem, reg::DRIVER_FEATURES, (VIRTIO_F_VERSION_1 >> 32) as u32);
-    w(dev, mem, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    w(
+        dev,
+        mem,
+        reg::DRIVER_FEATURES,
+        (VIRTIO_F_VERSION_1 >> 32) as u32,
+    );
+    w(
+        dev,
+        mem,
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
     w(dev, mem, reg::QUEUE_SEL, 0);
     w(dev, mem, reg::QUEUE_NUM, 8);
     w(dev, mem, reg::QUEUE_DESC_LOW, 0x1000);
