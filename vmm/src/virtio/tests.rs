@@ -874,7 +874,14 @@ fn big_reads(n: u64) -> Rig<Block<Disk>> {
     rig.init(16);
     rig.header(blk::VIRTIO_BLK_T_IN, 0);
     for k in 0..n {
-        rig.add(0, &[(HDR, 16, false), (DATA + (k << 20), 1 << 20, true), (STATUS, 1, true)]);
+        rig.add(
+            0,
+            &[
+                (HDR, 16, false),
+                (DATA + (k << 20), 1 << 20, true),
+                (STATUS, 1, true),
+            ],
+        );
     }
     rig.dev.write(reg::QUEUE_NOTIFY, 4, 0, &mut rig.mem);
     rig
@@ -898,7 +905,9 @@ fn a_huge_request_served_in_slices_gives_the_bytes_of_one_go() {
     let (mut slices, mut interrupts) = (0, 0);
     loop {
         slices += 1;
-        let (effect, more) = sliced.dev.work(&mut sliced.mem, &mut bytes_budget(64 * 1024));
+        let (effect, more) = sliced
+            .dev
+            .work(&mut sliced.mem, &mut bytes_budget(64 * 1024));
         interrupts += u32::from(effect == Effect::Interrupt);
         if !more {
             break;
@@ -927,7 +936,10 @@ fn a_slice_keeps_to_its_byte_and_time_budgets() {
     assert!(rig.dev.work(&mut rig.mem, &mut budget).1);
     let moved = |rig: &Rig<Block<Disk>>| {
         let got = rig.bytes(DATA, 1 << 20);
-        got.iter().zip(pattern(1 << 20)).take_while(|(a, b)| **a == *b).count()
+        got.iter()
+            .zip(pattern(1 << 20))
+            .take_while(|(a, b)| **a == *b)
+            .count()
     };
     let first = moved(&rig);
     assert_eq!(first, 3 * blk::CHUNK);
@@ -969,7 +981,10 @@ fn a_reset_or_a_disabled_queue_mid_request_drops_it() {
     assert!(rig.dev.work(&mut rig.mem, &mut bytes_budget(8192)).1);
     rig.dev.write(reg::QUEUE_SEL, 4, 0, &mut rig.mem);
     rig.dev.write(reg::QUEUE_READY, 4, 0, &mut rig.mem);
-    assert!(!rig.dev.has_work(), "disabling the queue dropped the request");
+    assert!(
+        !rig.dev.has_work(),
+        "disabling the queue dropped the request"
+    );
     assert_eq!(rig.get_used(0), None);
 }
 
@@ -992,7 +1007,10 @@ fn rewriting_descriptors_or_data_mid_request_stays_inside_ram() {
     assert_eq!(rig.get_used(0), Some((0, (1 << 20) + 1)));
     // Data the driver overwrote before the device reached it is
     // overwritten again by the device; nothing beyond the buffer moved.
-    assert_eq!(rig.bytes(DATA + 0x8000, 0x1000), pattern(1 << 20)[0x8000..0x9000]);
+    assert_eq!(
+        rig.bytes(DATA + 0x8000, 0x1000),
+        pattern(1 << 20)[0x8000..0x9000]
+    );
     assert_eq!(rig.dev.device().backend().bytes, pattern(1 << 20));
     // The next request sees the rewritten descriptors: a reset.
     rig.publish(0, 0, 1);
