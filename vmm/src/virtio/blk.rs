@@ -20,8 +20,9 @@
 //!
 //! Work is sliced (crate::virtio::budget): a notification only records that
 //! the queue was kicked; [`Device::work`] then serves requests until its
-//! [`Budget`] is spent (at most [`budget::SLICE_BYTES`] bytes and
-//! [`budget::SLICE_US`] microseconds a slice, as the hypervisor sets it)
+//! [`Budget`] is spent (at most [`budget::SLICE_BYTES`] = 256 KiB and
+//! [`budget::SLICE_US`] = 100 us a slice, as the hypervisor sets it, each
+//! request also costing [`budget::REQUEST_COST`] bytes)
 //! and says whether work remains. A request popped but not finished stays
 //! in flight: its chain was validated and copied out of guest memory when
 //! it was popped (so the driver rewriting its descriptors changes nothing),
