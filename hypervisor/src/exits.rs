@@ -19,6 +19,7 @@ use x86::vmx::vmcs::guest;
 use crate::arch::guestram::GuestRam;
 use crate::arch::{cpu, time, vmx};
 use crate::console;
+use crate::devwork;
 use crate::node::Node;
 use crate::sched::Slot;
 use crate::vm::{self, Vm, VmBoard};
@@ -185,16 +186,19 @@ impl ExitEnv for Env<'_> {
         if self.slot.lapic.mmio_decoded() && LapicPage::claims(gpa) {
             return self.lapic_mmio(gpa, regs, mode, &paging);
         }
-        let (outcome, messages, lines) = self
+        let (outcome, messages, lines, work) = self
             .node
             .with_devices(self.slot.vm.local, |board| {
                 let mut bus = BoardBus { board, ram };
                 let outcome = mmio::emulate(gpa, regs, mode, &paging, &ram, &mut bus);
                 let lines: Vec<Vec<u8>> =
                     core::iter::from_fn(|| bus.board.take_console_line()).collect();
-                (outcome, bus.board.take_messages(), lines)
+                // A notification only recorded its work: one slice now.
+                let work = bus.board.has_device_work() && devwork::slice_locked(bus.board, ram);
+                (outcome, bus.board.take_messages(), lines, work)
             })
-            .unwrap_or((None, Vec::new(), Vec::new()));
+            .unwrap_or((None, Vec::new(), Vec::new(), false));
+        self.slot.device_work |= work;
         for line in lines {
             vm::print_guest_line(self.slot.vm, &line);
         }

@@ -11,6 +11,7 @@ extern crate alloc;
 mod arch;
 mod boot;
 mod console;
+mod devwork;
 mod exits;
 mod hypercalls;
 mod node;

@@ -67,12 +67,17 @@ pub struct Slot {
     pub wait_deadline: u64,
     /// The VM's EPT generation this CPU's translations are current for.
     ept_generation: u32,
+    /// A device of the VM has work this vCPU's notification left: this
+    /// CPU runs a slice of it per pass of its loop (devwork.rs).
+    pub device_work: bool,
 }
 
 /// What the loop needs about the machine.
 struct LoopContext {
     /// Preemption-timer value of a full slice.
     slice: u32,
+    /// Preemption-timer value of a turn while device work is pending.
+    device_turn: u32,
     /// The preemption timer counts once every 2^shift TSC ticks.
     shift: u32,
     xsave: bool,
@@ -165,6 +170,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
                     halted_interruptible: false,
                     wait_deadline: u64::MAX,
                     ept_generation: 0,
+                    device_work: false,
                 };
                 prepare_boot_registers(&mut slot);
                 slots.push(slot);
@@ -177,6 +183,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
     }
     let ctx = LoopContext {
         slice: slice_ticks(caps, slots.len()),
+        device_turn: us_to_timer(caps, crate::devwork::TURN_US),
         shift: (caps.misc & 0x1f) as u32,
         xsave: cpu::has_xsave(),
         vm_names: node.boot.plan.vms.iter().map(|v| v.name.as_str()).collect(),
@@ -252,8 +259,13 @@ fn slice_ticks(caps: &VmxCaps, vcpus: usize) -> u32 {
     if vcpus <= 1 {
         return u32::MAX;
     }
+    us_to_timer(caps, SLICE_US)
+}
+
+/// `us` microseconds as a preemption-timer value (at least 1).
+fn us_to_timer(caps: &VmxCaps, us: u64) -> u32 {
     let shift = caps.misc & 0x1f;
-    let ticks = crate::arch::time::tsc_per_us().saturating_mul(SLICE_US) >> shift;
+    let ticks = crate::arch::time::tsc_per_us().saturating_mul(us) >> shift;
     u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
 }
 
@@ -273,11 +285,21 @@ fn run_loop(node: &'static Node, slots: &mut [Slot], ctx: &LoopContext) -> ! {
         for slot in slots.iter_mut() {
             vmcs_moved |= sync_with_vm(node, slot);
         }
+        // Device work first, one slice per VM that has some: a CPU with
+        // work pending never idles (devwork.rs).
+        let mut device_work = false;
+        for slot in slots.iter_mut().filter(|s| s.device_work) {
+            crate::devwork::run_slice(node, slot);
+            device_work |= slot.device_work;
+        }
         let count = slots.len();
         let pick = (0..count)
             .map(|i| (next + i) % count)
             .find(|&i| slots.get(i).is_some_and(runnable));
         let Some(i) = pick else {
+            if device_work {
+                continue;
+            }
             node.idle_check();
             // A halted vCPU's timer or a `wait` timeout must not wait for
             // the next tick: make the tick come at the earliest of them.
@@ -294,8 +316,13 @@ fn run_loop(node: &'static Node, slots: &mut [Slot], ctx: &LoopContext) -> ! {
         } else if vmcs_moved && let Some(slot) = slots.get(i) {
             let _ = slot.vcpu.load();
         }
+        let turn = if device_work {
+            ctx.device_turn
+        } else {
+            ctx.slice
+        };
         if let Some(slot) = slots.get_mut(i) {
-            run_turn(node, slot, ctx);
+            run_turn(node, slot, ctx, turn);
         }
     }
 }
@@ -356,6 +383,7 @@ fn sync_with_vm(node: &Node, slot: &mut Slot) -> bool {
     }
     if !slot.parked && !slot.vm.is_running() && !slot.vm.has_ended() {
         slot.parked = true;
+        slot.device_work = false;
         slot.vcpu.state = VcpuState::Done;
         slot.vm.check_out(node);
         return loaded;
@@ -408,6 +436,7 @@ fn restart_vcpu(slot: &mut Slot) {
     slot.fpu.clear();
     slot.loose = cpu::LooseRegs::default();
     slot.parked = false;
+    slot.device_work = false;
     prepare_boot_registers(slot);
 }
 
@@ -458,16 +487,17 @@ fn take_mailbox(node: &Node, slot: &mut Slot) -> bool {
     reset
 }
 
-/// Runs one vCPU until its slice ends, it blocks, or its VM ends.
-fn run_turn(node: &Node, slot: &mut Slot, ctx: &LoopContext) {
+/// Runs one vCPU until its slice (`turn`, a preemption-timer value) ends,
+/// it blocks, or its VM ends.
+fn run_turn(node: &Node, slot: &mut Slot, ctx: &LoopContext, turn: u32) {
     for _ in 0..EXITS_PER_TURN {
         take_mailbox(node, slot);
         let now = cpu::rdtsc();
         slot.lapic.tick(now);
         inject_pending_interrupt(slot);
-        let slice = slot.lapic.next_deadline().map_or(ctx.slice, |deadline| {
+        let slice = slot.lapic.next_deadline().map_or(turn, |deadline| {
             let ticks = deadline.saturating_sub(now) >> ctx.shift;
-            u32::try_from(ticks).unwrap_or(u32::MAX).min(ctx.slice)
+            u32::try_from(ticks).unwrap_or(u32::MAX).min(turn)
         });
         let entered = cpu::rdtsc();
         let exit = match slot.vcpu.enter(slice) {

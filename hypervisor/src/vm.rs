@@ -818,6 +818,7 @@ impl Vm {
             }
         }
         report_stats(self, node);
+        crate::devwork::report(self, node);
         self.run.store(ENDED, Ordering::Release);
         let failed = !matches!(end, Some(End::Exited { status: 0, .. }));
         node.vm_ended(failed);

@@ -303,3 +303,121 @@ devices = ["uart", "debug-exit", "fw-cfg"]
         .expect("a restart");
     assert_neighbours_beat_after(&out, last_restart, "the last restart");
 }
+
+/// Device work in slices (vmm/DESIGN.md): a huge notification and a
+/// descriptor rewrite during the walk, next to neighbours on the same CPU
+/// (`beat-a`), on the node's other CPU (`beat-a1`) and in the other node
+/// (`beat-b`).
+const VIRTIO_CASES: &[(&str, Expect)] = &[
+    ("virtio-huge", Refused),
+    ("virtio-desc-rewrite-all-vcpus", Refused),
+];
+
+/// The heartbeat guest's interval (TSC ticks, its default).
+const BEAT_INTERVAL: u64 = 2_000_000;
+/// The longest gap allowed between two beats of a neighbour: its interval,
+/// plus a turn of each other vCPU of its CPU (CPU 0: `virtio-huge` and the
+/// rewriter's first vCPU; 10 ms slices, about 2.4 M ticks each at the TSC
+/// rate Atoll calibrates in Bochs), plus device slices (100 us or one
+/// 4 KiB chunk each, about 25 k ticks): about 7 M ticks. Served in one
+/// go, the huge notification alone held the node lock for about 200 M
+/// ticks (100 intervals).
+const MAX_BEAT_GAP: u64 = 4 * BEAT_INTERVAL;
+
+fn beater(name: &str, node: &str, pin: &str, beats: u32) -> String {
+    format!(
+        r#"
+[[vm]]
+name = "{name}"
+node = "{node}"
+vcpus = 1
+mem_mib = 4
+kernel = "heartbeat"
+cmdline = "beats={beats}"
+{pin}
+"#
+    )
+}
+
+/// The TSC of each beat of `vm`, in order.
+fn beat_times(out: &RunOutcome, vm: &str) -> Vec<u64> {
+    out.events
+        .iter()
+        .filter(|e| is(e, "guest_heartbeat", vm))
+        .filter_map(|e| e.u64("tsc"))
+        .collect()
+}
+
+#[test]
+fn virtio_device_work_is_sliced() {
+    let neighbours = ["beat-a", "beat-a1", "beat-b"];
+    let mut vms = beater("beat-a", "a", "pin = [0]", 150)
+        + &beater("beat-a1", "a", "pin = [1]", 150)
+        + &beater("beat-b", "b", "", 200);
+    // 16 MiB would do too; 8 MiB of disk is four 2 MiB regions, and the
+    // guest's buffers end below 7 MiB.
+    vms += &hostile_vm("virtio-huge")
+        .replace("mem_mib = 4", "mem_mib = 8")
+        .replace("disk_mib = 2", "disk_mib = 8");
+    vms += &hostile_vm("virtio-desc-rewrite-all-vcpus");
+    let out = run(common::two_nodes(96, 32, true, &vms));
+    let why = out.diagnostics();
+    for &(case, expect) in VIRTIO_CASES {
+        let end = check_case(&out, case, expect);
+        for beat in neighbours {
+            assert!(
+                out.events[end..]
+                    .iter()
+                    .any(|e| is(e, "guest_heartbeat", beat)),
+                "{beat} did not beat after {case} ended\n{why}"
+            );
+        }
+    }
+    // Every neighbour beat while the huge requests were served, on time.
+    let start = out
+        .events
+        .iter()
+        .position(|e| is(e, "vm_start", "virtio-huge"))
+        .expect("virtio-huge started");
+    let done = out
+        .events
+        .iter()
+        .position(|e| is(e, "guest_case", "virtio-huge"))
+        .expect("virtio-huge reported");
+    for beat in neighbours {
+        let during = out.events[start..done]
+            .iter()
+            .filter(|e| is(e, "guest_heartbeat", beat))
+            .count();
+        assert!(
+            during >= 3,
+            "{beat} beat {during} times during virtio-huge\n{why}"
+        );
+        let times = beat_times(&out, beat);
+        let gap = times.windows(2).map(|w| w[1].saturating_sub(w[0])).max();
+        assert!(
+            gap.is_some_and(|g| g <= MAX_BEAT_GAP),
+            "{beat}: longest gap between beats {gap:?} ticks\n{why}"
+        );
+        let exit = out.events.iter().find(|e| is(e, "vm_exit", beat));
+        assert_eq!(exit.and_then(|e| e.u64("status")), Some(0), "{why}");
+    }
+    // The huge requests were served in many slices, none holding the node
+    // lock for long.
+    let work = out
+        .events
+        .iter()
+        .find(|e| is(e, "device_work", "virtio-huge"))
+        .expect("device_work for virtio-huge");
+    let field = |k: &str| work.u64(k).unwrap_or(0);
+    println!(
+        "virtio-huge: {} requests, longest {} ticks; {} slices, longest {} ticks",
+        field("requests"),
+        field("request_max_ticks"),
+        field("slices"),
+        field("slice_max_ticks")
+    );
+    assert_eq!((field("requests"), field("failed")), (4 + 16, 0), "{why}");
+    assert!(field("slices") >= 16 * 8, "{why}");
+    assert!(field("slice_max_ticks") <= BEAT_INTERVAL / 4, "{why}");
+}

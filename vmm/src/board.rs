@@ -27,6 +27,7 @@ use crate::mmio::TestDev;
 use crate::virtio::Device;
 use crate::virtio::blk::Block;
 use crate::virtio::blk::{BlockBackend, SECTOR};
+use crate::virtio::budget::Budget;
 use crate::virtio::console::Console;
 use crate::virtio::mmio::{Effect, VirtioMmio};
 
@@ -124,7 +125,9 @@ impl<D: Device> Slot<D> {
 }
 
 /// A disk kept in memory the VM cannot reach (for the hypervisor, a range
-/// of node memory), addressed from 0.
+/// of node memory), addressed from 0. It is volatile: its contents last as
+/// long as the machine runs (a VM restart keeps them, a power-off does
+/// not), so it does not offer VIRTIO_BLK_F_FLUSH.
 #[derive(Clone, Debug)]
 pub struct MemoryDisk<M: GuestMemory>(pub M);
 
@@ -141,9 +144,13 @@ impl<M: GuestMemory> BlockBackend for MemoryDisk<M> {
         self.0.write(GuestPhysAddr(offset), data).map_err(|_| ())
     }
 
-    /// Node memory is as durable as it gets: nothing to do.
+    fn durable(&self) -> bool {
+        false
+    }
+
+    /// Never called (FLUSH is not offered); nothing could make it last.
     fn flush(&mut self) -> Result<(), ()> {
-        Ok(())
+        Err(())
     }
 }
 
@@ -194,6 +201,25 @@ pub struct Board<B: BlockBackend> {
     pending: Vec<Message>,
     /// Messages dropped because `pending` was full.
     pub dropped_messages: u64,
+    /// Device-work slices the hypervisor ran, as it counts them.
+    pub slices: SliceStats,
+}
+
+/// Device-work slices as the hypervisor measured them (on its clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SliceStats {
+    pub count: u64,
+    /// The longest slice, and all of them summed.
+    pub max_ticks: u64,
+    pub total_ticks: u64,
+}
+
+impl SliceStats {
+    pub fn record(&mut self, ticks: u64) {
+        self.count = self.count.saturating_add(1);
+        self.max_ticks = self.max_ticks.max(ticks);
+        self.total_ticks = self.total_ticks.saturating_add(ticks);
+    }
 }
 
 impl<B: BlockBackend> Board<B> {
@@ -228,6 +254,7 @@ impl<B: BlockBackend> Board<B> {
             console_lines: Vec::new(),
             pending: Vec::new(),
             dropped_messages: 0,
+            slices: SliceStats::default(),
         }
     }
 
@@ -324,6 +351,30 @@ impl<B: BlockBackend> Board<B> {
         }
         testdev.write(gpa, size, value);
         true
+    }
+
+    /// Whether a device has work waiting for [`Board::work`].
+    pub fn has_device_work(&self) -> bool {
+        self.blk.as_ref().is_some_and(|s| s.dev.has_work())
+    }
+
+    /// One slice of device work (crate::virtio::budget) over the VM's RAM
+    /// `mem`; a completion raises the device's interrupt. Returns whether
+    /// work remains.
+    pub fn work(&mut self, mem: &mut impl GuestMemory, budget: &mut Budget) -> bool {
+        let Some(slot) = self.blk.as_mut() else {
+            return false;
+        };
+        let ((effect, more), irq) = (slot.dev.work(mem, budget), slot.place.irq);
+        self.interrupt_if(effect, irq);
+        more
+    }
+
+    /// The block device's counters: requests, failed ones, the longest
+    /// request's ticks (see [`Block`]).
+    pub fn blk_stats(&self) -> Option<(u64, u64, u64)> {
+        let b = self.blk.as_ref()?.dev.device();
+        Some((b.requests, b.failed, b.max_request_ticks))
     }
 
     /// The local APIC of some vCPU ended level-triggered `vector`.
@@ -561,6 +612,6 @@ mod tests {
         disk.read(512, &mut buf).unwrap();
         assert_eq!(&buf, b"abc");
         assert!(disk.read(4095, &mut buf).is_err());
-        assert!(disk.flush().is_ok());
+        assert!(!disk.durable(), "node memory does not outlive the machine");
     }
 }

@@ -1,11 +1,15 @@
 //! A virtio block device (virtio 1.2, 5.2) with one request queue.
 //!
 //! Features offered: VIRTIO_BLK_F_SEG_MAX (so Linux puts more than one data
-//! segment in a request) and VIRTIO_BLK_F_FLUSH. Requests (5.2.6): T_IN,
-//! T_OUT, T_FLUSH and T_GET_ID; any other type is answered with
-//! VIRTIO_BLK_S_UNSUPP. The device does not assume any framing (2.6.4): the
-//! header is the first 16 bytes of the chain's readable part, the status the
-//! last byte of its writable part, and the data whatever lies between.
+//! segment in a request) and, only over a durable backend
+//! ([`BlockBackend::durable`]), VIRTIO_BLK_F_FLUSH: a volatile disk (node
+//! memory) does not pretend that a flush makes anything last. Requests
+//! (5.2.6): T_IN, T_OUT, T_FLUSH (when negotiated) and T_GET_ID; any other
+//! type, and T_FLUSH without the feature, is answered with
+//! VIRTIO_BLK_S_UNSUPP. The device does not assume any framing (2.6.4):
+//! the header is the first 16 bytes of the chain's readable part, the
+//! status the last byte of its writable part, and the data whatever lies
+//! between.
 //!
 //! A request without a writable byte for its status cannot be answered: the
 //! device needs a reset. Any other bad request fails with
@@ -13,8 +17,20 @@
 //! that is not a whole number of sectors, sectors beyond the capacity, a
 //! backend error. Data moves through a fixed stack buffer, [`CHUNK`] bytes
 //! at a time.
+//!
+//! Work is sliced (crate::virtio::budget): a notification only records that
+//! the queue was kicked; [`Device::work`] then serves requests until its
+//! [`Budget`] is spent (at most [`budget::SLICE_BYTES`] = 256 KiB and
+//! [`budget::SLICE_US`] = 100 us a slice, as the hypervisor sets it, each
+//! request also costing [`budget::REQUEST_COST`] bytes)
+//! and says whether work remains. A request popped but not finished stays
+//! in flight: its chain was validated and copied out of guest memory when
+//! it was popped (so the driver rewriting its descriptors changes nothing),
+//! its header read once, its progress kept. A reset or a disabled queue
+//! drops it.
 
 use crate::memory::GuestMemory;
+use crate::virtio::budget::{self, Budget};
 use crate::virtio::mmio::Device;
 use crate::virtio::queue::{Chain, Queue, QueueError};
 
@@ -65,8 +81,34 @@ pub trait BlockBackend {
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), ()>;
     /// Stores `data` at byte `offset` (inside the device: checked first).
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ()>;
-    /// Makes completed writes durable.
+    /// Whether completed writes can be made to outlive the machine: only
+    /// then is VIRTIO_BLK_F_FLUSH offered.
+    fn durable(&self) -> bool;
+    /// Makes completed writes durable (called only if [`Self::durable`]).
     fn flush(&mut self) -> Result<(), ()>;
+}
+
+/// What a popped request still has to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// T_IN: backend bytes from `start` into the writable part.
+    Read { start: u64, len: u32 },
+    /// T_OUT: the readable part after the header into the backend.
+    Write { start: u64, len: u32 },
+    /// Answered without moving data: this status, these bytes written.
+    Done { status: u8, written: u32 },
+}
+
+/// A request popped from the queue and not yet pushed back.
+#[derive(Clone, Debug)]
+struct InFlight {
+    /// Validated and copied out of guest memory at pop.
+    chain: Chain,
+    op: Op,
+    /// Data bytes moved so far.
+    done: u32,
+    /// When it was popped (the budget's clock).
+    popped: u64,
 }
 
 /// The block device model behind a [`crate::virtio::VirtioMmio`].
@@ -74,9 +116,19 @@ pub trait BlockBackend {
 pub struct Block<B: BlockBackend> {
     backend: B,
     id: [u8; ID_BYTES],
+    /// The driver accepted VIRTIO_BLK_F_FLUSH.
+    flush_negotiated: bool,
+    /// Chains the current notification may still take (a queue's worth:
+    /// more need another notification, so a driver cannot keep the device
+    /// busy forever on one).
+    kicked: u16,
+    in_flight: Option<InFlight>,
     /// Requests completed, and how many of them failed.
     pub requests: u64,
     pub failed: u64,
+    /// The longest time a request took from pop to completion, in ticks of
+    /// the budget's clock (across slices).
+    pub max_request_ticks: u64,
 }
 
 /// A request's header fields, copied out of guest memory once.
@@ -95,8 +147,12 @@ impl<B: BlockBackend> Block<B> {
         Block {
             backend,
             id: padded,
+            flush_negotiated: false,
+            kicked: 0,
+            in_flight: None,
             requests: 0,
             failed: 0,
+            max_request_ticks: 0,
         }
     }
 
@@ -108,33 +164,60 @@ impl<B: BlockBackend> Block<B> {
         &mut self.backend
     }
 
-    /// Carries out one request; returns its status and the bytes written
-    /// into the chain before the status byte.
-    fn execute(&mut self, chain: &Chain, mem: &mut impl GuestMemory) -> (u8, u32) {
+    /// Drops the request in flight and the pending notification.
+    fn stop(&mut self) {
+        self.in_flight = None;
+        self.kicked = 0;
+    }
+
+    /// Decides what a freshly popped chain asks for; requests that move no
+    /// data are carried out here.
+    fn start(&mut self, chain: &Chain, mem: &mut impl GuestMemory) -> Op {
         let Some(header) = read_header(chain, mem) else {
-            return (VIRTIO_BLK_S_IOERR, 0);
+            return Op::Done {
+                status: VIRTIO_BLK_S_IOERR,
+                written: 0,
+            };
         };
         // Bytes around the data: the header before it, the status after.
         let readable = chain.readable_len().saturating_sub(HEADER_BYTES);
         let writable = chain.writable_len().saturating_sub(1);
-        let result = match header.kind {
-            VIRTIO_BLK_T_IN if readable == 0 => {
-                self.read_sectors(header.sector, writable, chain, mem)
-            }
-            VIRTIO_BLK_T_OUT if writable == 0 => {
-                self.write_sectors(header.sector, readable, chain, mem)
-            }
-            VIRTIO_BLK_T_FLUSH => self.backend.flush().map(|()| 0),
+        let ok = |written| Op::Done {
+            status: VIRTIO_BLK_S_OK,
+            written,
+        };
+        let io_error = Op::Done {
+            status: VIRTIO_BLK_S_IOERR,
+            written: 0,
+        };
+        match header.kind {
+            VIRTIO_BLK_T_IN if readable == 0 => match self.byte_range(header.sector, writable) {
+                Ok(start) => Op::Read {
+                    start,
+                    len: writable,
+                },
+                Err(()) => io_error,
+            },
+            VIRTIO_BLK_T_OUT if writable == 0 => match self.byte_range(header.sector, readable) {
+                Ok(start) => Op::Write {
+                    start,
+                    len: readable,
+                },
+                Err(()) => io_error,
+            },
+            VIRTIO_BLK_T_FLUSH if self.flush_negotiated => match self.backend.flush() {
+                Ok(()) => ok(0),
+                Err(()) => io_error,
+            },
             VIRTIO_BLK_T_GET_ID => {
                 let id = self.id.get(..writable as usize).unwrap_or(&self.id);
-                Ok(chain.write_at(mem, 0, id) as u32)
+                ok(chain.write_at(mem, 0, id) as u32)
             }
-            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => Err(()),
-            _ => return (VIRTIO_BLK_S_UNSUPP, 0),
-        };
-        match result {
-            Ok(n) => (VIRTIO_BLK_S_OK, n),
-            Err(()) => (VIRTIO_BLK_S_IOERR, 0),
+            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => io_error,
+            _ => Op::Done {
+                status: VIRTIO_BLK_S_UNSUPP,
+                written: 0,
+            },
         }
     }
 
@@ -151,73 +234,132 @@ impl<B: BlockBackend> Block<B> {
         Ok(start)
     }
 
-    /// T_IN: backend -> the writable part, `len` bytes.
-    fn read_sectors(
-        &mut self,
-        sector: u64,
-        len: u32,
-        chain: &Chain,
-        mem: &mut impl GuestMemory,
-    ) -> Result<u32, ()> {
-        let start = self.byte_range(sector, len)?;
+    /// Moves data for the request in flight until it is done or the budget
+    /// is spent (at least one chunk). Returns whether it is done; a failure
+    /// turns it into an IOERR answer.
+    fn advance(&mut self, mem: &mut impl GuestMemory, budget: &mut Budget) -> bool {
+        let Some(req) = self.in_flight.as_mut() else {
+            return true;
+        };
+        let (start, len, read) = match req.op {
+            Op::Read { start, len } => (start, len, true),
+            Op::Write { start, len } => (start, len, false),
+            Op::Done { .. } => return true,
+        };
         let mut buf = [0u8; CHUNK];
-        let mut done = 0u32;
-        while done < len {
-            let n = (len - done).min(CHUNK as u32);
-            let chunk = buf.get_mut(..n as usize).ok_or(())?;
-            self.backend.read(start + u64::from(done), chunk)?;
-            if chain.write_at(mem, u64::from(done), chunk) != chunk.len() {
-                return Err(());
+        while req.done < len {
+            let n = (len - req.done).min(CHUNK as u32);
+            let step = copy_chunk(
+                &mut self.backend,
+                &req.chain,
+                mem,
+                buf.get_mut(..n as usize).unwrap_or(&mut []),
+                start.saturating_add(u64::from(req.done)),
+                req.done,
+                read,
+            );
+            if step.is_err() {
+                req.op = Op::Done {
+                    status: VIRTIO_BLK_S_IOERR,
+                    written: 0,
+                };
+                return true;
             }
-            done += n;
+            req.done += n;
+            budget.spend(u64::from(n));
+            if req.done < len && budget.spent() {
+                return false;
+            }
         }
-        Ok(len)
+        let written = if read { len } else { 0 };
+        req.op = Op::Done {
+            status: VIRTIO_BLK_S_OK,
+            written,
+        };
+        true
     }
 
-    /// T_OUT: the readable part after the header -> backend, `len` bytes.
-    fn write_sectors(
+    /// Answers the request in flight: its status byte, then the used ring
+    /// (5.2.6).
+    fn complete(
         &mut self,
-        sector: u64,
-        len: u32,
-        chain: &Chain,
-        mem: &impl GuestMemory,
-    ) -> Result<u32, ()> {
-        let start = self.byte_range(sector, len)?;
-        let mut buf = [0u8; CHUNK];
-        let mut done = 0u32;
-        while done < len {
-            let n = (len - done).min(CHUNK as u32);
-            let chunk = buf.get_mut(..n as usize).ok_or(())?;
-            let at = u64::from(HEADER_BYTES + done);
-            if chain.read_at(mem, at, chunk) != chunk.len() {
-                return Err(());
-            }
-            self.backend.write(start + u64::from(done), chunk)?;
-            done += n;
-        }
-        Ok(0)
-    }
-
-    /// Serves one chain: executes it and writes its status (5.2.6).
-    fn serve(
-        &mut self,
-        chain: &Chain,
         queue: &mut Queue,
         mem: &mut impl GuestMemory,
+        now: u64,
     ) -> Result<(), QueueError> {
-        let Some(status_at) = chain.writable_len().checked_sub(1) else {
-            return Err(QueueError::BadRequest);
+        let Some(req) = self.in_flight.take() else {
+            return Ok(());
         };
-        let (status, written) = self.execute(chain, mem);
+        let Op::Done { status, written } = req.op else {
+            return Ok(());
+        };
+        let status_at = req.chain.writable_len().saturating_sub(1);
         self.requests = self.requests.saturating_add(1);
         if status != VIRTIO_BLK_S_OK {
             self.failed = self.failed.saturating_add(1);
         }
-        if chain.write_at(mem, u64::from(status_at), &[status]) != 1 {
+        let took = now.saturating_sub(req.popped);
+        self.max_request_ticks = self.max_request_ticks.max(took);
+        if req.chain.write_at(mem, u64::from(status_at), &[status]) != 1 {
             return Err(QueueError::BufferOutsideMemory);
         }
-        queue.push_used(chain.head, written.saturating_add(1), mem)
+        queue.push_used(req.chain.head, written.saturating_add(1), mem)
     }
+
+    /// Pops the next chain of the current notification, if any.
+    fn pop(
+        &mut self,
+        queue: &mut Queue,
+        mem: &mut impl GuestMemory,
+        budget: &mut Budget,
+    ) -> Result<bool, QueueError> {
+        if self.kicked == 0 {
+            return Ok(false);
+        }
+        let Some(chain) = queue.pop(mem)? else {
+            self.kicked = 0;
+            return Ok(false);
+        };
+        self.kicked -= 1;
+        if chain.writable_len() == 0 {
+            return Err(QueueError::BadRequest);
+        }
+        budget.spend(budget::REQUEST_COST);
+        let op = self.start(&chain, mem);
+        self.in_flight = Some(InFlight {
+            chain,
+            op,
+            done: 0,
+            popped: budget.now(),
+        });
+        Ok(true)
+    }
+}
+
+/// One chunk of a request: backend -> chain (`read`) or chain (after the
+/// header) -> backend, `buf.len()` bytes at data offset `done`.
+fn copy_chunk<B: BlockBackend>(
+    backend: &mut B,
+    chain: &Chain,
+    mem: &mut impl GuestMemory,
+    buf: &mut [u8],
+    disk_at: u64,
+    done: u32,
+    read: bool,
+) -> Result<(), ()> {
+    if read {
+        backend.read(disk_at, buf)?;
+        if chain.write_at(mem, u64::from(done), buf) != buf.len() {
+            return Err(());
+        }
+    } else {
+        let at = u64::from(HEADER_BYTES) + u64::from(done);
+        if chain.read_at(mem, at, buf) != buf.len() {
+            return Err(());
+        }
+        backend.write(disk_at, buf)?;
+    }
+    Ok(())
 }
 
 /// Copies the header out of the readable part (`None` if it is short).
@@ -239,7 +381,15 @@ impl<B: BlockBackend> Device for Block<B> {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH
+        if self.backend.durable() {
+            VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH
+        } else {
+            VIRTIO_BLK_F_SEG_MAX
+        }
+    }
+
+    fn negotiated(&mut self, features: u64) {
+        self.flush_negotiated = features & VIRTIO_BLK_F_FLUSH != 0;
     }
 
     fn num_queues(&self) -> usize {
@@ -263,22 +413,67 @@ impl<B: BlockBackend> Device for Block<B> {
         src.map(|s| data.copy_from_slice(s)).is_some()
     }
 
-    fn reset(&mut self) {}
+    fn reset(&mut self) {
+        self.stop();
+        self.flush_negotiated = false;
+    }
 
-    /// Serves at most a queue's worth of requests: more need another
-    /// notification, so a driver cannot keep the device busy forever.
+    /// A request is in flight or a notification is not used up.
+    fn has_work(&self) -> bool {
+        self.in_flight.is_some() || self.kicked > 0
+    }
+
+    fn queue_stopped(&mut self, _index: usize) {
+        self.stop();
+    }
+
+    /// Only records the kick: [`Device::work`] serves it.
     fn notify(
         &mut self,
         _index: usize,
         queue: &mut Queue,
-        mem: &mut impl GuestMemory,
+        _mem: &mut impl GuestMemory,
     ) -> Result<(), QueueError> {
-        for _ in 0..queue.size() {
-            let Some(chain) = queue.pop(mem)? else {
-                break;
-            };
-            self.serve(&chain, queue, mem)?;
-        }
+        self.kicked = queue.size();
         Ok(())
+    }
+
+    /// Serves requests until the budget is spent: finishes the one in
+    /// flight, then pops the next while the notification allows. A queue
+    /// error drops everything (the device then needs a reset).
+    fn work(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        mem: &mut impl GuestMemory,
+        budget: &mut Budget,
+    ) -> Result<bool, QueueError> {
+        let result = self.serve(queue, mem, budget);
+        if result.is_err() {
+            self.stop();
+        }
+        result
+    }
+}
+
+impl<B: BlockBackend> Block<B> {
+    fn serve(
+        &mut self,
+        queue: &mut Queue,
+        mem: &mut impl GuestMemory,
+        budget: &mut Budget,
+    ) -> Result<bool, QueueError> {
+        loop {
+            if self.in_flight.is_none() && !self.pop(queue, mem, budget)? {
+                return Ok(self.has_work());
+            }
+            if !self.advance(mem, budget) {
+                return Ok(true);
+            }
+            self.complete(queue, mem, budget.now())?;
+            if budget.spent() {
+                return Ok(self.has_work());
+            }
+        }
     }
 }

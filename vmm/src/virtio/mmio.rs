@@ -13,6 +13,7 @@
 use alloc::vec::Vec;
 
 use crate::memory::GuestMemory;
+use crate::virtio::budget::Budget;
 use crate::virtio::queue::{Queue, QueueError};
 
 /// "virt" in little endian (4.2.2, MagicValue).
@@ -106,16 +107,38 @@ pub trait Device {
     /// Fills `data` from configuration space `offset`; bytes past its end
     /// read as 0. Returns false if the range is not inside it.
     fn read_config(&self, offset: u64, data: &mut [u8]) -> bool;
-    /// Device reset (2.1.2): back to the state before the driver came.
+    /// Device reset (2.1.2): back to the state before the driver came;
+    /// work in progress is dropped.
     fn reset(&mut self);
+    /// FEATURES_OK stuck: the driver accepted `features` (3.1.1 step 5).
+    fn negotiated(&mut self, _features: u64) {}
+    /// Queue `index` was disabled (QueueReady = 0): work on it is dropped.
+    fn queue_stopped(&mut self, _index: usize) {}
     /// The driver made buffers available on queue `index` (or became
-    /// ready): process them, pushing used buffers to `queue`.
+    /// ready). A device either processes them here, pushing used buffers
+    /// to `queue` (bounded, small work), or records the kick for
+    /// [`Device::work`].
     fn notify(
         &mut self,
         index: usize,
         queue: &mut Queue,
         mem: &mut impl GuestMemory,
     ) -> Result<(), QueueError>;
+    /// Whether recorded work remains for [`Device::work`].
+    fn has_work(&self) -> bool {
+        false
+    }
+    /// Serves recorded work on queue `index` until `budget` is spent;
+    /// returns whether work remains.
+    fn work(
+        &mut self,
+        _index: usize,
+        _queue: &mut Queue,
+        _mem: &mut impl GuestMemory,
+        _budget: &mut Budget,
+    ) -> Result<bool, QueueError> {
+        Ok(false)
+    }
 }
 
 /// One virtio-mmio device: the transport registers, the queues and the
@@ -338,7 +361,11 @@ impl<D: Device> VirtioMmio<D> {
             return Effect::None;
         };
         match value {
-            0 => q.disable(),
+            0 => {
+                q.disable();
+                let index = self.queue_sel as usize;
+                self.device.queue_stopped(index);
+            }
             1 if q.ready() => {}
             1 => {
                 if let Err(e) = q.enable(mem) {
@@ -386,6 +413,44 @@ impl<D: Device> VirtioMmio<D> {
         }
     }
 
+    /// Whether the device has work waiting for [`VirtioMmio::work`].
+    pub fn has_work(&self) -> bool {
+        self.device.has_work()
+    }
+
+    /// One slice of the device's recorded work (see
+    /// crate::virtio::budget): served until `budget` is spent. Returns
+    /// the interrupt to raise, if any, and whether work remains.
+    pub fn work(&mut self, mem: &mut impl GuestMemory, budget: &mut Budget) -> (Effect, bool) {
+        let live =
+            self.status & (status::DRIVER_OK | status::DEVICE_NEEDS_RESET) == status::DRIVER_OK;
+        let mut effect = Effect::None;
+        let mut more = false;
+        for index in 0..self.queues.len() {
+            let Some(queue) = self.queues.get_mut(index) else {
+                break;
+            };
+            if !live || !queue.ready() {
+                // Work recorded before the device stopped is dropped.
+                self.device.queue_stopped(index);
+                continue;
+            }
+            let result = self.device.work(index, queue, mem, budget);
+            if queue.take_used() && queue.wants_interrupt(mem) {
+                self.interrupt_status |= INT_USED_BUFFER;
+                effect = Effect::Interrupt;
+            }
+            match result {
+                Ok(left) => more |= left,
+                Err(e) => {
+                    effect = effect.or(self.needs_reset(e));
+                    return (effect, false);
+                }
+            }
+        }
+        (effect, more)
+    }
+
     /// Sets DEVICE_NEEDS_RESET (2.1.2) and, once the driver is running,
     /// tells it with a configuration change notification.
     fn needs_reset(&mut self, error: QueueError) -> Effect {
@@ -416,8 +481,12 @@ impl<D: Device> VirtioMmio<D> {
         let old = self.status;
         // The driver may not clear bits without a reset (2.1.1).
         let mut new = old | (value & known);
-        if new & !old & status::FEATURES_OK != 0 && !self.features_acceptable() {
-            new &= !status::FEATURES_OK;
+        if new & !old & status::FEATURES_OK != 0 {
+            if self.features_acceptable() {
+                self.device.negotiated(self.driver_features);
+            } else {
+                new &= !status::FEATURES_OK;
+            }
         }
         if new & !old & status::DRIVER_OK != 0 && new & status::FEATURES_OK == 0 {
             // DRIVER_OK without negotiated features (3.1.1 step 8).

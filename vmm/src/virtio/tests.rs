@@ -19,11 +19,12 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 
-/// A vector as a disk, counting flushes.
+/// A vector as a disk, counting flushes; `volatile` ones offer no FLUSH.
 #[derive(Clone, Debug, Default)]
 struct Disk {
     bytes: Vec<u8>,
     flushes: u32,
+    volatile: bool,
 }
 
 impl BlockBackend for Disk {
@@ -42,6 +43,9 @@ impl BlockBackend for Disk {
             .ok_or(())?
             .copy_from_slice(data);
         Ok(())
+    }
+    fn durable(&self) -> bool {
+        !self.volatile
     }
     fn flush(&mut self) -> Result<(), ()> {
         self.flushes += 1;
@@ -70,7 +74,7 @@ struct Rig<D: Device> {
 fn disk(sectors: usize) -> Block<Disk> {
     let disk = Disk {
         bytes: vec![0; sectors * 512],
-        flushes: 0,
+        ..Disk::default()
     };
     Block::new(disk, b"atoll-disk-0")
 }
@@ -80,8 +84,13 @@ impl<D: Device> Rig<D> {
         self.dev.read(offset, 4) as u32
     }
 
+    /// A register write, then the device's recorded work, all of it (the
+    /// hypervisor does one slice in the exit and the rest in later ones).
     fn write(&mut self, offset: u64, value: u32) -> Effect {
-        self.dev.write(offset, 4, u64::from(value), &mut self.mem)
+        let effect = self.dev.write(offset, 4, u64::from(value), &mut self.mem);
+        let (done, more) = self.dev.work(&mut self.mem, &mut Budget::unlimited());
+        assert!(!more, "an unlimited budget finishes the work");
+        effect.or(done)
     }
 
     fn set_status(&mut self, bits: u32) -> Effect {
@@ -758,6 +767,7 @@ mod props {
             for (o, s, v, w) in ops {
                 if w {
                     dev.write(o, s, v, &mut mem);
+                    dev.work(&mut mem, &mut Budget::new(8192, 2, clock));
                 } else {
                     dev.read(o, s);
                 }
@@ -828,4 +838,211 @@ fn chain_lengths_beyond_a_u32_are_refused() {
     q.push_used(chain.head, 0, &mut mem).unwrap();
     assert!(q.take_used());
     assert!(!q.take_used());
+}
+
+std::thread_local! {
+    static CLOCK: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// A test clock: one tick per look.
+fn clock() -> u64 {
+    CLOCK.with(|c| {
+        let now = c.get();
+        c.set(now + 1);
+        now
+    })
+}
+
+/// A budget of `bytes` and no deadline to speak of.
+fn bytes_budget(bytes: u64) -> Budget {
+    Budget::new(bytes, u64::MAX / 2, clock)
+}
+
+/// Disk bytes `i`: a pattern no two sectors share.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i / 512 * 31 + i * 7) as u8).collect()
+}
+
+/// A rig over a disk of 2048 sectors (1 MiB) holding `pattern`, whose
+/// driver posted `n` reads of the whole disk (one 1 MiB buffer each, all
+/// at `DATA`... `DATA + n MiB`), without the device having worked yet.
+fn big_reads(n: u64) -> Rig<Block<Disk>> {
+    let mut block = disk(2048);
+    block.backend_mut().bytes = pattern(1 << 20);
+    let mut rig = Rig::new(block, 16);
+    rig.mem = VecMemory::new((n as usize + 1) << 20);
+    rig.init(16);
+    rig.header(blk::VIRTIO_BLK_T_IN, 0);
+    for k in 0..n {
+        rig.add(
+            0,
+            &[
+                (HDR, 16, false),
+                (DATA + (k << 20), 1 << 20, true),
+                (STATUS, 1, true),
+            ],
+        );
+    }
+    rig.dev.write(reg::QUEUE_NOTIFY, 4, 0, &mut rig.mem);
+    rig
+}
+
+#[test]
+fn a_notification_only_records_the_work() {
+    let mut rig = big_reads(1);
+    assert!(rig.dev.has_work());
+    assert_eq!(rig.get_used(0), None, "nothing served in the notification");
+    assert_eq!(rig.dev.device().requests, 0);
+}
+
+#[test]
+fn a_huge_request_served_in_slices_gives_the_bytes_of_one_go() {
+    let n = 3;
+    let mut sliced = big_reads(n);
+    let mut whole = big_reads(n);
+    let (effect, more) = whole.dev.work(&mut whole.mem, &mut Budget::unlimited());
+    assert_eq!((effect, more), (Effect::Interrupt, false));
+    let (mut slices, mut interrupts) = (0, 0);
+    loop {
+        slices += 1;
+        let (effect, more) = sliced
+            .dev
+            .work(&mut sliced.mem, &mut bytes_budget(64 * 1024));
+        interrupts += u32::from(effect == Effect::Interrupt);
+        if !more {
+            break;
+        }
+        assert!(slices < 1000);
+    }
+    // 3 MiB at 64 KiB a slice, then one to find the ring empty; each
+    // completion interrupts.
+    assert_eq!((slices, interrupts), (3 * 16 + 1, 3));
+    assert_eq!(sliced.bytes(DATA, 3 << 20), whole.bytes(DATA, 3 << 20));
+    for k in 0..n {
+        assert_eq!(sliced.bytes(DATA + (k << 20), 1 << 20), pattern(1 << 20));
+        assert_eq!(sliced.get_used(0), Some((3 * k as u32, (1 << 20) + 1)));
+    }
+    assert_eq!(sliced.bytes(STATUS, 1)[0], blk::VIRTIO_BLK_S_OK);
+    assert_eq!(sliced.dev.device().requests, 3);
+    assert!(sliced.dev.device().max_request_ticks > 0);
+}
+
+#[test]
+fn a_slice_keeps_to_its_byte_and_time_budgets() {
+    let mut rig = big_reads(1);
+    // Bytes: a slice stops once its bytes are spent (whole chunks; the
+    // request's own cost counts first).
+    let mut budget = bytes_budget(10_000);
+    assert!(rig.dev.work(&mut rig.mem, &mut budget).1);
+    let moved = |rig: &Rig<Block<Disk>>| {
+        let got = rig.bytes(DATA, 1 << 20);
+        got.iter()
+            .zip(pattern(1 << 20))
+            .take_while(|(a, b)| **a == *b)
+            .count()
+    };
+    let first = moved(&rig);
+    assert_eq!(first, 3 * blk::CHUNK);
+    assert_eq!(budget.bytes(), 0);
+    // Time: a slice whose deadline has passed at its first look gets one
+    // chunk (work always progresses) and then stops.
+    let mut budget = Budget::new(u64::MAX, 1, clock);
+    assert!(rig.dev.work(&mut rig.mem, &mut budget).1);
+    assert_eq!(moved(&rig), first + blk::CHUNK);
+    // Many tiny requests are sliced too: each costs REQUEST_COST.
+    let mut rig = Rig::new(disk(8), 64);
+    for _ in 0..32 {
+        rig.header(blk::VIRTIO_BLK_T_GET_ID, 0);
+        rig.add(0, &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
+    }
+    rig.dev.write(reg::QUEUE_NOTIFY, 4, 0, &mut rig.mem);
+    let mut budget = bytes_budget(4 * budget::REQUEST_COST);
+    assert!(rig.dev.work(&mut rig.mem, &mut budget).1);
+    assert_eq!(rig.dev.device().requests, 4);
+}
+
+#[test]
+fn a_reset_or_a_disabled_queue_mid_request_drops_it() {
+    let mut rig = big_reads(2);
+    assert!(rig.dev.work(&mut rig.mem, &mut bytes_budget(8192)).1);
+    rig.dev.write(reg::STATUS, 4, 0, &mut rig.mem);
+    assert!(!rig.dev.has_work(), "the reset dropped the request");
+    let (effect, more) = rig.dev.work(&mut rig.mem, &mut Budget::unlimited());
+    assert_eq!((effect, more), (Effect::None, false));
+    assert_eq!(rig.get_used(0), None);
+    assert_eq!(rig.dev.device().requests, 0);
+    // The device works again after the driver sets it up anew.
+    rig.init(16);
+    let (s, len) = rig.request(blk::VIRTIO_BLK_T_IN, 0, &[(DATA, 512)], false);
+    assert_eq!((s, len), (blk::VIRTIO_BLK_S_OK, 513));
+    assert_eq!(rig.bytes(DATA, 512), pattern(512));
+
+    let mut rig = big_reads(2);
+    assert!(rig.dev.work(&mut rig.mem, &mut bytes_budget(8192)).1);
+    rig.dev.write(reg::QUEUE_SEL, 4, 0, &mut rig.mem);
+    rig.dev.write(reg::QUEUE_READY, 4, 0, &mut rig.mem);
+    assert!(
+        !rig.dev.has_work(),
+        "disabling the queue dropped the request"
+    );
+    assert_eq!(rig.get_used(0), None);
+}
+
+#[test]
+fn rewriting_descriptors_or_data_mid_request_stays_inside_ram() {
+    let mut rig = big_reads(1);
+    let ram = rig.mem.size();
+    assert!(rig.dev.work(&mut rig.mem, &mut bytes_budget(8192)).1);
+    // The driver points every descriptor outside RAM, past the end, at a
+    // loop, and rewrites the header: the request in flight was copied at
+    // pop and goes on as it was.
+    for i in 0..16 {
+        rig.put_desc(0, i, ram - 16, 0xffff_0000, F_NEXT | F_INDIRECT, i);
+    }
+    rig.header(blk::VIRTIO_BLK_T_OUT, 1000);
+    rig.fill(DATA + 0x8000, &[0xee; 0x1000]);
+    let (_, more) = rig.dev.work(&mut rig.mem, &mut Budget::unlimited());
+    assert!(!more);
+    assert!(!rig.needs_reset());
+    assert_eq!(rig.get_used(0), Some((0, (1 << 20) + 1)));
+    // Data the driver overwrote before the device reached it is
+    // overwritten again by the device; nothing beyond the buffer moved.
+    assert_eq!(
+        rig.bytes(DATA + 0x8000, 0x1000),
+        pattern(1 << 20)[0x8000..0x9000]
+    );
+    assert_eq!(rig.dev.device().backend().bytes, pattern(1 << 20));
+    // The next request sees the rewritten descriptors: a reset.
+    rig.publish(0, 0, 1);
+    rig.notify(0);
+    assert!(rig.needs_reset());
+    assert_eq!(rig.dev.error, Some(QueueError::Indirect));
+}
+
+#[test]
+fn a_volatile_disk_offers_no_flush_and_refuses_one() {
+    let volatile = Disk {
+        bytes: vec![0; 8 * 512],
+        volatile: true,
+        ..Disk::default()
+    };
+    let mut rig = Rig::new(Block::new(volatile, b"v"), 8);
+    let offered = rig.device_features();
+    assert_eq!(offered & blk::VIRTIO_BLK_F_FLUSH, 0);
+    assert_eq!(offered, VIRTIO_F_VERSION_1 | blk::VIRTIO_BLK_F_SEG_MAX);
+    let answer = rig.request(blk::VIRTIO_BLK_T_FLUSH, 0, &[], true);
+    assert_eq!(answer, (blk::VIRTIO_BLK_S_UNSUPP, 1));
+    assert_eq!(rig.dev.device().backend().flushes, 0);
+    // A durable disk whose driver did not take the feature refuses too.
+    let mut rig = Rig::new(disk(8), 8);
+    rig.write(reg::STATUS, 0);
+    rig.set_status(status::ACKNOWLEDGE | status::DRIVER);
+    rig.write_driver_features(VIRTIO_F_VERSION_1);
+    rig.set_status(status::FEATURES_OK);
+    rig.queues.clear();
+    rig.setup_queue(0, 8);
+    rig.set_status(status::DRIVER_OK);
+    let answer = rig.request(blk::VIRTIO_BLK_T_FLUSH, 0, &[], true);
+    assert_eq!(answer, (blk::VIRTIO_BLK_S_UNSUPP, 1));
+    assert_eq!(rig.dev.device().backend().flushes, 0);
 }

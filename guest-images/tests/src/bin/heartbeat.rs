@@ -1,7 +1,8 @@
 //! The `heartbeat` test guest: a neighbour that proves it keeps running.
 //! It prints `guest_heartbeat` events, `beats` of them (command line
 //! `beats=N`, 40 by default), one every `interval` TSC ticks
-//! (`interval=N`, 2,000,000 by default), then exits with status 0.
+//! (`interval=N`, 2,000,000 by default), then exits with status 0. Each
+//! beat carries the TSC when it was printed, so a test can see gaps.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -16,7 +17,8 @@ fn main(info: &BootInfo) -> u32 {
     for count in 1..=beats {
         let start = rdtsc();
         while rdtsc().wrapping_sub(start) < interval {}
-        println!("@ev {{\"ev\":\"guest_heartbeat\",\"count\":{count}}}");
+        let tsc = rdtsc();
+        println!("@ev {{\"ev\":\"guest_heartbeat\",\"count\":{count},\"tsc\":{tsc}}}");
     }
     0
 }

@@ -16,7 +16,7 @@
 use atoll_guest_rt::hypercall::{self, call};
 use atoll_guest_rt::idt::{self, TrapFrame};
 use atoll_guest_rt::mem::{read_u8, read_u16, read_u32, write_u16, write_u32, write_u64};
-use atoll_guest_rt::{BootInfo, arg, cpuid, port, println, word, x2apic};
+use atoll_guest_rt::{BootInfo, arg, cpuid, port, println, rdtsc, word, x2apic};
 
 atoll_guest_rt::entry!(main);
 
@@ -98,6 +98,15 @@ const CASES: &[(&str, Case)] = &[
     ("init-sipi-to-missing-vcpus", |_| init_sipi_missing()),
     // Virtio rings (bad-inputs 8): the device refuses, then still works.
     ("virtio-rings", |_| virtio_rings()),
+    // Device work in slices: many multi-MiB requests in one notification
+    // complete with the right data while the neighbours run.
+    ("virtio-huge", |i| {
+        virtio_huge(arg(i.cmdline(), "requests").unwrap_or(16))
+    }),
+    // A second vCPU rewrites descriptors while the device walks them.
+    ("virtio-desc-rewrite-all-vcpus", |i| {
+        virtio_rewrite(arg(i.cmdline(), "rounds").unwrap_or(300))
+    }),
 ];
 
 fn main(info: &BootInfo) -> u32 {
@@ -399,6 +408,8 @@ mod blk {
     pub const QUEUE_DESC: u64 = 0x080;
     pub const QUEUE_DRIVER: u64 = 0x090;
     pub const QUEUE_DEVICE: u64 = 0x0a0;
+    /// Configuration space: capacity in sectors (le64, 5.2.4).
+    pub const CAPACITY: u64 = 0x100;
     /// Status bits (2.1): ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK,
     /// DEVICE_NEEDS_RESET.
     pub const ACK_DRIVER: u32 = 1 | 2;
@@ -424,6 +435,12 @@ fn reg(offset: u64) -> u64 {
 
 /// Resets the device and sets queue 0 up as a driver does (3.1.1).
 fn virtio_setup() -> bool {
+    virtio_setup_sized(QUEUE_SIZE)
+}
+
+/// The same with a queue of `size` entries (at most 256: the descriptor
+/// table fills its page).
+fn virtio_setup_sized(size: u16) -> bool {
     write_u32(reg(blk::STATUS), 0);
     for page in [DESC, AVAIL, USED, BUF] {
         for off in (0..0x1000).step_by(8) {
@@ -440,7 +457,7 @@ fn virtio_setup() -> bool {
         return false;
     }
     write_u32(reg(blk::QUEUE_SEL), 0);
-    write_u32(reg(blk::QUEUE_NUM), u32::from(QUEUE_SIZE));
+    write_u32(reg(blk::QUEUE_NUM), u32::from(size));
     for (register, at) in [
         (blk::QUEUE_DESC, DESC),
         (blk::QUEUE_DRIVER, AVAIL),
@@ -518,5 +535,260 @@ fn virtio_rings() -> u32 {
         case,
         refused_loop && refused_wrap && refused_jump && served,
         "bad rings refused, a good one served",
+    )
+}
+
+/// Request types and the OK status (virtio 1.2, 5.2.6).
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const S_OK: u8 = 0;
+/// How long a request may take before the case gives up (TSC ticks).
+const REQUEST_TIMEOUT: u64 = 20_000_000_000;
+
+/// The disk word at byte `offset`: no two words of the disk alike.
+fn disk_word(offset: u64) -> u32 {
+    (offset as u32).wrapping_mul(0x9e37_79b1) ^ 0x5a5a_5a5a
+}
+
+/// Header `k` (at `BUF + 16 k`): type and sector.
+fn header(k: u16, kind: u32, sector: u64) -> u64 {
+    let at = BUF + 16 * u64::from(k);
+    write_u32(at, kind);
+    write_u32(at + 4, 0);
+    write_u64(at + 8, sector);
+    at
+}
+
+/// Status byte `k` (at `BUF + 0x800 + k`), set to 0xff (not an answer).
+fn status_byte(k: u16) -> u64 {
+    let at = BUF + 0x800 + u64::from(k);
+    let word = at & !1;
+    write_u16(word, read_u16(word) | 0xff << ((at & 1) * 8));
+    at
+}
+
+/// Waits until the used ring's index reaches `idx` or the device needs a
+/// reset; true if it got there.
+fn wait_used(idx: u16) -> bool {
+    let start = rdtsc();
+    while read_u16(USED + 2) != idx {
+        if needs_reset() || rdtsc().wrapping_sub(start) > REQUEST_TIMEOUT {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// Where `virtio-huge` keeps data: a 2 MiB buffer at 4 MiB, then 4 KiB
+/// tails, one per request, at 6 MiB.
+const HUGE_BUF: u64 = 0x40_0000;
+const HUGE_TAILS: u64 = 0x60_0000;
+const REGION: u64 = 2 << 20;
+const PAGE: u64 = 4096;
+
+/// Many multi-MiB requests in one notification: the disk is first written
+/// with a pattern (a 2 MiB request per region), then `requests` reads of
+/// 2 MiB each (its region's first 2 MiB - 4 KiB into the shared buffer,
+/// its last 4 KiB into its own tail) are made available at once and
+/// notified once. Every request must complete with status OK, every tail
+/// must hold its region's bytes, and the buffer the last region's.
+fn virtio_huge(requests: u64) -> u32 {
+    let case = "virtio-huge";
+    let n = requests.clamp(1, 64) as u16;
+    if read_u32(reg(blk::DEVICE_ID)) != 2 || !virtio_setup_sized(256) {
+        return report(case, false, "no virtio-blk at 0xd0000000");
+    }
+    let regions = u64::from(read_u32(reg(blk::CAPACITY))) * 512 / REGION;
+    if regions == 0 {
+        return report(case, false, "the disk is smaller than 2 MiB");
+    }
+    for r in 0..regions {
+        for off in (0..REGION).step_by(4) {
+            write_u32(HUGE_BUF + off, disk_word(r * REGION + off));
+        }
+        let h = header(0, T_OUT, r * REGION / 512);
+        let st = status_byte(0);
+        descriptor(0, h, 16, NEXT, 1);
+        descriptor(1, HUGE_BUF, REGION as u32, NEXT, 2);
+        descriptor(2, st, 1, WRITE, 0);
+        let idx = r as u16 + 1;
+        offer(0, idx);
+        if !wait_used(idx) || read_u8(st) != S_OK {
+            return report(case, false, "a 2 MiB write failed");
+        }
+    }
+    let written = regions as u16;
+    let region_of = |k: u16| u64::from(k) % regions;
+    for k in 0..n {
+        let h = header(k, T_IN, region_of(k) * REGION / 512);
+        let tail = HUGE_TAILS + u64::from(k) * PAGE;
+        let st = status_byte(k);
+        let d = 4 * k;
+        descriptor(d, h, 16, NEXT, d + 1);
+        descriptor(d + 1, HUGE_BUF, (REGION - PAGE) as u32, WRITE | NEXT, d + 2);
+        descriptor(d + 2, tail, PAGE as u32, WRITE | NEXT, d + 3);
+        descriptor(d + 3, st, 1, WRITE, 0);
+        let slot = (written + k) % 256;
+        write_u16(AVAIL + 4 + 2 * u64::from(slot), d);
+    }
+    let start = rdtsc();
+    let idx = written + n;
+    write_u16(AVAIL + 2, idx);
+    write_u32(reg(blk::QUEUE_NOTIFY), 0);
+    let served = wait_used(idx);
+    let ticks = rdtsc().wrapping_sub(start);
+    let statuses = (0..n).all(|k| read_u8(BUF + 0x800 + u64::from(k)) == S_OK);
+    let tails = (0..n).all(|k| {
+        let tail = HUGE_TAILS + u64::from(k) * PAGE;
+        let from = region_of(k) * REGION + REGION - PAGE;
+        (0..PAGE)
+            .step_by(4)
+            .all(|off| read_u32(tail + off) == disk_word(from + off))
+    });
+    let last = region_of(n - 1) * REGION;
+    let buffer = (0..REGION - PAGE)
+        .step_by(4)
+        .all(|off| read_u32(HUGE_BUF + off) == disk_word(last + off));
+    println!(
+        "virtio-huge: {n} requests of 2 MiB in one notification: served {served} in {ticks} ticks, statuses {statuses}, tails {tails}, buffer {buffer}"
+    );
+    report(
+        case,
+        served && statuses && tails && buffer && !needs_reset(),
+        "every huge request served with its data",
+    )
+}
+
+/// The good chain `virtio-desc-rewrite-all-vcpus` offers: a read of
+/// sector 0 into one 512-byte buffer; descriptor `i` as (addr, len, flags,
+/// next).
+const RW_DATA: u64 = BUF + 0x1000;
+const RW_GOOD: [(u64, u32, u16, u16); 3] = [
+    (BUF, 16, NEXT, 1),
+    (RW_DATA, 512, WRITE | NEXT, 2),
+    (BUF + 0x800, 1, WRITE, 0),
+];
+
+static RW_STOP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static RW_DONE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// The rewriting vCPU: over and over, one field of one descriptor gets a
+/// bad value, then its good one back. Every bad value makes the request
+/// refused (DEVICE_NEEDS_RESET: outside RAM, INDIRECT, an index out of
+/// range, a loop, readable after writable) or failed (IOERR: a short
+/// header, a length not in sectors, data the device would read), never
+/// served differently. Each bad value differs from the good one in a
+/// single byte (or, for `next`, in both bytes of an index either of whose
+/// halves is out of range): the device may copy a descriptor byte by byte
+/// while it changes, and a mix of good and bad bytes must still be good
+/// or bad, not a third value (an address elsewhere in RAM, which the
+/// device would rightly use).
+fn rewriter(_id: u32) {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    while !RW_STOP.load(core::sync::atomic::Ordering::SeqCst) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = (x % 3) as u16;
+        let at = DESC + 16 * u64::from(i);
+        let Some(&(addr, len, flags, next)) = RW_GOOD.get(usize::from(i)) else {
+            continue;
+        };
+        match (x >> 8) % 6 {
+            0 => write_u64(at, addr ^ 1 << 40),
+            1 => write_u32(at + 8, len | 0xff00_0000),
+            2 => write_u16(at + 12, flags | 4),
+            3 if i < 2 => write_u16(at + 14, if x & 1 == 0 { 0xffff } else { i }),
+            4 if i == 0 => write_u32(at + 8, 8),
+            4 if i == 1 => write_u32(at + 8, 513),
+            5 => write_u16(at + 12, flags ^ WRITE),
+            _ => {}
+        }
+        for _ in 0..(x >> 20) % 64 {
+            core::hint::spin_loop();
+        }
+        descriptor(i, addr, len, flags, next);
+    }
+    RW_DONE.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// Writes the good chain and sector 0's pattern (before the rewriter runs).
+fn rw_write_sector() -> bool {
+    for off in (0..512).step_by(4) {
+        write_u32(RW_DATA + off, disk_word(off));
+    }
+    header(0, T_OUT, 0);
+    let st = status_byte(0);
+    descriptor(0, BUF, 16, NEXT, 1);
+    descriptor(1, RW_DATA, 512, NEXT, 2);
+    descriptor(2, st, 1, WRITE, 0);
+    offer(0, 1);
+    wait_used(1) && read_u8(st) == S_OK
+}
+
+/// Two vCPUs: one rewrites descriptors, the other offers a read of
+/// sector 0 `rounds` times while it does. Each request must be served
+/// correctly (status OK and the sector's bytes), failed with an error
+/// status, or refused with DEVICE_NEEDS_RESET (the driver then resets).
+fn virtio_rewrite(rounds: u64) -> u32 {
+    let case = "virtio-desc-rewrite-all-vcpus";
+    if read_u32(reg(blk::DEVICE_ID)) != 2 || !virtio_setup() || !rw_write_sector() {
+        return report(case, false, "no working virtio-blk at 0xd0000000");
+    }
+    x2apic::enable();
+    let cpus = u32::from(atoll_guest_rt::fw_cfg::cpus()).max(1);
+    let up = atoll_guest_rt::smp::start_aps(cpus, rewriter, 4_000_000_000);
+    let (mut served, mut failed, mut refused, mut wrong) = (0u32, 0u32, 0u32, 0u32);
+    let mut idx = 0u16;
+    for _ in 0..rounds {
+        if needs_reset() || idx == 0 {
+            let _ = virtio_setup();
+            idx = 0;
+        }
+        for off in (0..512).step_by(4) {
+            write_u32(RW_DATA + off, 0xeeee_eeee);
+        }
+        header(0, T_IN, 0);
+        let st = status_byte(0);
+        for (i, &(addr, len, flags, next)) in RW_GOOD.iter().enumerate() {
+            descriptor(i as u16, addr, len, flags, next);
+        }
+        idx = idx.wrapping_add(1);
+        write_u16(AVAIL + 4 + 2 * u64::from((idx - 1) % QUEUE_SIZE), 0);
+        write_u16(AVAIL + 2, idx);
+        write_u32(reg(blk::QUEUE_NOTIFY), 0);
+        if !wait_used(idx) {
+            if needs_reset() {
+                refused += 1;
+            } else {
+                wrong += 1;
+            }
+            continue;
+        }
+        if read_u8(st) != S_OK {
+            failed += 1;
+            continue;
+        }
+        let right = (0..512)
+            .step_by(4)
+            .all(|off| read_u32(RW_DATA + off) == disk_word(off));
+        if right {
+            served += 1;
+        } else {
+            wrong += 1;
+        }
+    }
+    RW_STOP.store(true, core::sync::atomic::Ordering::SeqCst);
+    while RW_DONE.load(core::sync::atomic::Ordering::SeqCst) < up {
+        core::hint::spin_loop();
+    }
+    println!(
+        "virtio-desc-rewrite: {rounds} requests: served {served}, failed {failed}, refused {refused}, wrong {wrong}"
+    );
+    report(
+        case,
+        up == 1 && wrong == 0 && served + failed + refused == rounds as u32,
+        "every request served right, failed or refused",
     )
 }
