@@ -9,7 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::{Access, ChannelPlan, NodePlan, Problems};
-use crate::config::{ClusterConfig, ErrorKind, Located, OnCrash, VmConfig};
+use crate::config::{ClusterConfig, ErrorKind, Located, OnCrash, Platform, VmConfig};
 use crate::plan::NodeId;
 use crate::topology::{CpuIndex, PhysRange};
 
@@ -53,6 +53,9 @@ pub struct VmPlan {
     /// The node memory holding its virtio-blk disk, if it has one.
     pub disk: Option<PhysRange>,
     pub on_crash: OnCrash,
+    /// Its platform (a bzImage kernel gets the PC platform whatever this
+    /// says: the hypervisor decides that when it loads the image).
+    pub platform: Platform,
     /// IPI capabilities, by handle (index).
     pub signals: Vec<VmSignalPlan>,
     /// Channels it may map, by handle: index into `Plan::channels`, and
@@ -121,6 +124,7 @@ pub(super) fn place(
                 devices,
                 disk,
                 on_crash: vm.on_crash(),
+                platform: vm.platform(),
                 signals,
                 channels,
             });
