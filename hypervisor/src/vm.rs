@@ -20,17 +20,17 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use atoll_cluster::config::OnCrash;
+use atoll_cluster::config::{OnCrash, Platform};
 use atoll_cluster::plan::{Access, NodePlan, Plan, VmSignalPlan};
 use atoll_cluster::topology::PhysRange;
-use atoll_platform::ept::{self, Ept, EptError, RegionKind};
+use atoll_platform::ept::{self, Ept, RegionKind};
 use atoll_platform::event::{Hex, HexRange};
 use atoll_vmm::acpi::{self, AcpiConfig};
 use atoll_vmm::board::{self, Board, BoardSpec, MemoryDisk};
 use atoll_vmm::devices::DeviceSet;
 use atoll_vmm::dispatch::StopReason;
 use atoll_vmm::exit::{ExitReason, Registers};
-use atoll_vmm::hypercall::Region;
+use atoll_vmm::hypercall::{self, Error as HypercallError, Region};
 use atoll_vmm::ioapic;
 use atoll_vmm::lapic::{Delivery, Destination, Ipi, Lapic, Recipient};
 use atoll_vmm::linux::{self, LinuxBoot, LinuxEntry};
@@ -64,6 +64,8 @@ pub struct VmSpec {
     /// The node memory holding its virtio-blk disk.
     pub disk: Option<PhysRange>,
     pub on_crash: OnCrash,
+    /// `platform = "pc"`: the PC platform even for a multiboot kernel.
+    pub pc: bool,
     /// Its index in the plan's VM list (what `Plan::receiver` names).
     pub global: usize,
     /// Its IPI capabilities, by handle.
@@ -96,10 +98,11 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
                 fw_cfg: vm.devices.iter().any(|d| d == "fw-cfg"),
                 testdev: vm.devices.iter().any(|d| d == "testdev"),
                 // The PC platform devices come with the Linux boot
-                // protocol (Vm::board_spec), not from the config.
+                // protocol or `platform = "pc"` (Vm::board_spec).
                 ..DeviceSet::NONE
             },
             on_crash: vm.on_crash,
+            pc: vm.platform == Platform::Pc,
             global,
             signals: vm.signals.clone(),
             channels: vm
@@ -407,9 +410,12 @@ impl Vm {
         *self.boot.lock()
     }
 
+    /// The board: what the config lists, plus the PC platform for a Linux
+    /// kernel (always) or a VM with `platform = "pc"`. (A multiboot guest
+    /// gets no ACPI tables: it finds the devices where a PC has them.)
     fn board_spec(&self) -> BoardSpec {
-        let linux = self.is_linux();
-        let ports = if linux {
+        let pc = self.is_linux() || self.spec.pc;
+        let ports = if pc {
             // What the ACPI tables (atoll_vmm::acpi) describe, and what
             // Linux probes: a masked 8259 pair, the ACPI PM1a blocks, the
             // reset register, the CMOS RTC (without one Linux spins on its
@@ -428,7 +434,7 @@ impl Vm {
         };
         BoardSpec {
             ports,
-            pc: linux,
+            pc,
             virtio_blk: self.spec.virtio_blk,
             virtio_console: self.spec.virtio_console,
             ram_bytes: self.spec.memory.len,
@@ -502,11 +508,18 @@ impl Vm {
     /// APIC page, the board's device windows (IOAPIC, virtio) and the
     /// channels mapped so far.
     pub fn taken_regions(&self) -> Vec<Region> {
+        let mapped = self.mapped.lock();
+        self.taken_with(&mapped)
+    }
+
+    /// [`taken_regions`](Self::taken_regions) with the mappings `mapped`
+    /// (the `mapped` lock held by the caller).
+    fn taken_with(&self, mapped: &[Option<u64>]) -> Vec<Region> {
         let mut taken = alloc::vec![Region {
             start: atoll_vmm::lapic::APIC_BASE_DEFAULT,
             len: 4096,
         }];
-        if self.is_linux() {
+        if self.board_spec().pc {
             taken.push(Region {
                 start: board::IOAPIC_BASE,
                 len: ioapic::IOAPIC_LEN,
@@ -518,7 +531,6 @@ impl Vm {
                 len: board::VIRTIO_WINDOW,
             });
         }
-        let mapped = self.mapped.lock();
         for ((range, _), at) in self.spec.channels.iter().zip(mapped.iter()) {
             if let Some(gpa) = at {
                 taken.push(Region {
@@ -530,23 +542,29 @@ impl Vm {
         taken
     }
 
-    /// Maps channel `handle` at `gpa` (checked by the hypercall decoder:
-    /// page aligned, clear of RAM and of everything taken).
-    pub fn map_channel(&self, handle: u16, gpa: u64) -> Result<u64, EptError> {
+    /// Maps channel `handle` at `gpa`. The decoder checked the call on a
+    /// snapshot; another vCPU may have mapped this channel, or another one
+    /// over `gpa`, since: the check is made again here, with the `mapped`
+    /// lock held until the mapping is recorded, so of two racing calls for
+    /// one channel exactly one maps it and the other gets `Busy`.
+    pub fn map_channel(&self, handle: u16, gpa: u64) -> Result<u64, HypercallError> {
         let Some(&(range, access)) = self.spec.channels.get(usize::from(handle)) else {
-            return Err(EptError::BadRange { gpa, len: 0 });
+            return Err(HypercallError::BadHandle);
         };
         let mut mapped = self.mapped.lock();
+        let taken = self.taken_with(&mapped);
         let slot = mapped
             .get_mut(usize::from(handle))
-            .ok_or(EptError::BadRange { gpa, len: 0 })?;
+            .ok_or(HypercallError::BadHandle)?;
+        hypercall::check_mapping(slot.is_some(), gpa, range.len, self.spec.memory.len, &taken)?;
         let rights = match access {
             Access::ReadWrite => ept::Access::RW,
             Access::Read => ept::Access::R,
         };
         self.ept
             .lock()
-            .map(gpa, range.start.0, range.len, rights, RegionKind::Channel)?;
+            .map(gpa, range.start.0, range.len, rights, RegionKind::Channel)
+            .map_err(|_| HypercallError::BadAddress)?;
         *slot = Some(gpa);
         Ok(range.len)
     }
