@@ -39,8 +39,8 @@ use atoll_vmm::stats::{self, REASONS, Snapshot};
 use spin::Mutex;
 
 use crate::arch::guestram::{self, GuestRam};
+use crate::arch::images;
 use crate::arch::kmem::{KernelMemory, SharedFrames};
-use crate::arch::{apic, idt, images};
 use crate::console;
 use crate::node::Node;
 
@@ -134,6 +134,10 @@ pub enum End {
 pub struct Mailbox {
     /// Requested interrupt vectors (bit n of word n / 64).
     pub irr: [AtomicU64; 4],
+    /// Those of them that came from a level-triggered IOAPIC entry: the
+    /// local APIC sets their TMR bit, so their EOI reaches the IOAPIC and
+    /// clears its remote IRR (SDM 11.8.4, 11.8.5).
+    pub level: [AtomicU64; 4],
     /// An INIT IPI arrived.
     pub init: AtomicBool,
     /// A start-up IPI arrived: its vector + 1 (0 = none).
@@ -151,6 +155,7 @@ impl Mailbox {
     fn new(id: u16) -> Self {
         Mailbox {
             irr: [const { AtomicU64::new(0) }; 4],
+            level: [const { AtomicU64::new(0) }; 4],
             init: AtomicBool::new(false),
             sipi: AtomicU32::new(0),
             posted: AtomicBool::new(false),
@@ -229,6 +234,10 @@ pub struct Vm {
     mailboxes: Vec<Mailbox>,
     /// IPIs to vCPUs that do not exist (dropped).
     pub lost_ipis: AtomicU64,
+    /// Kick interrupts sent to other CPUs for this VM, and kicks not sent
+    /// because one was on its way to that CPU already.
+    kicks_sent: AtomicU64,
+    kicks_coalesced: AtomicU64,
     /// Faults injected so far (the first few are reported).
     pub faults: AtomicU32,
     end: Mutex<Option<End>>,
@@ -345,6 +354,8 @@ impl Vm {
             blocked: AtomicU32::new(0),
             mailboxes: (0..vcpus).map(Mailbox::new).collect(),
             lost_ipis: AtomicU64::new(0),
+            kicks_sent: AtomicU64::new(0),
+            kicks_coalesced: AtomicU64::new(0),
             faults: AtomicU32::new(0),
             end: Mutex::new(None),
             restarts: AtomicU32::new(0),
@@ -604,14 +615,14 @@ impl Vm {
     /// as a real APIC bus would drop it.
     pub fn post_ipi(&self, node: &Node, from: u16, ipi: Ipi) {
         let targets = self.targets(ipi.destination, from);
-        self.post(node, &targets, ipi.delivery);
+        self.post(node, &targets, ipi.delivery, false);
     }
 
     /// Delivers interrupt messages from the VM's IOAPIC, raised while vCPU
     /// `from` ran: fixed ones to every local APIC the destination names,
     /// lowest-priority ones to the first of them (Atoll does not arbitrate
-    /// priorities). Level-triggered messages are delivered as edges: no
-    /// device of the board holds a level line.
+    /// priorities). Level-triggered messages set the receiver's TMR bit,
+    /// so the EOI that ends them comes back to the IOAPIC.
     pub fn post_interrupts(&self, node: &Node, from: u16, messages: &[ioapic::Message]) {
         for m in messages {
             let mut targets = self.targets(m.destination(), from);
@@ -623,7 +634,7 @@ impl Vm {
                 }
                 ioapic::Delivery::Nmi => Delivery::Nmi,
             };
-            self.post(node, &targets, delivery);
+            self.post(node, &targets, delivery, m.level);
         }
     }
 
@@ -647,9 +658,9 @@ impl Vm {
         }
     }
 
-    /// Posts `delivery` to each target's mailbox and kicks the target's CPU
-    /// if it is another.
-    fn post(&self, node: &Node, targets: &[u16], delivery: Delivery) {
+    /// Posts `delivery` (level-triggered if `level`) to each target's
+    /// mailbox and kicks the target's CPU if it is another.
+    fn post(&self, node: &Node, targets: &[u16], delivery: Delivery, level: bool) {
         if targets.is_empty() {
             self.lost_ipis.fetch_add(1, Ordering::Relaxed);
             return;
@@ -661,6 +672,12 @@ impl Vm {
             };
             match delivery {
                 Delivery::Fixed(vector) => {
+                    let bit = 1 << (vector & 63);
+                    if let Some(word) = mailbox.level.get(usize::from(vector >> 6))
+                        && level
+                    {
+                        word.fetch_or(bit, Ordering::AcqRel);
+                    }
                     if let Some(word) = mailbox.irr.get(usize::from(vector >> 6)) {
                         word.fetch_or(1 << (vector & 63), Ordering::AcqRel);
                     }
@@ -684,11 +701,14 @@ impl Vm {
         }
     }
 
+    /// Kicks CPU `cpu` of the node, unless a kick is on its way to it
+    /// already (Node::kick); counts either way.
     fn kick_cpu(&self, node: &Node, cpu: Option<u32>) {
-        let Some(plan) = node.plan.get() else { return };
-        if let Some(c) = plan.cpus.iter().find(|c| Some(c.index.0) == cpu) {
-            let _ = apic::send_fixed(c.apic_id, idt::KICK_VECTOR);
-        }
+        match cpu.and_then(|c| node.kick(c)) {
+            Some(true) => self.kicks_sent.fetch_add(1, Ordering::Relaxed),
+            Some(false) => self.kicks_coalesced.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
     }
 
     /// Asks the VM to end (the first request wins) and kicks the CPUs that
@@ -711,7 +731,7 @@ impl Vm {
         let Some(plan) = node.plan.get() else { return };
         for cpu in plan.cpus.iter().filter(|c| Some(c.index.0) != me) {
             if self.spec.vcpu_cpus.contains(&cpu.index.0) {
-                let _ = apic::send_fixed(cpu.apic_id, idt::KICK_VECTOR);
+                self.kick_cpu(node, Some(cpu.index.0));
             }
         }
     }
@@ -928,5 +948,11 @@ pub fn report_stats(vm: &Vm, node: &Node) {
             .field("reasons", reasons.as_slice())
             .field("counts", counts.as_slice())
             .field("ticks", ticks.as_slice())
+            .field("kicks", vm.kicks_sent.load(Ordering::Relaxed))
+            .field(
+                "kicks_coalesced",
+                vm.kicks_coalesced.load(Ordering::Relaxed),
+            )
+            .field("lost_ipis", vm.lost_ipis.load(Ordering::Relaxed))
     });
 }
