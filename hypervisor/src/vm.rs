@@ -245,6 +245,8 @@ pub struct Vm {
     counts: [AtomicU64; REASONS.len()],
     root_ticks: [AtomicU64; REASONS.len()],
     guest_ticks: AtomicU64,
+    /// What zeroing cost at the last (re)start: bytes, TSC ticks.
+    zeroed: Mutex<(u64, u64)>,
 }
 
 /// Why a VM could not be built.
@@ -362,9 +364,28 @@ impl Vm {
             counts: [const { AtomicU64::new(0) }; REASONS.len()],
             root_ticks: [const { AtomicU64::new(0) }; REASONS.len()],
             guest_ticks: AtomicU64::new(0),
+            zeroed: Mutex::new((0, 0)),
         };
+        // The disk is zeroed once, here: from now on it is the VM's own,
+        // kept across reboots and restarts.
+        vm.zero_memory(true);
         vm.load_images()?;
         Ok(vm)
+    }
+
+    /// Zeroes the VM's RAM (and its disk, if `disk`) before it starts, and
+    /// records the cost for `vm_start` / `vm_restarted`.
+    fn zero_memory(&self, disk: bool) {
+        let started = crate::arch::cpu::rdtsc();
+        let mut ram = self.ram;
+        ram.zero();
+        let mut bytes = self.spec.memory.len;
+        if let (true, Some(mut d)) = (disk, self.disk) {
+            d.zero();
+            bytes = bytes.saturating_add(self.spec.disk.map_or(0, |r| r.len));
+        }
+        let ticks = crate::arch::cpu::rdtsc().saturating_sub(started);
+        *self.zeroed.lock() = (bytes, ticks);
     }
 
     /// Whether the kernel is booted with the Linux boot protocol (a
@@ -784,6 +805,7 @@ impl Vm {
         let fresh = self.new_devices();
         node.with_devices(self.local, |board| *board = fresh);
         self.unmap_channels();
+        self.zero_memory(false);
         if let Err(e) = self.load_images() {
             log::error!("VM '{}' cannot restart: {e}", self.spec.name);
             return false;
@@ -798,11 +820,14 @@ impl Vm {
         self.notifications.store(0, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Release);
         self.run.store(RUNNING, Ordering::Release);
+        let (zeroed, zero_ticks) = *self.zeroed.lock();
         console::event("vm_restarted", |e| {
             e.field("vm", self.spec.name.as_str())
                 .field("node", node.index)
                 .field("restarts", restarts)
                 .field("cause", cause.name())
+                .field("zeroed_mib", zeroed >> 20)
+                .field("zero_ticks", zero_ticks)
         });
         self.kick_cpus(node);
         true
@@ -870,6 +895,7 @@ impl Vm {
             Boot::Linux(e) => e.rip,
         };
         let mem = HexRange(self.spec.memory.start.0, self.spec.memory.end());
+        let (zeroed, zero_ticks) = *self.zeroed.lock();
         console::event("vm_start", |e| {
             e.field("vm", self.spec.name.as_str())
                 .field("node", node.index)
@@ -877,6 +903,8 @@ impl Vm {
                 .field("cpus", self.spec.vcpu_cpus.as_slice())
                 .field("mem", mem)
                 .field("entry", Hex(entry))
+                .field("zeroed_mib", zeroed >> 20)
+                .field("zero_ticks", zero_ticks)
         });
     }
 }

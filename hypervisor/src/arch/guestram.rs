@@ -45,6 +45,16 @@ impl GuestRam {
     pub unsafe fn new(host: u64, size: u64) -> Self {
         GuestRam { host, size }
     }
+
+    /// Zeroes all of it. Only while no vCPU of the VM runs (before its
+    /// first start, or a restart when every vCPU has checked out): what the
+    /// memory held before (another VM's data, a previous boot's) must not
+    /// reach the guest.
+    pub fn zero(&mut self) {
+        // SAFETY: `new`'s caller guarantees the range is mapped writable
+        // and the VM's alone; nothing runs in it now (the contract above).
+        unsafe { core::ptr::write_bytes(self.host as *mut u8, 0, self.size as usize) }
+    }
 }
 
 impl GuestMemory for GuestRam {
