@@ -62,6 +62,56 @@ const CASES: &[(&str, Expect)] = &[
     ("virtio-rings", Refused),
 ];
 
+/// Cases against the PC platform (`platform = "pc"`: IOAPIC, legacy
+/// ports) and the xAPIC page, each refused without harm. Decisions where
+/// the hardware would act (82093AA datasheet 3.2.4, SDM 11.6.1): IOAPIC
+/// entries with vectors 0-15 are dropped (illegal vector), with SMI, INIT,
+/// ExtINT or a reserved delivery mode send nothing (no SMM, INIT comes
+/// only from IPIs, no 8259 behind the IOAPIC), NMI is dropped and counted
+/// (no virtual NMIs); ICRs likewise. No mode stops the VM.
+const PLATFORM_CASES: &[(&str, Expect)] = &[
+    ("ioapic-redirection", Refused),
+    ("ioapic-level-eoi", Refused),
+    ("legacy-ports", Refused),
+    ("xapic-page", Refused),
+];
+
+/// Two vCPUs on node a's two CPUs racing a hypercall and flooding each
+/// other with IPIs; exits in MOV SS and STI shadows with an interrupt
+/// pending. All refused or absorbed: the guest checks the answers.
+const CROSS_CPU_CASES: &[(&str, Expect)] = &[
+    ("map-channel-race-all-vcpus", Refused),
+    ("ipi-storm-all-vcpus", Refused),
+    ("mov-ss-blocking", Refused),
+    ("sti-blocking", Refused),
+];
+
+/// IPIs `ipi-storm-all-vcpus` sends (its `ipis=` argument).
+const STORM_IPIS: u64 = 5000;
+/// Channels `map-channel-race-all-vcpus` races for, one round each (the
+/// guest's CHANNELS).
+const RACE_CHANNELS: usize = 8;
+
+/// The config keys, and the tables after the VM, that `case` needs
+/// besides the defaults: the PC platform, or channels to race for.
+fn case_extras(case: &str) -> (String, String) {
+    if PLATFORM_CASES.iter().any(|(c, _)| *c == case) {
+        return ("platform = \"pc\"\n".into(), String::new());
+    }
+    if case == "map-channel-race-all-vcpus" {
+        let names: Vec<String> = (0..RACE_CHANNELS)
+            .map(|i| format!("\"race-{i}\""))
+            .collect();
+        let tables: String = (0..RACE_CHANNELS)
+            .map(|i| {
+                format!("\n[[channel]]\nname = \"race-{i}\"\nsize_kib = 4\naccess = {{ a = \"rw\", b = \"r\" }}\n")
+            })
+            .collect();
+        return (format!("channels = [{}]\n", names.join(", ")), tables);
+    }
+    (String::new(), String::new())
+}
+
 /// Two nodes; `beat-a` shares node a, and CPU 0, with the hostile VMs
 /// (time-sliced with them), beating `beats` times; `beat-b` runs in node b
 /// and receives the signal flood.
@@ -106,6 +156,7 @@ disk_mib = 2"#
     } else {
         "]"
     };
+    let (keys, tables) = case_extras(case);
     format!(
         r#"
 [[vm]]
@@ -114,11 +165,11 @@ node = "a"
 vcpus = {vcpus}
 mem_mib = 4
 kernel = "hostile"
-cmdline = "case={case} count=20000"
+cmdline = "case={case} count=20000 ipis={STORM_IPIS}"
 pin = {pin}
 devices = ["uart", "debug-exit", "fw-cfg", "testdev"{disk}
 signal = [{{ vm = "beat-b", notifications = [0] }}]
-"#
+{keys}{tables}"#
     )
 }
 
@@ -191,7 +242,7 @@ fn assert_neighbours_beat_after(out: &RunOutcome, after: usize, case: &str) {
     }
 }
 
-fn run_batch(cases: &[(&str, Expect)], beats: u32) {
+fn run_batch(cases: &[(&str, Expect)], beats: u32) -> RunOutcome {
     let vms: String = cases.iter().map(|(c, _)| hostile_vm(c)).collect();
     let out = run(config(&vms, beats));
     for &(case, expect) in cases {
@@ -207,6 +258,7 @@ fn run_batch(cases: &[(&str, Expect)], beats: u32) {
             out.diagnostics()
         );
     }
+    out
 }
 
 #[test]
@@ -232,6 +284,38 @@ fn crashes_and_hypercalls() {
 #[test]
 fn storms() {
     run_batch(&CASES[29..], 120);
+}
+
+#[test]
+fn the_pc_platform_refuses_bad_programming() {
+    let out = run_batch(PLATFORM_CASES, 60);
+    // The NMI entry and the destinations nobody has were dropped, and
+    // counted.
+    let stats = out
+        .events
+        .iter()
+        .find(|e| is(e, "stats", "ioapic-redirection"));
+    let lost = stats.and_then(|e| e.u64("lost_ipis"));
+    assert!(lost.is_some_and(|n| n >= 5), "{}", out.diagnostics());
+}
+
+#[test]
+fn cross_cpu_races_storms_and_interrupt_shadows() {
+    let out = run_batch(CROSS_CPU_CASES, 60);
+    let why = out.diagnostics();
+    // At most one kick is pending per CPU: the flood's kicks merged
+    // (without that, each IPI to the other CPU is a kick).
+    let stats = out
+        .events
+        .iter()
+        .find(|e| is(e, "stats", "ipi-storm-all-vcpus"))
+        .expect("stats");
+    let kicks = stats.u64("kicks").expect("kicks");
+    let coalesced = stats.u64("kicks_coalesced").expect("kicks_coalesced");
+    assert!(
+        kicks * 4 < STORM_IPIS * 3 && coalesced > 0,
+        "{kicks} kicks sent, {coalesced} coalesced for {STORM_IPIS} IPIs\n{why}"
+    );
 }
 
 #[test]
@@ -285,4 +369,49 @@ on_crash = "restart"
         .rposition(|e| e.name == "vm_restarted")
         .expect("a restart");
     assert_neighbours_beat_after(&out, last_restart, "the last restart");
+}
+
+#[test]
+fn a_restarted_vm_finds_its_ram_zeroed() {
+    let dirty = r#"
+[[vm]]
+name = "dirty"
+node = "a"
+vcpus = 1
+mem_mib = 4
+kernel = "hostile"
+cmdline = "case=dirty-ram-then-crash"
+pin = [0]
+on_crash = "restart"
+"#;
+    let out = run(config(dirty, 30));
+    let why = out.diagnostics();
+    // Each incarnation found zeros, wrote its pattern and crashed.
+    let clean = out
+        .lines
+        .iter()
+        .filter(|l| *l == "[dirty] hostile: ram is zero")
+        .count();
+    assert_eq!(clean, 4, "every incarnation saw zeroed RAM\n{why}");
+    let stops = out
+        .events
+        .iter()
+        .filter(|e| is(e, "vm_stopped", "dirty") && e.str("reason") == Some("triple_fault"))
+        .count();
+    assert_eq!(stops, 4, "{why}");
+    // The cost is reported: 4 MiB of RAM at each (re)start.
+    let start = out.events.iter().find(|e| is(e, "vm_start", "dirty"));
+    assert_eq!(start.and_then(|e| e.u64("zeroed_mib")), Some(4), "{why}");
+    let restarts: Vec<&Event> = out.events_named("vm_restarted");
+    assert_eq!(restarts.len(), 3, "{why}");
+    for r in &restarts {
+        assert_eq!(r.u64("zeroed_mib"), Some(4), "{why}");
+        assert!(r.u64("zero_ticks").is_some_and(|t| t > 0), "{why}");
+    }
+    let last = out
+        .events
+        .iter()
+        .rposition(|e| e.name == "vm_restarted")
+        .expect("a restart");
+    assert_neighbours_beat_after(&out, last, "the last restart");
 }

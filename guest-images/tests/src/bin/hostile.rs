@@ -20,6 +20,9 @@ use atoll_guest_rt::{BootInfo, arg, cpuid, port, println, word, x2apic};
 
 atoll_guest_rt::entry!(main);
 
+#[path = "hostile/platform.rs"]
+mod platform;
+
 /// A case: what it does, given the boot information; returns the exit
 /// status when it returns at all.
 type Case = fn(&BootInfo) -> u32;
@@ -97,6 +100,26 @@ const CASES: &[(&str, Case)] = &[
     ("init-sipi-to-missing-vcpus", |_| init_sipi_missing()),
     // Virtio rings (bad-inputs 8): the device refuses, then still works.
     ("virtio-rings", |_| virtio_rings()),
+    // The PC platform, the xAPIC page, cross-CPU races and interrupt
+    // shadows (platform.rs).
+    ("map-channel-race-all-vcpus", |_| {
+        platform::map_channel_race()
+    }),
+    ("ipi-storm-all-vcpus", |i| {
+        platform::ipi_storm(arg(i.cmdline(), "ipis").unwrap_or(5000))
+    }),
+    ("ioapic-redirection", |_| platform::ioapic_redirection()),
+    ("ioapic-level-eoi", |_| platform::ioapic_level_eoi()),
+    ("legacy-ports", |_| platform::legacy_ports()),
+    ("xapic-page", |_| platform::xapic_page()),
+    ("mov-ss-blocking", |i| {
+        platform::mov_ss_blocking(arg(i.cmdline(), "rounds").unwrap_or(500))
+    }),
+    ("sti-blocking", |i| {
+        platform::sti_blocking(arg(i.cmdline(), "rounds").unwrap_or(500))
+    }),
+    // RAM a previous incarnation wrote must read zero after a restart.
+    ("dirty-ram-then-crash", |_| platform::dirty_ram_then_crash()),
 ];
 
 fn main(info: &BootInfo) -> u32 {
