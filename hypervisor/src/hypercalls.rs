@@ -115,10 +115,8 @@ fn perform(node: &Node, slot: &mut Slot, call: Hypercall) -> Result<Performed, E
             Ok(Performed::Blocked)
         }
         Hypercall::MapChannel { handle, gpa, .. } => {
-            let len = vm
-                .map_channel(handle, gpa.0)
-                .map_err(|_| Error::BadAddress)?;
-            done(len)
+            // Checked again under the VM's mapping lock (Vm::map_channel).
+            done(vm.map_channel(handle, gpa.0)?)
         }
         Hypercall::PowerOff { status } => Ok(Performed::Outcome(Outcome::PowerOff { status })),
         Hypercall::ReportStats => {

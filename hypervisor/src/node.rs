@@ -17,7 +17,7 @@
 //! image (which contains the global boot state). Its page tables enforce it.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use atoll_cluster::plan::{NodePlan, Plan};
 use atoll_platform::acpi::SoftOff;
@@ -72,6 +72,9 @@ pub struct Node {
     pub pending: [AtomicU64; status::MAX_NODES],
     /// The node's self-test state (node-local).
     pub test: selftest::NodeTest,
+    /// Per CPU of the node (by slot): a kick is on its way to it
+    /// (atoll_cluster::kick: at most one at a time).
+    pub kick_pending: [AtomicBool; crate::arch::biglock::MAX_NODE_CPUS],
     /// The node's VMs, built in part 2 before the other CPUs start.
     pub vms: Once<Vec<&'static Vm>>,
     /// Node state that VM exits share across CPUs, under the node's big
@@ -95,6 +98,21 @@ impl Node {
         let slot = percpu::current().map_or(0, |c| c.slot);
         let mut guard = self.kernel.lock(slot, cpu::rdtsc).ok()?;
         guard.devices.get_mut(local).map(f)
+    }
+
+    /// Kicks the node's CPU `cpu` (MADT index) unless a kick is on its
+    /// way to it already. Returns whether it sent one (`None`: no such CPU
+    /// in the node).
+    pub fn kick(&self, cpu: u32) -> Option<bool> {
+        let plan = self.plan.get()?;
+        let slot = plan.cpus.iter().position(|c| c.index.0 == cpu)?;
+        let target = plan.cpus.get(slot)?;
+        let flag = self.kick_pending.get(slot)?;
+        if !atoll_cluster::kick::request(flag) {
+            return Some(false);
+        }
+        let _ = apic::send_fixed(target.apic_id, idt::KICK_VECTOR);
+        Some(true)
     }
 
     /// A VM of this node ended for good.
@@ -381,7 +399,17 @@ pub fn on_interrupt(vector: u8) {
         }
         // A tick may have come early for a vCPU's timer (sched.rs).
         idt::TIMER_VECTOR => apic::restore_tick(),
-        _ => {} // kicks only wake the CPU (or end its guest)
+        // A kick wakes the CPU (or ends its guest); its run loop looks at
+        // the mailboxes next, after this clears the flag (kick.rs says
+        // why that order loses nothing). The flag stays set until the
+        // kick interrupt is taken, so however many requests are posted
+        // meanwhile, one kick is in flight.
+        idt::KICK_VECTOR => {
+            if let Some(flag) = cpu.node.kick_pending.get(cpu.slot) {
+                atoll_cluster::kick::take(flag);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -453,12 +453,20 @@ fn take_mailbox(node: &Node, slot: &mut Slot) -> bool {
         return false;
     };
     let mut reset = false;
-    for (i, word) in mailbox.irr.iter().enumerate() {
+    for (i, (word, level)) in mailbox.irr.iter().zip(&mailbox.level).enumerate() {
         let mut bits = word.swap(0, Ordering::AcqRel);
+        // Only the level bits of the vectors taken: a sender sets a
+        // vector's level bit before its request bit, so it is there.
+        let level = level.fetch_and(!bits, Ordering::AcqRel) & bits;
         while bits != 0 {
             let bit = bits.trailing_zeros();
             bits &= bits - 1;
-            slot.lapic.raise((i as u32 * 64 + bit) as u8);
+            let vector = (i as u32 * 64 + bit) as u8;
+            if level & (1 << bit) != 0 {
+                slot.lapic.raise_level(vector);
+            } else {
+                slot.lapic.raise(vector);
+            }
         }
     }
     if mailbox.init.swap(false, Ordering::AcqRel) {

@@ -20,18 +20,18 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use atoll_cluster::config::OnCrash;
+use atoll_cluster::config::{OnCrash, Platform};
 use atoll_cluster::plan::{Access, NodePlan, Plan, VmSignalPlan};
 use atoll_cluster::topology::PhysRange;
-use atoll_platform::ept::{self, Ept, EptError, RegionKind};
+use atoll_platform::ept::{self, Ept, RegionKind};
 use atoll_platform::event::{Hex, HexRange};
+use atoll_vmm::GuestMemory;
 use atoll_vmm::acpi::{self, AcpiConfig};
 use atoll_vmm::board::{self, Board, BoardSpec, MemoryDisk};
 use atoll_vmm::devices::DeviceSet;
 use atoll_vmm::dispatch::StopReason;
 use atoll_vmm::exit::{ExitReason, Registers};
-use atoll_vmm::GuestMemory;
-use atoll_vmm::hypercall::Region;
+use atoll_vmm::hypercall::{self, Error as HypercallError, Region};
 use atoll_vmm::ioapic;
 use atoll_vmm::lapic::{Delivery, Destination, Ipi, Lapic, Recipient};
 use atoll_vmm::linux::{self, LinuxBoot, LinuxEntry};
@@ -39,9 +39,10 @@ use atoll_vmm::loader::{self, EntryState, Module};
 use atoll_vmm::stats::{self, REASONS, Snapshot};
 use spin::Mutex;
 
+use crate::arch::cpu;
 use crate::arch::guestram::{self, GuestRam};
+use crate::arch::images;
 use crate::arch::kmem::{KernelMemory, SharedFrames};
-use crate::arch::{apic, cpu, idt, images};
 use crate::console;
 use crate::node::Node;
 
@@ -65,6 +66,8 @@ pub struct VmSpec {
     /// The node memory holding its virtio-blk disk.
     pub disk: Option<PhysRange>,
     pub on_crash: OnCrash,
+    /// `platform = "pc"`: the PC platform even for a multiboot kernel.
+    pub pc: bool,
     /// Its index in the plan's VM list (what `Plan::receiver` names).
     pub global: usize,
     /// Its IPI capabilities, by handle.
@@ -98,10 +101,11 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
                 fw_cfg: vm.devices.iter().any(|d| d == "fw-cfg"),
                 testdev: vm.devices.iter().any(|d| d == "testdev"),
                 // The PC platform devices come with the Linux boot
-                // protocol (Vm::board_spec), not from the config.
+                // protocol or `platform = "pc"` (Vm::board_spec).
                 ..DeviceSet::NONE
             },
             on_crash: vm.on_crash,
+            pc: vm.platform == Platform::Pc,
             global,
             signals: vm.signals.clone(),
             channels: vm
@@ -133,6 +137,10 @@ pub enum End {
 pub struct Mailbox {
     /// Requested interrupt vectors (bit n of word n / 64).
     pub irr: [AtomicU64; 4],
+    /// Those of them that came from a level-triggered IOAPIC entry: the
+    /// local APIC sets their TMR bit, so their EOI reaches the IOAPIC and
+    /// clears its remote IRR (SDM 11.8.4, 11.8.5).
+    pub level: [AtomicU64; 4],
     /// An INIT IPI arrived.
     pub init: AtomicBool,
     /// A start-up IPI arrived: its vector + 1 (0 = none).
@@ -150,6 +158,7 @@ impl Mailbox {
     fn new(id: u16) -> Self {
         Mailbox {
             irr: [const { AtomicU64::new(0) }; 4],
+            level: [const { AtomicU64::new(0) }; 4],
             init: AtomicBool::new(false),
             sipi: AtomicU32::new(0),
             posted: AtomicBool::new(false),
@@ -228,6 +237,10 @@ pub struct Vm {
     mailboxes: Vec<Mailbox>,
     /// IPIs to vCPUs that do not exist (dropped).
     pub lost_ipis: AtomicU64,
+    /// Kick interrupts sent to other CPUs for this VM, and kicks not sent
+    /// because one was on its way to that CPU already.
+    kicks_sent: AtomicU64,
+    kicks_coalesced: AtomicU64,
     /// Faults injected so far (the first few are reported).
     pub faults: AtomicU32,
     end: Mutex<Option<End>>,
@@ -423,6 +436,8 @@ impl Vm {
             blocked: AtomicU32::new(0),
             mailboxes,
             lost_ipis: AtomicU64::new(0),
+            kicks_sent: AtomicU64::new(0),
+            kicks_coalesced: AtomicU64::new(0),
             faults: AtomicU32::new(0),
             end: Mutex::new(None),
             restarts: AtomicU32::new(0),
@@ -489,9 +504,12 @@ impl Vm {
         *self.boot.lock()
     }
 
+    /// The board: what the config lists, plus the PC platform for a Linux
+    /// kernel (always) or a VM with `platform = "pc"`. (A multiboot guest
+    /// gets no ACPI tables: it finds the devices where a PC has them.)
     fn board_spec(&self) -> BoardSpec {
-        let linux = self.is_linux();
-        let ports = if linux {
+        let pc = self.is_linux() || self.spec.pc;
+        let ports = if pc {
             // What the ACPI tables (atoll_vmm::acpi) describe, and what
             // Linux probes: a masked 8259 pair, the ACPI PM1a blocks, the
             // reset register, the CMOS RTC (without one Linux spins on its
@@ -510,7 +528,7 @@ impl Vm {
         };
         BoardSpec {
             ports,
-            pc: linux,
+            pc,
             virtio_blk: self.spec.virtio_blk,
             virtio_console: self.spec.virtio_console,
             ram_bytes: self.spec.memory.len,
@@ -584,11 +602,18 @@ impl Vm {
     /// APIC page, the board's device windows (IOAPIC, virtio) and the
     /// channels mapped so far.
     pub fn taken_regions(&self) -> Vec<Region> {
+        let mapped = self.mapped.lock();
+        self.taken_with(&mapped)
+    }
+
+    /// [`taken_regions`](Self::taken_regions) with the mappings `mapped`
+    /// (the `mapped` lock held by the caller).
+    fn taken_with(&self, mapped: &[Option<u64>]) -> Vec<Region> {
         let mut taken = alloc::vec![Region {
             start: atoll_vmm::lapic::APIC_BASE_DEFAULT,
             len: 4096,
         }];
-        if self.is_linux() {
+        if self.board_spec().pc {
             taken.push(Region {
                 start: board::IOAPIC_BASE,
                 len: ioapic::IOAPIC_LEN,
@@ -600,7 +625,6 @@ impl Vm {
                 len: board::VIRTIO_WINDOW,
             });
         }
-        let mapped = self.mapped.lock();
         for ((range, _), at) in self.spec.channels.iter().zip(mapped.iter()) {
             if let Some(gpa) = at {
                 taken.push(Region {
@@ -612,23 +636,29 @@ impl Vm {
         taken
     }
 
-    /// Maps channel `handle` at `gpa` (checked by the hypercall decoder:
-    /// page aligned, clear of RAM and of everything taken).
-    pub fn map_channel(&self, handle: u16, gpa: u64) -> Result<u64, EptError> {
+    /// Maps channel `handle` at `gpa`. The decoder checked the call on a
+    /// snapshot; another vCPU may have mapped this channel, or another one
+    /// over `gpa`, since: the check is made again here, with the `mapped`
+    /// lock held until the mapping is recorded, so of two racing calls for
+    /// one channel exactly one maps it and the other gets `Busy`.
+    pub fn map_channel(&self, handle: u16, gpa: u64) -> Result<u64, HypercallError> {
         let Some(&(range, access)) = self.spec.channels.get(usize::from(handle)) else {
-            return Err(EptError::BadRange { gpa, len: 0 });
+            return Err(HypercallError::BadHandle);
         };
         let mut mapped = self.mapped.lock();
+        let taken = self.taken_with(&mapped);
         let slot = mapped
             .get_mut(usize::from(handle))
-            .ok_or(EptError::BadRange { gpa, len: 0 })?;
+            .ok_or(HypercallError::BadHandle)?;
+        hypercall::check_mapping(slot.is_some(), gpa, range.len, self.spec.memory.len, &taken)?;
         let rights = match access {
             Access::ReadWrite => ept::Access::RW,
             Access::Read => ept::Access::R,
         };
         self.ept
             .lock()
-            .map(gpa, range.start.0, range.len, rights, RegionKind::Channel)?;
+            .map(gpa, range.start.0, range.len, rights, RegionKind::Channel)
+            .map_err(|_| HypercallError::BadAddress)?;
         *slot = Some(gpa);
         Ok(range.len)
     }
@@ -668,14 +698,14 @@ impl Vm {
     /// as a real APIC bus would drop it.
     pub fn post_ipi(&self, node: &Node, from: u16, ipi: Ipi) {
         let targets = self.targets(ipi.destination, from);
-        self.post(node, &targets, ipi.delivery);
+        self.post(node, &targets, ipi.delivery, false);
     }
 
     /// Delivers interrupt messages from the VM's IOAPIC, raised while vCPU
     /// `from` ran: fixed ones to every local APIC the destination names,
     /// lowest-priority ones to the first of them (Atoll does not arbitrate
-    /// priorities). Level-triggered messages are delivered as edges: no
-    /// device of the board holds a level line.
+    /// priorities). Level-triggered messages set the receiver's TMR bit,
+    /// so the EOI that ends them comes back to the IOAPIC.
     pub fn post_interrupts(&self, node: &Node, from: u16, messages: &[ioapic::Message]) {
         for m in messages {
             let mut targets = self.targets(m.destination(), from);
@@ -687,7 +717,7 @@ impl Vm {
                 }
                 ioapic::Delivery::Nmi => Delivery::Nmi,
             };
-            self.post(node, &targets, delivery);
+            self.post(node, &targets, delivery, m.level);
         }
     }
 
@@ -713,9 +743,9 @@ impl Vm {
         }
     }
 
-    /// Posts `delivery` to each target's mailbox and kicks the target's CPU
-    /// if it is another.
-    fn post(&self, node: &Node, targets: &[u16], delivery: Delivery) {
+    /// Posts `delivery` (level-triggered if `level`) to each target's
+    /// mailbox and kicks the target's CPU if it is another.
+    fn post(&self, node: &Node, targets: &[u16], delivery: Delivery, level: bool) {
         if targets.is_empty() {
             self.lost_ipis.fetch_add(1, Ordering::Relaxed);
             return;
@@ -727,6 +757,12 @@ impl Vm {
             };
             match delivery {
                 Delivery::Fixed(vector) => {
+                    let bit = 1 << (vector & 63);
+                    if let Some(word) = mailbox.level.get(usize::from(vector >> 6))
+                        && level
+                    {
+                        word.fetch_or(bit, Ordering::AcqRel);
+                    }
                     if let Some(word) = mailbox.irr.get(usize::from(vector >> 6)) {
                         word.fetch_or(1 << (vector & 63), Ordering::AcqRel);
                     }
@@ -750,11 +786,14 @@ impl Vm {
         }
     }
 
+    /// Kicks CPU `cpu` of the node, unless a kick is on its way to it
+    /// already (Node::kick); counts either way.
     fn kick_cpu(&self, node: &Node, cpu: Option<u32>) {
-        let Some(plan) = node.plan.get() else { return };
-        if let Some(c) = plan.cpus.iter().find(|c| Some(c.index.0) == cpu) {
-            let _ = apic::send_fixed(c.apic_id, idt::KICK_VECTOR);
-        }
+        match cpu.and_then(|c| node.kick(c)) {
+            Some(true) => self.kicks_sent.fetch_add(1, Ordering::Relaxed),
+            Some(false) => self.kicks_coalesced.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
     }
 
     /// Asks the VM to end (the first request wins) and kicks the CPUs that
@@ -777,7 +816,7 @@ impl Vm {
         let Some(plan) = node.plan.get() else { return };
         for cpu in plan.cpus.iter().filter(|c| Some(c.index.0) != me) {
             if self.spec.vcpu_cpus.contains(&cpu.index.0) {
-                let _ = apic::send_fixed(cpu.apic_id, idt::KICK_VECTOR);
+                self.kick_cpu(node, Some(cpu.index.0));
             }
         }
     }
@@ -1004,5 +1043,11 @@ pub fn report_stats(vm: &Vm, node: &Node) {
             .field("reasons", reasons.as_slice())
             .field("counts", counts.as_slice())
             .field("ticks", ticks.as_slice())
+            .field("kicks", vm.kicks_sent.load(Ordering::Relaxed))
+            .field(
+                "kicks_coalesced",
+                vm.kicks_coalesced.load(Ordering::Relaxed),
+            )
+            .field("lost_ipis", vm.lost_ipis.load(Ordering::Relaxed))
     });
 }

@@ -62,6 +62,56 @@ const CASES: &[(&str, Expect)] = &[
     ("virtio-rings", Refused),
 ];
 
+/// Cases against the PC platform (`platform = "pc"`: IOAPIC, legacy
+/// ports) and the xAPIC page, each refused without harm. Decisions where
+/// the hardware would act (82093AA datasheet 3.2.4, SDM 11.6.1): IOAPIC
+/// entries with vectors 0-15 are dropped (illegal vector), with SMI, INIT,
+/// ExtINT or a reserved delivery mode send nothing (no SMM, INIT comes
+/// only from IPIs, no 8259 behind the IOAPIC), NMI is dropped and counted
+/// (no virtual NMIs); ICRs likewise. No mode stops the VM.
+const PLATFORM_CASES: &[(&str, Expect)] = &[
+    ("ioapic-redirection", Refused),
+    ("ioapic-level-eoi", Refused),
+    ("legacy-ports", Refused),
+    ("xapic-page", Refused),
+];
+
+/// Two vCPUs on node a's two CPUs racing a hypercall and flooding each
+/// other with IPIs; exits in MOV SS and STI shadows with an interrupt
+/// pending. All refused or absorbed: the guest checks the answers.
+const CROSS_CPU_CASES: &[(&str, Expect)] = &[
+    ("map-channel-race-all-vcpus", Refused),
+    ("ipi-storm-all-vcpus", Refused),
+    ("mov-ss-blocking", Refused),
+    ("sti-blocking", Refused),
+];
+
+/// IPIs `ipi-storm-all-vcpus` sends (its `ipis=` argument).
+const STORM_IPIS: u64 = 5000;
+/// Channels `map-channel-race-all-vcpus` races for, one round each (the
+/// guest's CHANNELS).
+const RACE_CHANNELS: usize = 8;
+
+/// The config keys, and the tables after the VM, that `case` needs
+/// besides the defaults: the PC platform, or channels to race for.
+fn case_extras(case: &str) -> (String, String) {
+    if PLATFORM_CASES.iter().any(|(c, _)| *c == case) {
+        return ("platform = \"pc\"\n".into(), String::new());
+    }
+    if case == "map-channel-race-all-vcpus" {
+        let names: Vec<String> = (0..RACE_CHANNELS)
+            .map(|i| format!("\"race-{i}\""))
+            .collect();
+        let tables: String = (0..RACE_CHANNELS)
+            .map(|i| {
+                format!("\n[[channel]]\nname = \"race-{i}\"\nsize_kib = 4\naccess = {{ a = \"rw\", b = \"r\" }}\n")
+            })
+            .collect();
+        return (format!("channels = [{}]\n", names.join(", ")), tables);
+    }
+    (String::new(), String::new())
+}
+
 /// Two nodes; `beat-a` shares node a, and CPU 0, with the hostile VMs
 /// (time-sliced with them), beating `beats` times; `beat-b` runs in node b
 /// and receives the signal flood.
@@ -106,6 +156,7 @@ disk_mib = 2"#
     } else {
         "]"
     };
+    let (keys, tables) = case_extras(case);
     format!(
         r#"
 [[vm]]
@@ -114,11 +165,11 @@ node = "a"
 vcpus = {vcpus}
 mem_mib = 4
 kernel = "hostile"
-cmdline = "case={case} count=20000"
+cmdline = "case={case} count=20000 ipis={STORM_IPIS}"
 pin = {pin}
 devices = ["uart", "debug-exit", "fw-cfg", "testdev"{disk}
 signal = [{{ vm = "beat-b", notifications = [0] }}]
-"#
+{keys}{tables}"#
     )
 }
 
@@ -191,7 +242,7 @@ fn assert_neighbours_beat_after(out: &RunOutcome, after: usize, case: &str) {
     }
 }
 
-fn run_batch(cases: &[(&str, Expect)], beats: u32) {
+fn run_batch(cases: &[(&str, Expect)], beats: u32) -> RunOutcome {
     let vms: String = cases.iter().map(|(c, _)| hostile_vm(c)).collect();
     let out = run(config(&vms, beats));
     for &(case, expect) in cases {
@@ -207,11 +258,13 @@ fn run_batch(cases: &[(&str, Expect)], beats: u32) {
             out.diagnostics()
         );
     }
+    out
 }
 
 #[test]
-fn the_suite_has_at_least_25_cases() {
-    assert!(CASES.len() >= 25);
+fn the_suite_has_at_least_45_cases() {
+    let all = [CASES, PLATFORM_CASES, CROSS_CPU_CASES, VIRTIO_CASES];
+    assert!(all.iter().map(|cases| cases.len()).sum::<usize>() >= 45);
 }
 
 #[test]
@@ -232,6 +285,38 @@ fn crashes_and_hypercalls() {
 #[test]
 fn storms() {
     run_batch(&CASES[29..], 120);
+}
+
+#[test]
+fn the_pc_platform_refuses_bad_programming() {
+    let out = run_batch(PLATFORM_CASES, 60);
+    // The NMI entry and the destinations nobody has were dropped, and
+    // counted.
+    let stats = out
+        .events
+        .iter()
+        .find(|e| is(e, "stats", "ioapic-redirection"));
+    let lost = stats.and_then(|e| e.u64("lost_ipis"));
+    assert!(lost.is_some_and(|n| n >= 5), "{}", out.diagnostics());
+}
+
+#[test]
+fn cross_cpu_races_storms_and_interrupt_shadows() {
+    let out = run_batch(CROSS_CPU_CASES, 60);
+    let why = out.diagnostics();
+    // At most one kick is pending per CPU: the flood's kicks merged
+    // (without that, each IPI to the other CPU is a kick).
+    let stats = out
+        .events
+        .iter()
+        .find(|e| is(e, "stats", "ipi-storm-all-vcpus"))
+        .expect("stats");
+    let kicks = stats.u64("kicks").expect("kicks");
+    let coalesced = stats.u64("kicks_coalesced").expect("kicks_coalesced");
+    assert!(
+        kicks * 4 < STORM_IPIS * 3 && coalesced > 0,
+        "{kicks} kicks sent, {coalesced} coalesced for {STORM_IPIS} IPIs\n{why}"
+    );
 }
 
 /// The restarted VM also checks its RAM was zeroed (case
@@ -284,7 +369,11 @@ devices = ["uart", "debug-exit", "fw-cfg"]
         "every incarnation found its RAM zeroed\n{why}"
     );
     let cleared: Vec<Option<u64>> = restarts.iter().map(|e| e.u64("cleared_mib")).collect();
-    assert_eq!(cleared, [Some(4); 3], "each restart cleared the 4 MiB\n{why}");
+    assert_eq!(
+        cleared,
+        [Some(4); 3],
+        "each restart cleared the 4 MiB\n{why}"
+    );
     // The neighbours beat on through every restart, none missing.
     for beat in ["beat-a", "beat-b"] {
         let counts: Vec<u64> = out

@@ -170,24 +170,41 @@ fn map_channel(args: &Args, ctx: &Context<'_>) -> Result<Hypercall, Error> {
         .channels
         .get(usize::from(handle))
         .ok_or(Error::BadHandle)?;
-    if mapped {
-        return Err(Error::Busy);
-    }
     let gpa = args.rsi;
-    let end = gpa.checked_add(len).ok_or(Error::BadAddress)?;
-    let overlaps = |start: u64, size: u64| gpa < start.saturating_add(size) && start < end;
-    if !gpa.is_multiple_of(PAGE)
-        || end > GUEST_PHYS_LIMIT
-        || overlaps(0, ctx.ram_bytes)
-        || ctx.taken.iter().any(|r| overlaps(r.start, r.len))
-    {
-        return Err(Error::BadAddress);
-    }
+    check_mapping(mapped, gpa, len, ctx.ram_bytes, ctx.taken)?;
     Ok(Hypercall::MapChannel {
         handle,
         gpa: GuestPhysAddr(gpa),
         len,
     })
+}
+
+/// Whether a channel of `len` bytes, `mapped` already or not, may be
+/// mapped at `gpa`: not mapped yet (else [`Error::Busy`]); page aligned,
+/// above the VM's `ram_bytes`, below [`GUEST_PHYS_LIMIT`] and clear of
+/// every region `taken` (else [`Error::BadAddress`]). The decoder checks
+/// it on what it sees; the hypervisor checks it again with its mapping
+/// lock held, since another vCPU may have mapped something in between.
+pub fn check_mapping(
+    mapped: bool,
+    gpa: u64,
+    len: u64,
+    ram_bytes: u64,
+    taken: &[Region],
+) -> Result<(), Error> {
+    if mapped {
+        return Err(Error::Busy);
+    }
+    let end = gpa.checked_add(len).ok_or(Error::BadAddress)?;
+    let overlaps = |start: u64, size: u64| gpa < start.saturating_add(size) && start < end;
+    if !gpa.is_multiple_of(PAGE)
+        || end > GUEST_PHYS_LIMIT
+        || overlaps(0, ram_bytes)
+        || taken.iter().any(|r| overlaps(r.start, r.len))
+    {
+        return Err(Error::BadAddress);
+    }
+    Ok(())
 }
 
 /// What a performed call returns besides success.
@@ -312,6 +329,41 @@ mod tests {
         assert_eq!(call(M, 0, !0xfffu64), Err(Error::BadAddress));
         assert_eq!(call(M, 1, 0x1_0000_0000), Err(Error::Busy));
         assert_eq!(call(M, 2, 0x1_0000_0000), Err(Error::BadHandle));
+    }
+
+    #[test]
+    fn a_mapping_is_checked_again_against_what_is_mapped_now() {
+        // What a second vCPU sees under the lock after the first mapped
+        // the channel at 4 GiB: its own decode said "free", this says no.
+        let channel = Region {
+            start: 0x1_0000_0000,
+            len: 0x1_0000,
+        };
+        let ram = 16 * MIB;
+        assert_eq!(
+            check_mapping(false, 0x2_0000_0000, 0x1_0000, ram, &[channel]),
+            Ok(())
+        );
+        assert_eq!(
+            check_mapping(true, 0x2_0000_0000, 0x1_0000, ram, &[channel]),
+            Err(Error::Busy),
+            "the same channel at a second address"
+        );
+        assert_eq!(
+            check_mapping(false, 0x1_0000_8000, 0x1_0000, ram, &[channel]),
+            Err(Error::BadAddress),
+            "another channel over the first"
+        );
+        assert_eq!(
+            check_mapping(false, 0x0_ffff_0000, 0x1_0000, ram, &[channel]),
+            Ok(()),
+            "just below it"
+        );
+        assert_eq!(
+            check_mapping(false, !0xfff, 0x2000, ram, &[]),
+            Err(Error::BadAddress),
+            "wraps"
+        );
     }
 
     #[test]

@@ -264,6 +264,20 @@ pub mod port {
         unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack)) }
         value
     }
+
+    pub fn inw(port: u16) -> u16 {
+        let value: u16;
+        // SAFETY: as for `inb`.
+        unsafe { asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack)) }
+        value
+    }
+
+    pub fn inl(port: u16) -> u32 {
+        let value: u32;
+        // SAFETY: as for `inb`.
+        unsafe { asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack)) }
+        value
+    }
 }
 
 const COM1: u16 = 0x3f8;
@@ -534,6 +548,72 @@ pub mod sse {
         seen.iter()
             .enumerate()
             .all(|(n, v)| *v == seed.wrapping_add(n as u64))
+    }
+}
+
+/// Instructions that exit right after an interrupt shadow (SDM Vol. 3A,
+/// 7.8.3 and Vol. 2B, STI / MOV SS): what a hypervisor must handle
+/// without injecting into the shadow.
+pub mod shadow {
+    use core::arch::asm;
+
+    /// MOV SS; CPUID, MOV SS; OUT 0x80, MOV SS; VMCALL (version), then
+    /// MOV SS; WRMSR of a missing MSR (#GP: the caller's exception hook
+    /// must skip its 2 bytes).
+    pub fn mov_ss_exits() {
+        // SAFETY: SS is reloaded with its own selector (no change); CPUID,
+        // OUT to the POST port and the version hypercall change only the
+        // registers named; the WRMSR faults and the hook resumes after it.
+        unsafe {
+            asm!(
+                "push rbx",
+                "mov {s:x}, ss",
+                "xor eax, eax",
+                "mov ss, {s:x}",
+                "cpuid",
+                "mov ss, {s:x}",
+                "out 0x80, al",
+                "xor eax, eax",
+                "mov ss, {s:x}",
+                "vmcall",
+                "mov ecx, 0x12345678",
+                "mov ss, {s:x}",
+                "wrmsr",
+                "pop rbx",
+                s = out(reg) _,
+                out("eax") _, out("ecx") _, out("edx") _,
+                out("rdi") _, out("rsi") _,
+            );
+        }
+    }
+
+    /// The same exits, each in the shadow of an STI that turns interrupts
+    /// on (CLI before it). Interrupts are on afterwards.
+    pub fn sti_exits() {
+        // SAFETY: as for `mov_ss_exits`; every IDT vector has a handler.
+        unsafe {
+            asm!(
+                "push rbx",
+                "xor eax, eax",
+                "cli",
+                "sti",
+                "cpuid",
+                "cli",
+                "sti",
+                "out 0x80, al",
+                "xor eax, eax",
+                "cli",
+                "sti",
+                "vmcall",
+                "mov ecx, 0x12345678",
+                "cli",
+                "sti",
+                "wrmsr",
+                "pop rbx",
+                out("eax") _, out("ecx") _, out("edx") _,
+                out("rdi") _, out("rsi") _,
+            );
+        }
     }
 }
 

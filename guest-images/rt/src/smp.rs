@@ -160,8 +160,10 @@ pub fn start_aps(cpus: u32, main: fn(u32), timeout: u64) -> u32 {
 
 /// An AP's first Rust code (index = its order of arrival).
 extern "C" fn ap_rust_entry(_index: u32) -> ! {
-    // SAFETY: the BSP's GDT and IDT are read-only for APs; reloading the
-    // segment registers with the same selectors keeps them valid.
+    // SAFETY: the BSP's GDT and IDT are read-only for APs; the data
+    // selectors mean the same in both GDTs. CS is reloaded too: the
+    // trampoline's 0x18 is the BSP GDT's ring-3 code segment, and the
+    // IRETQ ending an interrupt handler would fault on it (#GP(0x18)).
     unsafe {
         core::arch::asm!(
             "lgdt [{gdtp}]",
@@ -169,9 +171,14 @@ extern "C" fn ap_rust_entry(_index: u32) -> ! {
             "mov ds, ax",
             "mov es, ax",
             "mov ss, ax",
+            "push 0x08",
+            "lea {t}, [rip + 2f]",
+            "push {t}",
+            "retfq",
+            "2:",
             gdtp = in(reg) &raw const guest_gdt_pointer,
+            t = out(reg) _,
             out("ax") _,
-            options(nostack)
         );
     }
     crate::idt::load();

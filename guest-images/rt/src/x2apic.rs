@@ -15,6 +15,10 @@ const TIMER_DIVIDE: u32 = 0x83e;
 pub const ID: u32 = 0x802;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The APIC stays in xAPIC mode: EOI through its MMIO page.
+static XAPIC_EOI: AtomicBool = AtomicBool::new(false);
+/// The xAPIC EOI register (SDM Table 11-1).
+const XAPIC_EOI_ADDR: u64 = 0xfee0_00b0;
 
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
@@ -39,11 +43,20 @@ pub fn enable() {
     ENABLED.store(true, Ordering::SeqCst);
 }
 
-/// End of interrupt (only once x2APIC mode is on).
+/// End of interrupt (only once x2APIC mode is on, or the guest said it
+/// uses the xAPIC page: [`use_xapic_eoi`]).
 pub fn eoi() {
     if ENABLED.load(Ordering::SeqCst) {
         wrmsr(EOI, 0);
+    } else if XAPIC_EOI.load(Ordering::SeqCst) {
+        crate::mem::write_u32(XAPIC_EOI_ADDR, 0);
     }
+}
+
+/// Interrupts are ended through the xAPIC page (a guest that keeps the
+/// APIC in xAPIC mode).
+pub fn use_xapic_eoi() {
+    XAPIC_EOI.store(true, Ordering::SeqCst);
 }
 
 /// Sends `vector` to this CPU.

@@ -11,6 +11,8 @@
 //! - [`lock`]: the MCS queue lock that is each node's big kernel lock.
 //! - [`doorbell`]: coalescing inter-node signals (the IPI capability's data
 //!   path).
+//! - [`kick`]: coalescing kicks between the CPUs of a node (at most one
+//!   pending per CPU).
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
@@ -26,6 +28,7 @@ extern crate std;
 pub mod config;
 pub mod doorbell;
 pub mod isolation;
+pub mod kick;
 pub mod layout;
 pub mod lock;
 pub mod plan;

@@ -45,9 +45,7 @@ impl GuestRam {
     pub unsafe fn new(host: u64, size: u64) -> Self {
         GuestRam { host, size }
     }
-}
 
-impl GuestRam {
     /// Sets every byte to 0, so a VM never finds what its memory held
     /// before it (an earlier incarnation, or whatever the machine left
     /// there). Called only while no vCPU of the VM runs: before its first

@@ -226,6 +226,8 @@ pub fn build_node(
             layout,
             pending: [const { AtomicU64::new(0) }; status::MAX_NODES],
             test: selftest::NodeTest::new(),
+            kick_pending: [const { core::sync::atomic::AtomicBool::new(false) };
+                super::biglock::MAX_NODE_CPUS],
             vms: Once::new(),
             kernel: super::biglock::BigLock::new(crate::node::NodeKernel::default()),
         })

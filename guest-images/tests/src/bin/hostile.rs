@@ -20,6 +20,9 @@ use atoll_guest_rt::{BootInfo, arg, cpuid, port, println, rdtsc, word, x2apic};
 
 atoll_guest_rt::entry!(main);
 
+#[path = "hostile/platform.rs"]
+mod platform;
+
 /// A case: what it does, given the boot information; returns the exit
 /// status when it returns at all.
 type Case = fn(&BootInfo) -> u32;
@@ -106,6 +109,24 @@ const CASES: &[(&str, Case)] = &[
     // A second vCPU rewrites descriptors while the device walks them.
     ("virtio-desc-rewrite-all-vcpus", |i| {
         virtio_rewrite(arg(i.cmdline(), "rounds").unwrap_or(300))
+    }),
+    // The PC platform, the xAPIC page, cross-CPU races and interrupt
+    // shadows (platform.rs).
+    ("map-channel-race-all-vcpus", |_| {
+        platform::map_channel_race()
+    }),
+    ("ipi-storm-all-vcpus", |i| {
+        platform::ipi_storm(arg(i.cmdline(), "ipis").unwrap_or(5000))
+    }),
+    ("ioapic-redirection", |_| platform::ioapic_redirection()),
+    ("ioapic-level-eoi", |_| platform::ioapic_level_eoi()),
+    ("legacy-ports", |_| platform::legacy_ports()),
+    ("xapic-page", |_| platform::xapic_page()),
+    ("mov-ss-blocking", |i| {
+        platform::mov_ss_blocking(arg(i.cmdline(), "rounds").unwrap_or(500))
+    }),
+    ("sti-blocking", |i| {
+        platform::sti_blocking(arg(i.cmdline(), "rounds").unwrap_or(500))
     }),
 ];
 

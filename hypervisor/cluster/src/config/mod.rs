@@ -209,6 +209,18 @@ pub enum OnCrash {
     Restart,
 }
 
+/// The platform a VM's board has besides its `devices`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Platform {
+    /// Only what `devices` lists (multiboot guests' default).
+    #[default]
+    Minimal,
+    /// The PC platform: an IOAPIC, a masked 8259 pair, the ACPI PM1a
+    /// blocks, the reset register, the CMOS RTC and an empty PCI
+    /// configuration space. A bzImage guest always gets it.
+    Pc,
+}
+
 /// One `[[vm]]`. Only its shape is checked at this stage; fitting it into
 /// its node (vCPUs on the node's CPUs, memory within the node's guest
 /// memory) is the VM loader's job.
@@ -233,6 +245,8 @@ pub struct VmConfig {
     pub pin: Vec<Located<CpuIndex>>,
     /// `on_crash` when the file sets it.
     pub on_crash: Option<Located<OnCrash>>,
+    /// `platform` when the file sets it.
+    pub platform: Option<Located<Platform>>,
     /// The IPI capabilities it holds, in order (a capability's handle is
     /// its index).
     pub signals: Vec<VmSignalConfig>,
@@ -268,6 +282,11 @@ impl VmConfig {
     /// `on_crash`, or [`OnCrash::Stop`].
     pub fn on_crash(&self) -> OnCrash {
         self.on_crash.as_ref().map(|o| o.value).unwrap_or_default()
+    }
+
+    /// `platform`, or [`Platform::Minimal`].
+    pub fn platform(&self) -> Platform {
+        self.platform.as_ref().map(|p| p.value).unwrap_or_default()
     }
 }
 

@@ -16,7 +16,7 @@ use super::{
     ChannelConfig, ChannelGrant, ClusterConfig, CpuSelection, DEFAULT_KERNEL_MIB, IpiConfig,
     MAX_CHANNELS, MAX_CMDLINE_LEN, MAX_CPUS, MAX_IPIS, MAX_MEM_MIB, MAX_MODULES, MAX_NAME_LEN,
     MAX_NODES, MAX_PATH_LEN, MAX_VCPUS, MAX_VM_CHANNELS, MAX_VM_SIGNALS, MAX_VMS, MAX_VMS_PER_NODE,
-    MIN_KERNEL_MIB, NOTIFICATIONS, NodeConfig, OnCrash, VmConfig, VmSignalConfig,
+    MIN_KERNEL_MIB, NOTIFICATIONS, NodeConfig, OnCrash, Platform, VmConfig, VmSignalConfig,
 };
 use crate::plan::{Access, DEVICES, NodeId};
 use crate::topology::{CpuIndex, DomainId};
@@ -165,6 +165,11 @@ const VM_ON_CRASH: Key = Key {
     example: "on_crash = \"restart\"",
     meaning: "\"stop\" or \"restart\"",
 };
+const VM_PLATFORM: Key = Key {
+    name: "platform",
+    example: "platform = \"pc\"",
+    meaning: "\"minimal\" or \"pc\"",
+};
 const VM_SIGNAL: Key = Key {
     name: "signal",
     example: "signal = [{ vm = \"log\", notifications = [0] }]",
@@ -204,6 +209,7 @@ const VM: Section = Section {
         VM_DISK,
         VM_PIN,
         VM_ON_CRASH,
+        VM_PLATFORM,
         VM_SIGNAL,
         VM_CHANNELS,
     ],
@@ -1412,6 +1418,7 @@ fn read_vm(
             None => Err(()),
         },
     };
+    let platform = read_platform(r, &t, &who);
     Some(VmConfig {
         name: name?,
         node: node?,
@@ -1425,10 +1432,40 @@ fn read_vm(
         disk_mib: disk_mib.ok()?,
         pin: pin.ok()?,
         on_crash: on_crash.ok()?,
+        platform: platform.ok()?,
         signals: signals.ok()?,
         channels: channels.ok()?,
         at: t.at.clone(),
     })
+}
+
+/// A VM's `platform`: "minimal" or "pc".
+fn read_platform(
+    r: &mut Reader<'_>,
+    t: &Table<'_, '_>,
+    who: &str,
+) -> Result<Option<Located<Platform>>, ()> {
+    let Some(f) = r.optional(t, &VM_PLATFORM) else {
+        return Ok(None);
+    };
+    match r.string(&f) {
+        Some(s) if s.value == "minimal" => Ok(Some(Located::new(Platform::Minimal, s.at))),
+        Some(s) if s.value == "pc" => Ok(Some(Located::new(Platform::Pc, s.at))),
+        Some(s) => {
+            r.report(
+                &s.at,
+                ErrorKind::BadValue,
+                format!(
+                    "platform \"{}\" of {who} is neither \"minimal\" nor \"pc\"",
+                    s.value
+                ),
+                "write platform = \"pc\" (IOAPIC and PC ports) or leave it out (\"minimal\")"
+                    .into(),
+            );
+            Err(())
+        }
+        None => Err(()),
+    }
 }
 
 /// One `signal` entry of a `[[vm]]`: `{ vm = "...", notifications = [...] }`.

@@ -54,6 +54,7 @@ modules = ["a.img", "b.img"]
 devices = ["serial", "virtio-blk"]
 pin = [0, 1]
 on_crash = "restart"
+platform = "pc"
 
 [[vm]]
 name = "logger"
@@ -134,6 +135,8 @@ fn a_full_config_becomes_the_model() {
     assert_eq!(vm.pin[1].value, CpuIndex(1));
     assert_eq!(vm.on_crash(), OnCrash::Restart);
     assert_eq!(c.vms[1].on_crash(), OnCrash::Stop);
+    assert_eq!(vm.platform(), Platform::Pc);
+    assert_eq!(c.vms[1].platform(), Platform::Minimal, "the default");
     assert!(c.vms[1].initrd.is_none() && c.vms[1].pin.is_empty());
 
     assert_eq!(c.node_id("far"), Some(NodeId(2)));

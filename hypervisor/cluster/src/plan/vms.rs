@@ -10,7 +10,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::{Access, ChannelPlan, NodePlan, Problems};
-use crate::config::{ClusterConfig, ErrorKind, Located, OnCrash, Signal, VmConfig, listed, shown};
+use crate::config::{
+    ClusterConfig, ErrorKind, Located, OnCrash, Platform, Signal, VmConfig, listed, shown,
+};
 use crate::plan::NodeId;
 use crate::topology::{CpuIndex, PhysRange};
 
@@ -55,6 +57,9 @@ pub struct VmPlan {
     /// The node memory holding its virtio-blk disk, if it has one.
     pub disk: Option<PhysRange>,
     pub on_crash: OnCrash,
+    /// Its platform (a bzImage kernel gets the PC platform whatever this
+    /// says: the hypervisor decides that when it loads the image).
+    pub platform: Platform,
     /// IPI capabilities, by handle (index).
     pub signals: Vec<VmSignalPlan>,
     /// Channels it may map, by handle: index into `Plan::channels`, and
@@ -132,6 +137,7 @@ pub(super) fn place(
                 devices,
                 disk,
                 on_crash: vm.on_crash(),
+                platform: vm.platform(),
                 signals,
                 channels,
             });
