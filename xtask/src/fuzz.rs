@@ -7,7 +7,9 @@
 //! and `hypervisor/fuzz` for the hypervisor's boot input. A target's seeds
 //! are `<crate>/seeds/<target>/` (built by `fuzz_seeds`) plus the
 //! directories [`TARGETS`] lists; what the fuzzer finds beyond them goes
-//! to `target/fuzz/corpus/<target>/`, kept between runs.
+//! to `target/fuzz/corpus/<target>/`, kept between runs. A text format's
+//! tokens can be given in `<crate>/dicts/<target>.dict` (libFuzzer's
+//! dictionary format).
 //!
 //! A crash (panic, timeout, out of memory) fails the command, with the
 //! reproducer's path and the command that replays it.
@@ -218,6 +220,12 @@ fn run_one(target: &Target, secs: u64) -> Result<Report> {
     let own = root.join(target.krate).join("seeds").join(target.name);
     dirs.extend(own.is_dir().then_some(own));
     dirs.extend(target.seeds.iter().map(|d| root.join(d)));
+    // A dictionary of the format's tokens, if the crate has one.
+    let dict = root
+        .join(target.krate)
+        .join("dicts")
+        .join(format!("{}.dict", target.name));
+    let dict_flag = dict.is_file().then(|| format!("-dict={}", dict.display()));
     let log = root
         .join("target/fuzz")
         .join(format!("{}.log", target.name));
@@ -231,6 +239,7 @@ fn run_one(target: &Target, secs: u64) -> Result<Report> {
         .arg(format!("-max_total_time={secs}"))
         .arg(format!("-timeout={INPUT_TIMEOUT_SECS}"))
         .arg("-print_final_stats=1")
+        .args(dict_flag)
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
         .status()
@@ -239,7 +248,9 @@ fn run_one(target: &Target, secs: u64) -> Result<Report> {
     let text =
         std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
     let mut report = parse(&text);
-    if !status.success() && report.crash.is_none() {
+    if status.success() {
+        report.crash = None;
+    } else if report.crash.is_none() {
         report.crash = Some(format!("(none written; see {})", log.display()));
     }
     if report.executions == 0 && report.crash.is_none() {
@@ -267,7 +278,11 @@ fn parse(text: &str) -> Report {
         if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
             report.executions = n.trim().parse().unwrap_or(report.executions);
         } else if let Some(path) = line.split("Test unit written to ").nth(1) {
-            report.crash = Some(path.trim().to_string());
+            // A slow unit (over 10 s, under the timeout) is written too,
+            // but is no failure.
+            if !path.contains("slow-unit-") {
+                report.crash = Some(path.trim().to_string());
+            }
         } else if line.starts_with('#') && line.contains(" cov: ") {
             if let Some(n) = line[1..]
                 .split_whitespace()
@@ -380,6 +395,8 @@ thread '<unnamed>' panicked at fuzz_targets/x.rs:3:5:
 ==1== ERROR: libFuzzer: deadly signal
 artifact_prefix='/r/fuzz/artifacts/x/'; Test unit written to /r/fuzz/artifacts/x/crash-ab12
 ";
+        let slow = "artifact_prefix='/a/'; Test unit written to /a/slow-unit-0f\n";
+        assert_eq!(parse(slow).crash, None);
         let r = parse(crash);
         assert_eq!(r.crash.as_deref(), Some("/r/fuzz/artifacts/x/crash-ab12"));
         assert_eq!((r.executions, r.coverage), (100, 50));
