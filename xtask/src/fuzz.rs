@@ -126,22 +126,26 @@ pub fn run(secs: u64, only: Option<&str>) -> Result<bool> {
         rows.push((target, report));
     }
     print_table(&rows, secs);
+    Ok(report_crashes(&rows))
+}
+
+/// Prints each crash's reproducer and how to replay it; true if none.
+fn report_crashes(rows: &[(&Target, Report)]) -> bool {
     let mut ok = true;
-    for (target, report) in &rows {
-        if let Some(crash) = &report.crash {
-            ok = false;
-            let dir = workspace_root().join(target.krate);
-            eprintln!(
-                "fuzz target {} crashed; reproducer: {}\n  replay: cd {} && cargo +nightly fuzz run -s none {} {}",
-                target.name,
-                crash,
-                dir.parent().unwrap_or(&dir).display(),
-                target.name,
-                crash
-            );
-        }
+    for (target, report) in rows {
+        let Some(crash) = &report.crash else { continue };
+        ok = false;
+        let dir = workspace_root().join(target.krate);
+        eprintln!(
+            "fuzz target {} crashed; reproducer: {}\n  replay: cd {} && cargo +nightly fuzz run -s none {} {}",
+            target.name,
+            crash,
+            dir.parent().unwrap_or(&dir).display(),
+            target.name,
+            crash
+        );
     }
-    Ok(ok)
+    ok
 }
 
 /// `cargo +nightly` through rustup, with the pinned toolchain's variables
@@ -186,11 +190,17 @@ fn ensure_cargo_fuzz() -> Result<()> {
     Ok(())
 }
 
-/// `cargo fuzz` runs from the directory that holds the fuzz crate.
-fn fuzz_command(krate: &str) -> Command {
-    let dir = workspace_root().join(krate);
+/// `cargo fuzz SUBCOMMAND` for one crate, run from the directory that
+/// holds it. Both crates build into one target directory, so the
+/// dependencies they share (libFuzzer itself, the Atoll crates) are
+/// compiled once; their targets' names differ.
+fn fuzz_command(krate: &str, subcommand: &str) -> Command {
+    let root = workspace_root();
+    let dir = root.join(krate);
     let mut cmd = nightly_cargo();
-    cmd.arg("fuzz").current_dir(dir.parent().unwrap_or(&dir));
+    cmd.args(["fuzz", subcommand, "-s", "none", "--target-dir"])
+        .arg(root.join("target/fuzz/build"))
+        .current_dir(dir.parent().unwrap_or(&dir));
     cmd
 }
 
@@ -200,8 +210,7 @@ fn fuzz_command(krate: &str) -> Command {
 /// included) stay on, as cargo-fuzz sets them.
 fn build(krate: &str) -> Result<()> {
     let spinner = progress::spinner(format!("building the fuzz targets in {krate}"));
-    let output = fuzz_command(krate)
-        .args(["build", "-s", "none"])
+    let output = fuzz_command(krate, "build")
         .output()
         .with_context(|| format!("running cargo fuzz build in {krate}"))?;
     spinner.finish_and_clear();
@@ -232,8 +241,8 @@ fn run_one(target: &Target, secs: u64) -> Result<Report> {
     let log_file =
         std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let spinner = progress::spinner(format!("fuzzing {} for {secs} s", target.name));
-    let status = fuzz_command(target.krate)
-        .args(["run", "-s", "none", target.name])
+    let status = fuzz_command(target.krate, "run")
+        .arg(target.name)
         .args(&dirs)
         .arg("--")
         .arg(format!("-max_total_time={secs}"))
