@@ -6,8 +6,9 @@
 //! `CONSOLE_MAX` bytes inside RAM; a signal on a held handle with a
 //! notification it grants; a channel mapping of a held, unmapped channel
 //! at its size, page-aligned, below the guest-physical limit and clear of
-//! RAM and of every taken range. A refusal is a negative error code in
-//! RAX with the outputs untouched.
+//! RAM and of every taken range, and the same answer as `check_mapping`,
+//! which the hypervisor repeats under its mapping lock. A refusal is a
+//! negative error code in RAX with the outputs untouched.
 //!
 //! Input: five 8-byte registers (RAX, RDI, RSI, RDX, RCX; RAX taken modulo
 //! 10 so most calls are known ones), one byte of CPL, 8 bytes of RAM size,
@@ -17,7 +18,7 @@
 #![no_main]
 
 use atoll_vmm::hypercall::{
-    self, Args, CONSOLE_MAX, Context, Error, GUEST_PHYS_LIMIT, Hypercall, Output, Region,
+    self, Args, CONSOLE_MAX, Context, Error, GUEST_PHYS_LIMIT, Hypercall, Output, Region, number,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -84,6 +85,23 @@ fn check(call: &Hypercall, args: &Args, ctx: &Context<'_>) {
     }
 }
 
+/// The decoder's answer to a map_channel call on a held handle is the
+/// one `check_mapping` gives, the check the hypervisor repeats under its
+/// mapping lock: the two may not drift apart.
+fn check_map_channel(result: &Result<Hypercall, Error>, args: &Args, ctx: &Context<'_>) {
+    if args.cpl != 0 || args.rax != number::MAP_CHANNEL {
+        return;
+    }
+    let handle = usize::try_from(args.rdi)
+        .ok()
+        .filter(|&h| h <= usize::from(u16::MAX));
+    let Some(&(len, mapped)) = handle.and_then(|h| ctx.channels.get(h)) else {
+        return assert_eq!(result, &Err(Error::BadHandle));
+    };
+    let again = hypercall::check_mapping(mapped, args.rsi, len, ctx.ram_bytes, ctx.taken);
+    assert_eq!(result.map(|_| ()), again);
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let mut args = Args {
@@ -116,6 +134,7 @@ fuzz_target!(|data: &[u8]| {
         taken: &taken,
     };
     let result = hypercall::decode(&args, &ctx);
+    check_map_channel(&result, &args, &ctx);
     match &result {
         Ok(call) => check(call, &args, &ctx),
         Err(Error::NotPermitted) => assert_ne!(args.cpl, 0),
