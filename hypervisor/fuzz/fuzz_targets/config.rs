@@ -5,7 +5,9 @@
 //! Neither may panic. Beyond that:
 //! - every error names the file, a line inside the text and column 1 or
 //!   more, has a message and a fix, and the errors come sorted by
-//!   position;
+//!   position, at most `MAX_ERRORS` of them and then one "and N more";
+//!   no message holds a control character (names and values are
+//!   escaped);
 //! - every located value of an accepted config has a span inside the text,
 //!   on a character boundary, whose line and column are where the span
 //!   starts;
@@ -21,7 +23,9 @@
 //! refuses it before the parser).
 #![no_main]
 
-use atoll_cluster::config::{ClusterConfig, ConfigError, CpuSelection, Location};
+use atoll_cluster::config::{
+    ClusterConfig, ConfigError, CpuSelection, ErrorKind, Location, MAX_ERRORS,
+};
 use atoll_cluster::plan::{Plan, plan};
 use atoll_cluster::topology::{PhysRange, Topology};
 use libfuzzer_sys::fuzz_target;
@@ -51,17 +55,30 @@ fn line_column(text: &str, offset: usize) -> (u32, u32) {
 
 fn check_errors(errors: &[ConfigError], text: &str) {
     assert!(!errors.is_empty(), "an error result without errors");
+    // At most MAX_ERRORS, then one "and N more" line.
+    let (located, more) = match errors.split_last() {
+        Some((last, rest)) if last.kind == ErrorKind::More => (rest, Some(last)),
+        _ => (errors, None),
+    };
+    assert!(located.len() <= MAX_ERRORS, "{} errors", located.len());
+    assert!(more.is_none() || located.len() == MAX_ERRORS);
     let lines = text.split('\n').count() as u32;
     for e in errors {
         assert_eq!(e.file, FILE);
+        assert!(!e.message.is_empty() && !e.fix.is_empty(), "{e}");
+        // Names and values from the file are escaped in messages: nothing
+        // reaches the operator's terminal as a control character.
+        assert!(!e.to_string().chars().any(char::is_control), "{e:?}");
+    }
+    for e in located {
+        assert_ne!(e.kind, ErrorKind::More);
         assert!(e.line >= 1 && e.line <= lines, "line out of the text: {e}");
         assert!(e.column >= 1, "{e}");
-        assert!(!e.message.is_empty() && !e.fix.is_empty(), "{e}");
         let prefix = format!("{FILE}:{}:{}: ", e.line, e.column);
         assert!(e.to_string().starts_with(&prefix), "{e}");
     }
     assert!(
-        errors
+        located
             .windows(2)
             .all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column)),
         "errors out of order"
