@@ -19,12 +19,13 @@
 //!   inside its node's memory, clear of its kernel memory, with one CPU of
 //!   its node per vCPU.
 //!
-//! Input: the config text (not UTF-8: nothing to do, the file reader
-//! refuses it before the parser).
+//! Input: the config file's bytes, read as the hypervisor and
+//! `check-config` read them (`config::utf8`): bytes that are not UTF-8
+//! must give one error at the line and column of the first bad byte.
 #![no_main]
 
 use atoll_cluster::config::{
-    ClusterConfig, ConfigError, CpuSelection, ErrorKind, Location, MAX_ERRORS,
+    ClusterConfig, ConfigError, CpuSelection, ErrorKind, Location, MAX_ERRORS, utf8,
 };
 use atoll_cluster::plan::{Plan, plan};
 use atoll_cluster::topology::{PhysRange, Topology};
@@ -83,6 +84,15 @@ fn check_errors(errors: &[ConfigError], text: &str) {
             .all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column)),
         "errors out of order"
     );
+}
+
+/// Bytes that are not UTF-8: one error, at the line and column of the
+/// first bad byte.
+fn check_not_utf8(e: &ConfigError, data: &[u8]) {
+    let good = std::str::from_utf8(data).unwrap_err().valid_up_to();
+    let prefix = std::str::from_utf8(&data[..good]).unwrap();
+    assert_eq!((e.line, e.column), line_column(prefix, good), "{e}");
+    check_errors(std::slice::from_ref(e), prefix);
 }
 
 fn check_location(at: &Location, text: &str) {
@@ -197,8 +207,9 @@ fn check_plan(config: &ClusterConfig, t: &Topology, p: &Plan) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
+    let text = match utf8(FILE, data) {
+        Ok(text) => text,
+        Err(e) => return check_not_utf8(&e, data),
     };
     let parsed = ClusterConfig::parse(FILE, text);
     assert_eq!(
