@@ -59,6 +59,10 @@ pub enum LoadError {
     BadElf(&'static str),
     /// The entry point is not in a loaded segment below 4 GiB.
     BadEntry(u64),
+    /// The command line (`what`: "command line") or a module's
+    /// ("module command line") holds a NUL byte: the information block
+    /// stores them NUL-terminated, so the kernel would see it cut short.
+    StringHasNul(&'static str),
     /// Something does not fit in the VM's RAM, or overlaps.
     DoesNotFit {
         what: &'static str,
@@ -88,6 +92,9 @@ impl core::fmt::Display for LoadError {
                     "the entry point {entry:#x} is not in a loaded segment below 4 GiB"
                 )
             }
+            LoadError::StringHasNul(what) => {
+                write!(f, "the {what} contains a NUL byte")
+            }
             LoadError::DoesNotFit { what, at, len } => write!(
                 f,
                 "the {what} ({len:#x} bytes at {at:#x}) does not fit in the VM's memory"
@@ -115,6 +122,7 @@ pub fn load(
     modules: &[Module<'_>],
     cmdline: &str,
 ) -> Result<EntryState, LoadError> {
+    check_strings(cmdline, modules)?;
     let protocol = match multiboot2_header(kernel)? {
         Some(header) => Protocol::Multiboot2(header),
         None => Protocol::Multiboot(find_header(kernel)?),
@@ -177,6 +185,19 @@ pub fn load(
             len,
         })?;
     Ok(EntryState { entry, eax, ebx })
+}
+
+/// The information block holds C strings (spec 3.3, 3.6.3): a NUL
+/// inside one would cut it short without a word, so it is refused, as
+/// the Linux loader refuses one in its command line.
+fn check_strings(cmdline: &str, modules: &[Module<'_>]) -> Result<(), LoadError> {
+    if cmdline.contains('\0') {
+        return Err(LoadError::StringHasNul("command line"));
+    }
+    if modules.iter().any(|m| m.cmdline.contains('\0')) {
+        return Err(LoadError::StringHasNul("module command line"));
+    }
+    Ok(())
 }
 
 /// Which boot protocol a kernel asks for.
@@ -831,5 +852,29 @@ mod tests {
             load(&mut mem, &image, &[], ""),
             Err(LoadError::BadChecksum)
         ));
+    }
+
+    #[test]
+    fn a_nul_in_a_command_line_is_refused_before_anything_is_written() {
+        let kernel = elf64(MIB, 0, b"", 0, MIB);
+        let mut mem = VecMemory::new(4 * MIB as usize);
+        assert_eq!(
+            load(&mut mem, &kernel, &[], "hello\0world"),
+            Err(LoadError::StringHasNul("command line"))
+        );
+        let module = Module {
+            bytes: b"m",
+            cmdline: "initrd\0x",
+        };
+        assert_eq!(
+            load(&mut mem, &kernel, &[module], "hello"),
+            Err(LoadError::StringHasNul("module command line"))
+        );
+        assert!(mem.bytes.iter().all(|&b| b == 0), "something was written");
+        // The Multiboot2 block is checked the same way.
+        assert_eq!(
+            load(&mut mem, &elf64_mb2(&[1], None), &[], "a\0"),
+            Err(LoadError::StringHasNul("command line"))
+        );
     }
 }

@@ -7,13 +7,18 @@
 //!   `N passed, N failed`.
 //! - `check-config`: check a cluster config file, alone or planned on a
 //!   machine given as a topology spec.
-//! - `lint`: rustfmt and clippy over every crate, the bare-metal one included.
+//! - `lint`: rustfmt and clippy over every crate, the bare-metal one included
+//!   (rustfmt only for the fuzz crates, which need nightly to build).
+//! - `fuzz`: every cargo-fuzz target for a while each, as a table (needs
+//!   nightly Rust).
 //! - `bench`: the benchmarks (the cluster planner on the host; inter-node
 //!   round trips and the node lock in emulators), as tables.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod check_config;
+mod fuzz;
+mod fuzz_seeds;
 mod linux_bench;
 mod progress;
 mod stats;
@@ -64,6 +69,19 @@ enum Cmd {
     },
     /// rustfmt --check and clippy -D warnings over all crates.
     Lint,
+    /// Run every fuzz target (or one) for a while, one after another, from
+    /// its seed corpus, and print executions and coverage; fails on a
+    /// crash. Needs a nightly toolchain; installs cargo-fuzz if missing.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Only this target (e.g. bzimage).
+        target: Option<String>,
+        /// Rewrite the committed seed files from their generator instead.
+        #[arg(long)]
+        write_seeds: bool,
+    },
     /// Run the benchmarks (optimised host builds) and print a table.
     Bench {
         /// Only benchmarks whose name contains this, e.g. planner.
@@ -128,6 +146,10 @@ fn main() -> ExitCode {
         Cmd::Test => test::run_all(),
         Cmd::CheckConfig { file, topology } => check_config::check(&file, topology.as_deref()),
         Cmd::Lint => lint(),
+        Cmd::Fuzz {
+            write_seeds: true, ..
+        } => fuzz_seeds::write().map(|_| true),
+        Cmd::Fuzz { secs, target, .. } => fuzz::run(secs, target.as_deref()),
         Cmd::Bench { filter } => bench::run(filter.as_deref()),
         Cmd::Stats { log } => stats::run(log.as_deref()),
     };
@@ -261,8 +283,17 @@ fn resolve(path: &std::path::Path) -> PathBuf {
 }
 
 fn lint() -> Result<bool> {
-    let steps: [&[&str]; 3] = [
+    let steps: [&[&str]; 5] = [
         &["fmt", "--all", "--check"],
+        // The fuzz crates are outside the workspace and need nightly to
+        // build (`cargo xtask fuzz` builds them): formatting only.
+        &["fmt", "--manifest-path", "vmm/fuzz/Cargo.toml", "--check"],
+        &[
+            "fmt",
+            "--manifest-path",
+            "hypervisor/fuzz/Cargo.toml",
+            "--check",
+        ],
         &[
             "clippy",
             "--all-targets",
