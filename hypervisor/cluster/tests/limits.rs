@@ -322,3 +322,22 @@ fn names_are_escaped_and_cut_in_messages() {
     );
     assert!(line.len() < 300, "{line}");
 }
+
+#[test]
+fn keyword_values_are_escaped_in_messages() {
+    let _alone = alone();
+    for key in ["platform", "on_crash"] {
+        let errors = parse_errors(&format!(
+            "[[node]]\nname = \"a\"\ncount = 1\nmem_mib = 64\n\
+             [[vm]]\nname = \"v\"\nnode = \"a\"\nvcpus = 1\nmem_mib = 4\n\
+             kernel = \"k\"\n{key} = \"pc\\u001b]0;owned\\u0007\"\n"
+        ));
+        let line = errors
+            .iter()
+            .map(ToString::to_string)
+            .find(|l| l.contains(key))
+            .unwrap_or_default();
+        assert!(line.contains("\\u{1b}]0;owned\\u{7}"), "{key}: {line}");
+        assert!(!line.chars().any(char::is_control), "{line}");
+    }
+}

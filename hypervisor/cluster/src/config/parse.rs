@@ -1398,27 +1398,22 @@ fn read_vm(
             .and_then(|items| read_cpus(r, &items))
             .ok_or(()),
     };
-    let on_crash = match r.optional(&t, &VM_ON_CRASH) {
-        None => Ok(None),
-        Some(f) => match r.string(&f) {
-            Some(s) if s.value == "stop" => Ok(Some(Located::new(OnCrash::Stop, s.at))),
-            Some(s) if s.value == "restart" => Ok(Some(Located::new(OnCrash::Restart, s.at))),
-            Some(s) => {
-                r.report(
-                    &s.at,
-                    ErrorKind::BadValue,
-                    format!(
-                        "on_crash \"{}\" of {who} is neither \"stop\" nor \"restart\"",
-                        shown(&s.value)
-                    ),
-                    "write on_crash = \"stop\" (the default) or on_crash = \"restart\"".into(),
-                );
-                Err(())
-            }
-            None => Err(()),
-        },
-    };
-    let platform = read_platform(r, &t, &who);
+    let on_crash = read_keyword(
+        r,
+        &t,
+        &VM_ON_CRASH,
+        &[("stop", OnCrash::Stop), ("restart", OnCrash::Restart)],
+        &format!("of {who} is neither \"stop\" nor \"restart\""),
+        "write on_crash = \"stop\" (the default) or on_crash = \"restart\"",
+    );
+    let platform = read_keyword(
+        r,
+        &t,
+        &VM_PLATFORM,
+        &[("minimal", Platform::Minimal), ("pc", Platform::Pc)],
+        &format!("of {who} is neither \"minimal\" nor \"pc\""),
+        "write platform = \"pc\" (IOAPIC and PC ports) or leave it out (\"minimal\")",
+    );
     Some(VmConfig {
         name: name?,
         node: node?,
@@ -1439,33 +1434,28 @@ fn read_vm(
     })
 }
 
-/// A VM's `platform`: "minimal" or "pc".
-fn read_platform(
+/// A key whose value is one of a few words (`words`: the word and what
+/// it means), located; any other word is a `BadValue` error saying
+/// `KEY "VALUE" <mistake>` (the value escaped, as every echoed value is),
+/// with `fix`.
+fn read_keyword<T: Copy>(
     r: &mut Reader<'_>,
     t: &Table<'_, '_>,
-    who: &str,
-) -> Result<Option<Located<Platform>>, ()> {
-    let Some(f) = r.optional(t, &VM_PLATFORM) else {
+    key: &'static Key,
+    words: &[(&str, T)],
+    mistake: &str,
+    fix: &str,
+) -> Result<Option<Located<T>>, ()> {
+    let Some(f) = r.optional(t, key) else {
         return Ok(None);
     };
-    match r.string(&f) {
-        Some(s) if s.value == "minimal" => Ok(Some(Located::new(Platform::Minimal, s.at))),
-        Some(s) if s.value == "pc" => Ok(Some(Located::new(Platform::Pc, s.at))),
-        Some(s) => {
-            r.report(
-                &s.at,
-                ErrorKind::BadValue,
-                format!(
-                    "platform \"{}\" of {who} is neither \"minimal\" nor \"pc\"",
-                    s.value
-                ),
-                "write platform = \"pc\" (IOAPIC and PC ports) or leave it out (\"minimal\")"
-                    .into(),
-            );
-            Err(())
-        }
-        None => Err(()),
+    let s = r.string(&f).ok_or(())?;
+    if let Some(&(_, value)) = words.iter().find(|(word, _)| *word == s.value) {
+        return Ok(Some(Located::new(value, s.at)));
     }
+    let message = format!("{} \"{}\" {mistake}", key.name, shown(&s.value));
+    r.report(&s.at, ErrorKind::BadValue, message, fix.into());
+    Err(())
 }
 
 /// One `signal` entry of a `[[vm]]`: `{ vm = "...", notifications = [...] }`.
