@@ -21,8 +21,8 @@
 use alloc::vec::Vec;
 
 use crate::addr::GuestPhysAddr;
-use crate::bytes::put;
 use crate::memory::{GuestMemory, MemoryError};
+use atoll_platform::bytes::put;
 
 /// Where the tables start, and the RSDP's address.
 pub const RSDP_ADDRESS: u64 = 0xe_0000;

@@ -12,6 +12,10 @@
 //!   date and time, never in an update cycle, plus its RAM.
 //! - [`PciConfig`]: PCI configuration mechanism 1 with no devices behind
 //!   it: the address latch reads back, data reads all ones.
+//!
+//! Each is a [`PortDevice`] on the VM's port bus ([`crate::devices`]).
+
+use crate::devices::{PortDevice, PortEffect, ones};
 
 /// Master and slave 8259A command/data ports.
 pub const PIC_MASTER: u16 = 0x20;
@@ -270,6 +274,65 @@ impl PciConfig {
 
     pub fn set_address(&mut self, value: u32) {
         self.address = value;
+    }
+}
+
+impl PortDevice for Pic {
+    fn read(&mut self, base: u16, offset: u16, _size: u8) -> Option<u32> {
+        Some(u32::from(Pic::read(self, base.wrapping_add(offset))))
+    }
+
+    fn write(&mut self, base: u16, offset: u16, _size: u8, value: u32) -> Option<PortEffect> {
+        Pic::write(self, base.wrapping_add(offset), value as u8);
+        Some(PortEffect::None)
+    }
+}
+
+/// S5 is the VM's power-off, with status 0.
+impl PortDevice for AcpiPm {
+    fn read(&mut self, base: u16, offset: u16, size: u8) -> Option<u32> {
+        Some(AcpiPm::read(self, base.wrapping_add(offset), size))
+    }
+
+    fn write(&mut self, base: u16, offset: u16, size: u8, value: u32) -> Option<PortEffect> {
+        Some(
+            if AcpiPm::write(self, base.wrapping_add(offset), size, value) {
+                PortEffect::Exit { status: 0 }
+            } else {
+                PortEffect::None
+            },
+        )
+    }
+}
+
+impl PortDevice for Rtc {
+    fn read(&mut self, base: u16, offset: u16, _size: u8) -> Option<u32> {
+        Some(u32::from(Rtc::read(self, base.wrapping_add(offset))))
+    }
+
+    fn write(&mut self, base: u16, offset: u16, _size: u8, value: u32) -> Option<PortEffect> {
+        Rtc::write(self, base.wrapping_add(offset), value as u8);
+        Some(PortEffect::None)
+    }
+}
+
+/// CONFIG_ADDRESS takes dword accesses only; other widths there (the
+/// mechanism 2 probe's byte write to 0xCFB) and all of CONFIG_DATA are
+/// claimed, and no device answers: reads are all ones.
+impl PortDevice for PciConfig {
+    fn read(&mut self, base: u16, offset: u16, size: u8) -> Option<u32> {
+        Some(if base.wrapping_add(offset) == PCI_ADDRESS && size == 4 {
+            self.address()
+        } else {
+            ones(size)
+        })
+    }
+
+    fn write(&mut self, base: u16, offset: u16, size: u8, value: u32) -> Option<PortEffect> {
+        if base.wrapping_add(offset) == PCI_ADDRESS && size == 4 {
+            self.set_address(value);
+        }
+        Some(PortEffect::None)
     }
 }
 

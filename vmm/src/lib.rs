@@ -23,7 +23,6 @@ extern crate std;
 pub mod acpi;
 pub mod addr;
 pub mod board;
-pub mod bytes;
 pub mod cpuid;
 pub mod devices;
 pub mod dispatch;

@@ -29,9 +29,9 @@
 //! it does after any boot loader.
 
 use crate::addr::GuestPhysAddr;
-use crate::bytes::{put, read_u16, read_u32, read_u64};
 use crate::loader::memory_map;
 use crate::memory::{GuestMemory, MemoryError};
+use atoll_platform::bytes::{self, put};
 
 /// The boot GDT (descriptors in [`GDT_ENTRIES`]).
 pub const GDT: u64 = 0x6000;
@@ -307,8 +307,8 @@ pub struct LinuxEntry {
 /// A cheap check for a bzImage's "HdrS" and boot flag: chooses this loader
 /// over the multiboot one. [`parse_header`] checks the rest.
 pub fn is_bzimage(image: &[u8]) -> bool {
-    read_u32(image, hdr::HEADER) == Some(HDRS_MAGIC)
-        && read_u16(image, hdr::BOOT_FLAG) == Some(BOOT_FLAG_MAGIC)
+    bytes::u32_at(image, hdr::HEADER) == Some(HDRS_MAGIC)
+        && bytes::u16_at(image, hdr::BOOT_FLAG) == Some(BOOT_FLAG_MAGIC)
 }
 
 /// Reads and checks the setup header.
@@ -321,8 +321,8 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, LinuxError> {
     }
     let too_short = LinuxError::TooShort { len: image.len() };
     let u8_at = |at: usize| image.get(at).copied().ok_or(too_short);
-    let u16_at = |at: usize| read_u16(image, at).ok_or(too_short);
-    let u32_at = |at: usize| read_u32(image, at).ok_or(too_short);
+    let u16_at = |at: usize| bytes::u16_at(image, at).ok_or(too_short);
+    let u32_at = |at: usize| bytes::u32_at(image, at).ok_or(too_short);
     let version = u16_at(hdr::VERSION)?;
     if version < MIN_PROTOCOL {
         return Err(LinuxError::ProtocolTooOld { version });
@@ -345,7 +345,7 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, LinuxError> {
         xloadflags: u16_at(hdr::XLOADFLAGS)?,
         cmdline_size: u32_at(hdr::CMDLINE_SIZE)?,
         initrd_addr_max: u32_at(hdr::INITRD_ADDR_MAX)?,
-        pref_address: read_u64(image, hdr::PREF_ADDRESS).ok_or(too_short)?,
+        pref_address: bytes::u64_at(image, hdr::PREF_ADDRESS).ok_or(too_short)?,
         init_size: u32_at(hdr::INIT_SIZE)?,
         header_end,
     };

@@ -8,8 +8,8 @@
 //! arithmetic, and everything must land inside the VM's RAM without
 //! overlapping.
 
-use crate::bytes::{read_u16, read_u32, read_u64};
 use alloc::vec::Vec;
+use atoll_platform::bytes;
 
 use crate::addr::GuestPhysAddr;
 use crate::memory::{GuestMemory, MemoryError};
@@ -242,11 +242,11 @@ fn multiboot2_header(kernel: &[u8]) -> Result<Option<Mb2Header>, LoadError> {
     let search = kernel.get(..MB2_SEARCH.min(kernel.len())).unwrap_or(&[]);
     let Some(at) = (0..search.len())
         .step_by(8)
-        .find(|&at| read_u32(search, at) == Some(MULTIBOOT2_MAGIC))
+        .find(|&at| bytes::u32_at(search, at) == Some(MULTIBOOT2_MAGIC))
     else {
         return Ok(None);
     };
-    let field = |o: usize| read_u32(kernel, at + o).ok_or(LoadError::BadChecksum);
+    let field = |o: usize| bytes::u32_at(kernel, at + o).ok_or(LoadError::BadChecksum);
     let (arch, length, checksum) = (field(4)?, field(8)?, field(12)?);
     let sum = MULTIBOOT2_MAGIC
         .wrapping_add(arch)
@@ -259,9 +259,9 @@ fn multiboot2_header(kernel: &[u8]) -> Result<Option<Mb2Header>, LoadError> {
     let mut header = Mb2Header { entry: None };
     let mut tag = at + 16;
     while tag + 8 <= end {
-        let kind = read_u16(kernel, tag).unwrap_or(0);
-        let flags = read_u16(kernel, tag + 2).unwrap_or(0);
-        let size = read_u32(kernel, tag + 4).unwrap_or(0) as usize;
+        let kind = bytes::u16_at(kernel, tag).unwrap_or(0);
+        let flags = bytes::u16_at(kernel, tag + 2).unwrap_or(0);
+        let size = bytes::u32_at(kernel, tag + 4).unwrap_or(0) as usize;
         let optional = flags & mb2_tag::OPTIONAL != 0;
         // A tag lies inside the header (spec 3.1.3): its size bounds every
         // loop over it, so it is checked first.
@@ -273,13 +273,13 @@ fn multiboot2_header(kernel: &[u8]) -> Result<Option<Mb2Header>, LoadError> {
             mb2_tag::END => break,
             mb2_tag::INFORMATION_REQUEST if !optional => {
                 let requested = (tag + 8..tag_end).step_by(4);
-                for r in requested.filter_map(|o| read_u32(kernel, o)) {
+                for r in requested.filter_map(|o| bytes::u32_at(kernel, o)) {
                     if !MB2_PROVIDED.contains(&r) {
                         return Err(LoadError::UnsupportedFlags(r));
                     }
                 }
             }
-            mb2_tag::ENTRY_ADDRESS => header.entry = read_u32(kernel, tag + 8),
+            mb2_tag::ENTRY_ADDRESS => header.entry = bytes::u32_at(kernel, tag + 8),
             mb2_tag::ADDRESS if !optional => return Err(LoadError::UnsupportedFlags(1 << 16)),
             mb2_tag::INFORMATION_REQUEST
             | mb2_tag::CONSOLE_FLAGS
@@ -346,10 +346,10 @@ fn find_header(kernel: &[u8]) -> Result<u32, LoadError> {
     let search = kernel.get(..HEADER_SEARCH.min(kernel.len())).unwrap_or(&[]);
     let header = (0..search.len())
         .step_by(4)
-        .find(|&at| read_u32(search, at) == Some(MULTIBOOT_MAGIC))
+        .find(|&at| bytes::u32_at(search, at) == Some(MULTIBOOT_MAGIC))
         .ok_or(LoadError::NoHeader)?;
-    let flags = read_u32(kernel, header + 4).ok_or(LoadError::NoHeader)?;
-    let checksum = read_u32(kernel, header + 8).ok_or(LoadError::NoHeader)?;
+    let flags = bytes::u32_at(kernel, header + 4).ok_or(LoadError::NoHeader)?;
+    let checksum = bytes::u32_at(kernel, header + 8).ok_or(LoadError::NoHeader)?;
     if MULTIBOOT_MAGIC.wrapping_add(flags).wrapping_add(checksum) != 0 {
         return Err(LoadError::BadChecksum);
     }
@@ -380,18 +380,22 @@ fn elf_segments(elf: &[u8]) -> Result<Vec<Segment>, LoadError> {
     if elf.get(..4) != Some(b"\x7fELF") || elf.get(5) != Some(&1) {
         return Err(LoadError::NotElf);
     }
-    let class64 = match (elf.get(4), read_u16(elf, 18)) {
+    let class64 = match (elf.get(4), bytes::u16_at(elf, 18)) {
         (Some(1), Some(3)) => false,
         (Some(2), Some(62)) => true,
         _ => return Err(LoadError::NotElf),
     };
     let (phoff, phentsize, phnum) = if class64 {
-        (read_u64(elf, 32), read_u16(elf, 54), read_u16(elf, 56))
+        (
+            bytes::u64_at(elf, 32),
+            bytes::u16_at(elf, 54),
+            bytes::u16_at(elf, 56),
+        )
     } else {
         (
-            read_u32(elf, 28).map(u64::from),
-            read_u16(elf, 42),
-            read_u16(elf, 44),
+            bytes::u32_at(elf, 28).map(u64::from),
+            bytes::u16_at(elf, 42),
+            bytes::u16_at(elf, 44),
         )
     };
     let bad = LoadError::BadElf("program header table");
@@ -408,19 +412,19 @@ fn elf_segments(elf: &[u8]) -> Result<Vec<Segment>, LoadError> {
             .and_then(|o| usize::try_from(o).ok())
             .ok_or(bad)?;
         let ph = slice(elf, at as u64, u64::from(phentsize), "program header")?;
-        if read_u32(ph, 0) != Some(PT_LOAD) {
+        if bytes::u32_at(ph, 0) != Some(PT_LOAD) {
             continue;
         }
         let s = if class64 {
             Segment {
-                offset: read_u64(ph, 8).ok_or(bad)?,
-                vaddr: read_u64(ph, 16).ok_or(bad)?,
-                paddr: read_u64(ph, 24).ok_or(bad)?,
-                filesz: read_u64(ph, 32).ok_or(bad)?,
-                memsz: read_u64(ph, 40).ok_or(bad)?,
+                offset: bytes::u64_at(ph, 8).ok_or(bad)?,
+                vaddr: bytes::u64_at(ph, 16).ok_or(bad)?,
+                paddr: bytes::u64_at(ph, 24).ok_or(bad)?,
+                filesz: bytes::u64_at(ph, 32).ok_or(bad)?,
+                memsz: bytes::u64_at(ph, 40).ok_or(bad)?,
             }
         } else {
-            let field = |o| read_u32(ph, o).map(u64::from).ok_or(bad);
+            let field = |o| bytes::u32_at(ph, o).map(u64::from).ok_or(bad);
             Segment {
                 offset: field(4)?,
                 vaddr: field(8)?,
@@ -447,9 +451,9 @@ fn elf_segments(elf: &[u8]) -> Result<Vec<Segment>, LoadError> {
 /// is moved by its segment's (paddr - vaddr), as GRUB does.
 fn elf_entry(elf: &[u8], segments: &[Segment]) -> Result<u32, LoadError> {
     let entry = if elf.get(4) == Some(&2) {
-        read_u64(elf, 24)
+        bytes::u64_at(elf, 24)
     } else {
-        read_u32(elf, 24).map(u64::from)
+        bytes::u32_at(elf, 24).map(u64::from)
     }
     .ok_or(LoadError::BadElf("entry"))?;
     let physical = segments

@@ -1,8 +1,10 @@
-//! Bounds-checked little-endian reads from byte slices.
+//! Bounds-checked little-endian fields of byte slices.
 //!
-//! Firmware tables and boot-loader blocks are untrusted input: every read goes
-//! through these helpers, which return `None` instead of panicking when the
-//! slice is too short.
+//! Firmware tables, boot-loader blocks and the kernel images a VM boots are
+//! untrusted input: every read goes through these helpers, which return
+//! `None` instead of panicking when the slice is too short. [`put`] writes
+//! the fields of the tables Atoll builds itself (a VM's ACPI tables and
+//! boot parameters).
 
 /// Reads a `u8` at `offset`.
 pub fn u8_at(bytes: &[u8], offset: usize) -> Option<u8> {
@@ -22,6 +24,15 @@ pub fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
 /// Reads a little-endian `u64` at `offset`.
 pub fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
     array_at::<8>(bytes, offset).map(u64::from_le_bytes)
+}
+
+/// Copies `bytes` to `buf[offset..]`. Callers pass offsets of their own
+/// layouts, inside `buf`; a field that would not fit is left out.
+pub fn put(buf: &mut [u8], offset: usize, bytes: &[u8]) {
+    let end = offset.saturating_add(bytes.len());
+    if let Some(field) = buf.get_mut(offset..end) {
+        field.copy_from_slice(bytes);
+    }
 }
 
 /// Copies `N` bytes starting at `offset`.
@@ -61,6 +72,17 @@ mod tests {
         assert_eq!(u64_at(&b, 0), None);
         assert_eq!(u16_at(&b, usize::MAX), None);
         assert_eq!(slice_at(&b, usize::MAX, 2), None);
+    }
+
+    #[test]
+    fn put_writes_fields_that_fit_and_leaves_out_the_rest() {
+        let mut b = [0u8; 6];
+        put(&mut b, 1, &[1, 2]);
+        put(&mut b, 4, &[3, 4, 5]);
+        put(&mut b, usize::MAX, &[6]);
+        assert_eq!(b, [0, 1, 2, 0, 0, 0]);
+        put(&mut b, 4, &[3, 4]);
+        assert_eq!(b, [0, 1, 2, 0, 3, 4]);
     }
 
     #[test]
