@@ -1,4 +1,4 @@
-//! Hostile guests (../shared/docs/bad-inputs.md): each case of the
+//! Hostile guests (tests/docs/hostile-inputs.md): each case of the
 //! `hostile` test guest runs in its own VM next to two `heartbeat` VMs, one
 //! in the same node and one in the other. Every case must end with its VM
 //! stopped (`vm_stopped` with the reason), faulted (`vm_fault`, and the

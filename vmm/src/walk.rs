@@ -2,7 +2,7 @@
 //! guest-physical one, the way the guest's own MMU would, for fetching the
 //! instruction behind an MMIO exit. Every table entry is read through
 //! [`GuestMemory`] (bounds-checked); a table outside RAM or an absent entry
-//! is an error, never a guess (bad-inputs.md, item 2).
+//! is an error, never a guess (tests/docs/hostile-inputs.md, class 2).
 
 use crate::addr::GuestPhysAddr;
 use crate::memory::GuestMemory;
