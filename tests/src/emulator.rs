@@ -1,6 +1,6 @@
 //! The two emulators and their quirks.
 //!
-//! Bochs (Debian's build, platform.md):
+//! Bochs (Debian's build of 2.7):
 //! - it has its debugger compiled in and stops at the first instruction
 //!   unless started with `-rc` naming a file that says `c` (continue);
 //! - `display_library: term` is the only headless display: it opens its own

@@ -54,7 +54,7 @@ impl EventsDoc {
             .keys()
             .map(String::as_str)
             // `vm` is what a consumer adds to a guest's event (the VM's
-            // console prefix); EVENTS.md states the rule once.
+            // console prefix); hypervisor/EVENTS.md states the rule once.
             .filter(|k| *k != "ev" && *k != "vm" && !fields.contains(*k))
             .collect();
         (!missing.is_empty()).then(|| {
@@ -100,7 +100,10 @@ mod tests {
     fn the_real_document_lists_the_core_events() {
         let doc = EventsDoc::load().unwrap();
         for name in ["boot", "panic", "poweroff", "error", "config", "cpu_found"] {
-            assert!(doc.events.contains_key(name), "EVENTS.md lacks {name}");
+            assert!(
+                doc.events.contains_key(name),
+                "hypervisor/EVENTS.md lacks {name}"
+            );
         }
         assert!(doc.events["panic"].contains("line"));
     }

@@ -1,4 +1,4 @@
-//! Hostile guests (../shared/docs/bad-inputs.md): each case of the
+//! Hostile guests (tests/docs/hostile-inputs.md): each case of the
 //! `hostile` test guest runs in its own VM next to two `heartbeat` VMs, one
 //! in the same node and one in the other. Every case must end with its VM
 //! stopped (`vm_stopped` with the reason), faulted (`vm_fault`, and the
@@ -22,7 +22,8 @@ enum Expect {
 
 use Expect::*;
 
-const CASES: &[(&str, Expect)] = &[
+/// Memory the VM does not own, and device accesses Atoll does not decode.
+const MEMORY_CASES: &[(&str, Expect)] = &[
     ("write-above-ram", Stopped("ept_violation")),
     ("read-above-ram", Stopped("ept_violation")),
     ("fetch-above-ram", Stopped("ept_violation")),
@@ -33,6 +34,11 @@ const CASES: &[(&str, Expect)] = &[
     ("write-apic-mmio", Stopped("mmio_unsupported")),
     ("host-address-is-own-ram", Refused),
     ("mmio-unsupported-instruction", Stopped("mmio_unsupported")),
+];
+
+/// MSR, control-register and VMX instructions the guest may not execute:
+/// each a fault injected into the guest.
+const MSR_AND_CR_CASES: &[(&str, Expect)] = &[
     ("wrmsr-unknown", Faulted(13)),
     ("rdmsr-unknown", Faulted(13)),
     ("efer-reserved-bit", Faulted(13)),
@@ -47,6 +53,10 @@ const CASES: &[(&str, Expect)] = &[
     ("cr4-vmxe", Faulted(13)),
     ("xsetbv-without-x87", Faulted(13)),
     ("vmxon", Faulted(6)),
+];
+
+/// Crashes stop the VM; bad hypercalls are refused with error codes.
+const CRASH_AND_HYPERCALL_CASES: &[(&str, Expect)] = &[
     ("triple-fault", Stopped("triple_fault")),
     ("halt-forever", Stopped("halted_forever")),
     ("string-io", Stopped("string_io")),
@@ -54,6 +64,11 @@ const CASES: &[(&str, Expect)] = &[
     ("hypercall-boundaries", Refused),
     ("hypercall-random", Refused),
     ("hypercall-random-all-vcpus", Refused),
+];
+
+/// Exit, interrupt and signal storms, absorbed while the neighbours run;
+/// and hostile virtio rings, refused.
+const STORM_CASES: &[(&str, Expect)] = &[
     ("io-storm", Refused),
     ("cpuid-storm", Refused),
     ("interrupt-storm", Refused),
@@ -263,28 +278,76 @@ fn run_batch(cases: &[(&str, Expect)], beats: u32) -> RunOutcome {
 
 #[test]
 fn the_suite_has_at_least_45_cases() {
-    let all = [CASES, PLATFORM_CASES, CROSS_CPU_CASES, VIRTIO_CASES];
-    assert!(all.iter().map(|cases| cases.len()).sum::<usize>() >= 45);
+    assert!(BATCHES.iter().map(|cases| cases.len()).sum::<usize>() >= 45);
+}
+
+/// Every batch of cases, each run by one test below.
+const BATCHES: [&[(&str, Expect)]; 7] = [
+    MEMORY_CASES,
+    MSR_AND_CR_CASES,
+    CRASH_AND_HYPERCALL_CASES,
+    STORM_CASES,
+    PLATFORM_CASES,
+    CROSS_CPU_CASES,
+    VIRTIO_CASES,
+];
+
+/// The cases the `hostile` guest has: the names in its `CASES` table.
+fn guest_cases() -> Vec<&'static str> {
+    let source = include_str!("../../guest-images/tests/src/bin/hostile.rs");
+    let table = source
+        .split_once("const CASES: &[(&str, Case)] = &[")
+        .and_then(|(_, rest)| rest.split_once("\n];"))
+        .map(|(table, _)| table)
+        .expect("the guest's CASES table");
+    table
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("(\""))
+        .filter_map(|rest| rest.split_once('"').map(|(name, _)| name))
+        .collect()
+}
+
+/// Each case is in one batch and the guest has it; every guest case but
+/// the one the restart test runs is in a batch.
+#[test]
+fn the_batches_name_every_guest_case_once() {
+    let guest = guest_cases();
+    assert!(guest.len() >= 45, "{guest:?}");
+    let batched: Vec<&str> = BATCHES
+        .iter()
+        .flat_map(|b| b.iter().map(|(c, _)| *c))
+        .collect();
+    for case in &batched {
+        assert!(guest.contains(case), "the guest has no case {case}");
+        let times = batched.iter().filter(|c| *c == case).count();
+        assert_eq!(times, 1, "{case} is in {times} batches");
+    }
+    let unbatched: Vec<&str> = guest
+        .iter()
+        .copied()
+        .filter(|c| !batched.contains(c))
+        .collect();
+    assert_eq!(unbatched, ["ram-zeroed-at-start"]);
 }
 
 #[test]
 fn memory_the_vm_does_not_own() {
-    run_batch(&CASES[0..8], 40);
+    run_batch(MEMORY_CASES, 40);
 }
 
 #[test]
 fn msr_and_control_register_writes() {
-    run_batch(&CASES[8..22], 40);
+    run_batch(MSR_AND_CR_CASES, 40);
 }
 
 #[test]
 fn crashes_and_hypercalls() {
-    run_batch(&CASES[22..29], 40);
+    run_batch(CRASH_AND_HYPERCALL_CASES, 40);
 }
 
 #[test]
 fn storms() {
-    run_batch(&CASES[29..], 120);
+    run_batch(STORM_CASES, 120);
 }
 
 #[test]

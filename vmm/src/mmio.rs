@@ -4,8 +4,8 @@
 //! out its data move against the device.
 //!
 //! Only the MOV forms compilers and drivers use on device registers are
-//! decoded (bad-inputs.md item 1: decode only what you support; everything
-//! else stops the VM):
+//! decoded (tests/docs/hostile-inputs.md, class 1: decode only what you
+//! support; everything else stops the VM):
 //!
 //! | opcode | form |
 //! |---|---|

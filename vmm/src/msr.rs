@@ -507,9 +507,22 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_access_gets_an_answer(msr: u32, value: u64, efer: u64, paging: bool) {
-            let mut m = GuestMsrs::default();
-            let _ = read(&m, msr);
-            let _ = write(&mut m, WriteContext { efer, paging }, msr, value);
+            // Also the low and the 0xC000_0000 ranges, where most
+            // architectural MSRs are.
+            for msr in [msr, msr & 0x1ff, 0xc000_0000 | (msr & 0x1ff)] {
+                let mut m = GuestMsrs::default();
+                let _ = read(&m, msr);
+                let before = m.clone();
+                match write(&mut m, WriteContext { efer, paging }, msr, value) {
+                    // A refused write changes nothing.
+                    Write::Fault => proptest::prop_assert_eq!(&m, &before),
+                    // A stored value is what the guest reads back.
+                    Write::Stored => {
+                        proptest::prop_assert_eq!(read(&m, msr), Read::Value(value), "{:#x}", msr);
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! guest-physical one, the way the guest's own MMU would, for fetching the
 //! instruction behind an MMIO exit. Every table entry is read through
 //! [`GuestMemory`] (bounds-checked); a table outside RAM or an absent entry
-//! is an error, never a guess (bad-inputs.md, item 2).
+//! is an error, never a guess (tests/docs/hostile-inputs.md, class 2).
 
 use crate::addr::GuestPhysAddr;
 use crate::memory::GuestMemory;
@@ -212,7 +212,10 @@ mod tests {
                 put(&mut m, (i as u64) * 8 * 4, *w);
             }
             let p = Paging { cr0: CR0_PG | 1, cr3, cr4, efer };
-            let _ = translate(&m, &p, linear);
+            // Every page size (4 KiB up) keeps the offset in its page.
+            if let Ok(gpa) = translate(&m, &p, linear) {
+                proptest::prop_assert_eq!(gpa.0 & 0xfff, linear & 0xfff);
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What a node's page tables map, and with which rights: the hardware half
-//! of node isolation (architecture.md, "Invariants"). The hypervisor maps
+//! of node isolation (hypervisor/DESIGN.md, "What a node's page tables
+//! map"). The hypervisor maps
 //! exactly the regions [`node_regions`] yields; the tests below check that
 //! no node can reach another node's memory and that nothing but code is
 //! executable.

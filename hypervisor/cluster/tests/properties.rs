@@ -663,8 +663,11 @@ proptest! {
             ram: ram.iter().map(|&(s, l)| PhysRange::new(s, l)).collect(),
             reserved: reserved.iter().map(|&(s, l)| PhysRange::new(s, l)).collect(),
         };
-        if let Ok(p) = plan(&config, &t) {
-            check_axioms(&config, &t, &p)?;
+        match plan(&config, &t) {
+            Ok(p) => check_axioms(&config, &t, &p)?,
+            // A topology the planner cannot use is reported like a bad
+            // config: located, with a fix, in order, bounded.
+            Err(e) => well_formed(&e, "a.toml", &text)?,
         }
     }
 }

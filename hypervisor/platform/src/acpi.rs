@@ -734,14 +734,33 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn random_madt_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
-            let _ = Madt::parse(&table(b"APIC", &body));
+            if let Ok(madt) = Madt::parse(&table(b"APIC", &body)) {
+                // Each CPU once: a repeated APIC ID is refused, not listed.
+                let mut ids: Vec<u32> = madt.cpus.iter().map(|c| c.apic_id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                proptest::prop_assert_eq!(ids.len(), madt.cpus.len());
+            }
         }
 
         #[test]
         fn random_aml_never_panics(body in proptest::collection::vec(0u8..20, 0..300)) {
             let mut aml = body.clone();
             aml.splice(0..0, [0x08, b'_', b'S', b'5', b'_', 0x12]);
-            let _ = find_s5_package(&table(b"DSDT", &aml));
+            let found = find_s5_package(&table(b"DSDT", &aml));
+            // The values come from the package, never from elsewhere: the
+            // body's bytes are all below 20.
+            if let Some((a, b)) = found {
+                proptest::prop_assert!(a < 20 && b < 20, "{a} {b}");
+            }
+            // A one-byte PkgLength (lead below 0x40), NumElements, then a
+            // ZeroOp or OneOp: that is SLP_TYPa.
+            if let (Some(&lead), Some(&first)) = (body.first(), body.get(2))
+                && lead < 0x40
+                && first <= 1
+            {
+                proptest::prop_assert_eq!(found.map(|(a, _)| a), Some(first));
+            }
         }
     }
 }

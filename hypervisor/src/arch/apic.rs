@@ -126,8 +126,8 @@ fn x2apic_msr(offset: u64) -> u32 {
     X2APIC_MSR_BASE + (offset >> 4) as u32
 }
 
-/// Enables this CPU's APIC (never disabling it: Bochs ignores re-enabling,
-/// platform.md) and accepts all interrupt priorities.
+/// Enables this CPU's APIC (never disabling it: Bochs 2.7 ignores
+/// re-enabling) and accepts all interrupt priorities.
 pub fn init_local() {
     // SAFETY: as in `base`; setting the global-enable bit (already set by
     // firmware on every machine we know), then the x2APIC bit when the

@@ -90,7 +90,7 @@ pub fn raise_invalid_opcode() -> ! {
 }
 
 /// The time-stamp counter (SDM Vol. 3B, 19.17): cycles in hardware, about
-/// one tick per instruction in Bochs (platform.md).
+/// one tick per emulated instruction in Bochs 2.7.
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the counter; CR4.TSD is clear, so it is
     // allowed at CPL 0 (and everywhere).

@@ -1,5 +1,5 @@
 //! The decoder, one case per accepted encoding and per refused one
-//! (bad-inputs.md item 1), then `emulate` end to end against a fake bus.
+//! (tests/docs/hostile-inputs.md, class 1), then `emulate` end to end against a fake bus.
 //! Encodings follow SDM Vol. 2A chapter 2 and the MOV / MOVZX pages of
 //! Vol. 2B; the set covers the forms of Jailhouse's x86 MMIO access tests
 //! (64- and 32-bit) and the readb..writeq forms Linux emits.

@@ -1,6 +1,6 @@
 //! The `hostile` test guest: one misbehaviour per run, chosen by the
 //! command line (`case=NAME`; the cases are the table below, each named
-//! after the class of guest input it exercises, ../shared/docs/bad-inputs.md).
+//! after the class of guest input it exercises, tests/docs/hostile-inputs.md).
 //!
 //! Each case ends one of three ways, which the tests check:
 //! - Atoll stops the VM (`vm_stopped` with a reason);
@@ -99,7 +99,7 @@ const CASES: &[(&str, Case)] = &[
         signal_flood(arg(i.cmdline(), "count").unwrap_or(10_000))
     }),
     ("init-sipi-to-missing-vcpus", |_| init_sipi_missing()),
-    // Virtio rings (bad-inputs 8): the device refuses, then still works.
+    // Virtio rings (tests/docs/hostile-inputs.md, class 8): the device refuses, then still works.
     ("virtio-rings", |_| virtio_rings()),
     // Device work in slices: many multi-MiB requests in one notification
     // complete with the right data while the neighbours run.
@@ -317,7 +317,7 @@ fn hypercall_random() -> u32 {
 
 static RANDOM_DONE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
-/// The same from every vCPU at once (bad-inputs.md item 3).
+/// The same from every vCPU at once (tests/docs/hostile-inputs.md, class 3).
 fn hypercall_random_all_vcpus() -> u32 {
     x2apic::enable();
     let cpus = u32::from(atoll_guest_rt::fw_cfg::cpus()).max(1);

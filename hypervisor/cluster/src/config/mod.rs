@@ -32,8 +32,9 @@
 
 mod error;
 mod nesting;
-mod parse;
 mod read;
+mod schema;
+mod tables;
 
 pub use error::{
     ConfigError, ErrorKind, Located, Location, MAX_ERRORS, MAX_LISTED, MAX_SHOWN, listed, shown,
@@ -327,7 +328,7 @@ impl ClusterConfig {
             list.push(e);
             return Err(list);
         }
-        parse::parse(file_name, text, skip)
+        tables::parse(file_name, text, skip)
     }
 
     pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {

@@ -15,28 +15,7 @@ use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
 use super::error::{ConfigError, ErrorKind, ErrorList, Located, Location, SourceMap, shown};
-
-/// A key the language has, with an example and a description used in fixes.
-pub(crate) struct Key {
-    pub name: &'static str,
-    /// A complete line, e.g. `cpus = [0, 1]`.
-    pub example: &'static str,
-    /// What the key means, for the "add it" fix of a missing key.
-    pub meaning: &'static str,
-}
-
-/// A kind of table (`[[node]]`, ...) and the keys it may hold.
-pub(crate) struct Section {
-    /// How the table is written, e.g. `[[node]]`.
-    pub header: &'static str,
-    pub keys: &'static [Key],
-}
-
-impl Section {
-    pub(crate) fn key(&self, name: &str) -> Option<&'static Key> {
-        self.keys.iter().find(|k| k.name == name)
-    }
-}
+use super::schema::{Key, Presence, Section};
 
 /// A table being read.
 pub(crate) struct Table<'t, 'i> {
@@ -157,12 +136,18 @@ impl<'s> Reader<'s> {
         })
     }
 
-    /// The value of `key` in `table`, if present.
+    /// The value of an optional `key` in `table`, if present.
     pub(crate) fn optional<'t, 'i>(
         &self,
         table: &Table<'t, 'i>,
         key: &'static Key,
     ) -> Option<Field<'t, 'i>> {
+        debug_assert_ne!(key.presence, Presence::Required, "{} is required", key.name);
+        self.lookup(table, key)
+    }
+
+    /// The value of `key` in `table`, whatever the key's presence.
+    fn lookup<'t, 'i>(&self, table: &Table<'t, 'i>, key: &'static Key) -> Option<Field<'t, 'i>> {
         table
             .entries
             .iter()
@@ -181,7 +166,8 @@ impl<'s> Reader<'s> {
         key: &'static Key,
         owner: &str,
     ) -> Option<Field<'t, 'i>> {
-        let field = self.optional(table, key);
+        debug_assert_eq!(key.presence, Presence::Required, "{} is optional", key.name);
+        let field = self.lookup(table, key);
         if field.is_none() && !table.misspelt(key.name) {
             let mut at = table.at.clone();
             at.key = format!("{}.{}", table.path, key.name);
@@ -195,7 +181,9 @@ impl<'s> Reader<'s> {
         field
     }
 
-    fn wrong_type(&mut self, field: &Field<'_, '_>, expected: &str) {
+    /// Reports `field` as not being `expected` ("a string"), with the
+    /// key's example as the fix.
+    pub(crate) fn wrong_type(&mut self, field: &Field<'_, '_>, expected: &str) {
         self.report(
             &field.at,
             ErrorKind::WrongType,
