@@ -12,7 +12,7 @@ mod arch;
 mod boot;
 mod console;
 mod devwork;
-mod exits;
+mod exit_env;
 mod hypercalls;
 mod node;
 mod sched;

@@ -33,7 +33,7 @@ use x86::vmx::vmcs::{control, guest};
 use crate::arch::fpu::FpuArea;
 use crate::arch::{apic, cpu, percpu, shared, vmx};
 use crate::console;
-use crate::exits::Env;
+use crate::exit_env::Env;
 use crate::node::Node;
 use crate::vcpu::{Vcpu, VcpuState, VmcsTemplate};
 use crate::vm::{Boot, End, Vm};
@@ -581,7 +581,7 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
         }
         Outcome::Resume => write_back(node, slot, &regs),
         Outcome::Inject(fault) => {
-            crate::exits::report_fault(node, vm, slot.vcpu.id, fault, &regs);
+            crate::exit_env::report_fault(node, vm, slot.vcpu.id, fault, &regs);
             inject(fault) && write_back(node, slot, &regs)
         }
         // The slice ended, or a hypercall blocked the vCPU (its RIP and

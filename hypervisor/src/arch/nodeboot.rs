@@ -22,7 +22,7 @@ use super::kmem::{IST_STACK_BYTES, KernelLayout, KernelMemory};
 use super::percpu::{self, PerCpu};
 use super::status;
 use super::trampoline::{StartArgs, Trampoline};
-use super::{apic, image, paging, sharedmem, time};
+use super::{apic, paging, sections, sharedmem, time};
 use crate::console;
 use crate::node::{BootState, Node, NodeStart};
 use crate::selftest;
@@ -254,7 +254,7 @@ fn build_tables(
     layout: &KernelLayout,
 ) -> Result<u64, MapError> {
     let mut tables = PageTables::new(kmem)?;
-    let image = image::layout();
+    let image = sections::layout();
     node_regions(&boot.plan, index, &image, layout, apic::base(), |r| {
         tables.identity_map(r.start, r.end - r.start, r.flags)
     })?;
