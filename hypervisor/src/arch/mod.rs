@@ -10,6 +10,7 @@ pub mod fpu;
 pub mod gdt;
 pub mod guestram;
 pub mod heap;
+pub mod hooks;
 pub mod idt;
 pub mod images;
 pub mod kmem;
