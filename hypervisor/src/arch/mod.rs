@@ -29,6 +29,7 @@ pub mod sharedmem;
 pub mod status;
 pub mod time;
 pub mod trampoline;
+pub mod vmcs;
 pub mod vmx;
 
 /// The multiboot2 boot information block, as a byte slice.
