@@ -186,7 +186,7 @@ fn discover_topology(
         .filter(|r| r.kind == MemoryKind::Available)
         .map(|r| PhysRange::new(r.base.0, r.len))
         .collect();
-    let image = arch::image::layout();
+    let image = arch::sections::layout();
     let mut reserved = alloc::vec![
         PhysRange::new(0, 0x1000),
         PhysRange::new(image.start, image.end - image.start),

@@ -3,16 +3,23 @@
 //! GRUB loads it through multiboot2; `arch::entry` switches to 64-bit mode
 //! and calls [`start`], which hands over to [`boot::run`]. See
 //! `hypervisor/DESIGN.md` for the boot flow and the arch/logic split.
+//!
+//! `unsafe` is a compile error everywhere in this crate but `arch`: the
+//! allowance below is the only one. The panic handler and [`start`] are
+//! safe code; the entry points that need `unsafe` (the multiboot2 entry,
+//! the AP trampoline, the interrupt and exception stubs) live in `arch`.
 #![no_std]
 #![no_main]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
+#[allow(unsafe_code)]
 mod arch;
 mod boot;
 mod console;
 mod devwork;
-mod exits;
+mod exit_env;
 mod hypercalls;
 mod node;
 mod sched;

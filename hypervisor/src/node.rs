@@ -90,6 +90,33 @@ pub struct NodeKernel {
 }
 
 impl Node {
+    /// A fresh node record around the parts arch built for it
+    /// (`arch::hooks::new_node`): no VMs, no plan copy, nothing pending.
+    pub fn new(
+        boot: &'static BootState,
+        index: usize,
+        heap: NodeHeap,
+        page_root: u64,
+        status: &'static StatusPage,
+        layout: KernelLayout,
+    ) -> Node {
+        Node {
+            index,
+            boot,
+            heap,
+            plan: Once::new(),
+            page_root,
+            status,
+            kmem: Mutex::new(KernelMemory::empty()),
+            layout,
+            pending: [const { AtomicU64::new(0) }; status::MAX_NODES],
+            test: selftest::NodeTest::new(),
+            kick_pending: [const { AtomicBool::new(false) }; crate::arch::biglock::MAX_NODE_CPUS],
+            vms: Once::new(),
+            kernel: BigLock::new(NodeKernel::default()),
+        }
+    }
+
     /// Runs `f` on the devices of the node's VM `local` with the node lock
     /// held. `None` if the lock refused this CPU (it already holds it: a
     /// bug) or there is no such VM; callers then act as if no device

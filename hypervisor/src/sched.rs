@@ -28,12 +28,12 @@ use atoll_vmm::dispatch::{self, Fault, Outcome, StopReason};
 use atoll_vmm::exit::{Exit, ExitReason, Registers, gpr};
 use atoll_vmm::lapic::Lapic;
 use atoll_vmm::msr::GuestMsrs;
-use x86::vmx::vmcs::{control, guest};
 
 use crate::arch::fpu::FpuArea;
+use crate::arch::vmcs::{self as fields, GuestReg};
 use crate::arch::{apic, cpu, percpu, shared, vmx};
 use crate::console;
-use crate::exits::Env;
+use crate::exit_env::Env;
 use crate::node::Node;
 use crate::vcpu::{Vcpu, VcpuState, VmcsTemplate};
 use crate::vm::{Boot, End, Vm};
@@ -538,18 +538,15 @@ fn inject_pending_interrupt(slot: &mut Slot) {
         slot.vcpu.set_interrupt_window(false);
         return;
     };
-    let injecting = vmx::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) != 0;
-    let open = vmx::read(guest::RFLAGS) & (1 << 9) != 0
-        && vmx::read(guest::INTERRUPTIBILITY_STATE) & 0x3 == 0;
+    let injecting = fields::entry_interruption() & vmcs::interruption::VALID != 0;
+    let open = fields::guest_reg(GuestReg::Rflags) & vmcs::RFLAGS_IF != 0
+        && fields::interruptibility() & vmcs::BLOCKING_STI_MOV_SS == 0;
     if injecting || !open {
         slot.vcpu.set_interrupt_window(true);
         return;
     }
     // External interrupt, type 0, valid (SDM 26.6.1.1).
-    let _ = vmx::write(
-        control::VMENTRY_INTERRUPTION_INFO_FIELD,
-        u64::from(vector) | (1 << 31),
-    );
+    let _ = fields::set_entry_interruption(vmcs::interruption::external_interrupt(vector), None);
     slot.lapic.acknowledge(vector);
     slot.vcpu.set_interrupt_window(false);
 }
@@ -581,7 +578,7 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
         }
         Outcome::Resume => write_back(node, slot, &regs),
         Outcome::Inject(fault) => {
-            crate::exits::report_fault(node, vm, slot.vcpu.id, fault, &regs);
+            crate::exit_env::report_fault(node, vm, slot.vcpu.id, fault, &regs);
             inject(fault) && write_back(node, slot, &regs)
         }
         // The slice ended, or a hypercall blocked the vCPU (its RIP and
@@ -661,12 +658,8 @@ fn block(node: &Node, slot: &Slot, regs: Registers) {
 /// Queues a hardware exception for the next entry (SDM 26.6.1.1: type 3,
 /// deliver error code, valid).
 fn inject(fault: Fault) -> bool {
-    let mut info = u64::from(fault.vector) | (3 << 8) | (1 << 31);
-    if let Some(code) = fault.error_code {
-        info |= 1 << 11;
-        let _ = vmx::write(control::VMENTRY_EXCEPTION_ERR_CODE, u64::from(code));
-    }
-    vmx::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, info).is_ok()
+    let info = vmcs::interruption::hardware_exception(fault.vector, fault.error_code.is_some());
+    fields::set_entry_interruption(info, fault.error_code).is_ok()
 }
 
 /// Completes MOV to CR0/CR4: the hardware value obeys the fixed bits, the
@@ -677,22 +670,19 @@ fn write_cr(cr: u8, value: u64, slot: &Slot) {
     let fixed = slot.vcpu.fixed();
     match cr {
         0 => {
-            let _ = vmx::write(guest::CR0, fixed.guest_cr0(value));
-            let _ = vmx::write(control::CR0_READ_SHADOW, value);
-            let efer = vmx::read(guest::IA32_EFER_FULL);
-            let (lme, lma) = (1 << 8, 1 << 10);
+            let _ = fields::set_guest_reg(GuestReg::Cr0, fixed.guest_cr0(value));
+            let _ = fields::set_cr0_shadow(value);
+            let efer = fields::guest_reg(GuestReg::Efer);
+            let (lme, lma) = (vmcs::efer::LME, vmcs::efer::LMA);
             let long = value & vmcs::cr0::PG != 0 && efer & lme != 0;
             let efer = if long { efer | lma } else { efer & !lma };
-            let _ = vmx::write(guest::IA32_EFER_FULL, efer);
-            let entry = vmx::read(control::VMENTRY_CONTROLS) as u32;
-            let _ = vmx::write(
-                control::VMENTRY_CONTROLS,
-                u64::from(vmcs::entry_controls(entry, long)),
-            );
+            let _ = fields::set_guest_reg(GuestReg::Efer, efer);
+            let entry = fields::entry_controls();
+            let _ = fields::set_entry_controls(vmcs::entry_controls(entry, long));
         }
         _ => {
-            let _ = vmx::write(guest::CR4, fixed.guest_cr4(value));
-            let _ = vmx::write(control::CR4_READ_SHADOW, value);
+            let _ = fields::set_guest_reg(GuestReg::Cr4, fixed.guest_cr4(value));
+            let _ = fields::set_cr4_shadow(value);
         }
     }
 }

@@ -7,9 +7,9 @@
 use atoll_platform::vmcs::{self, Controls, StartMode};
 use atoll_platform::vmx::VmxCaps;
 use atoll_vmm::exit::{Exit, Registers, gpr};
-use x86::vmx::vmcs::{control, guest};
 
 use crate::arch::kmem::KernelMemory;
+use crate::arch::vmcs::{self as fields, GuestReg};
 use crate::arch::vmx::{self, EntryFailed, GuestGprs, Vmcs, VmxFail};
 
 /// What a vCPU is doing between runs.
@@ -105,9 +105,9 @@ impl Vcpu {
         self.template.fixed
     }
 
-    /// The secondary processor-based controls it runs with.
-    pub fn secondary_controls(&self) -> u32 {
-        self.template.controls.secondary
+    /// The execution controls it runs with.
+    pub fn controls(&self) -> Controls {
+        self.template.controls
     }
 
     /// Makes this vCPU's VMCS current on this CPU.
@@ -124,31 +124,7 @@ impl Vcpu {
         self.vmcs.clear()?;
         self.vmcs.load()?;
         let t = &self.template;
-        let c = &t.controls;
-        for (field, value) in [
-            (control::PINBASED_EXEC_CONTROLS, c.pin),
-            (control::PRIMARY_PROCBASED_EXEC_CONTROLS, c.primary),
-            (control::SECONDARY_PROCBASED_EXEC_CONTROLS, c.secondary),
-            (control::VMEXIT_CONTROLS, c.exit),
-            (
-                control::VMENTRY_CONTROLS,
-                vmcs::entry_controls(c.entry, mode.long_mode()),
-            ),
-            (control::EXCEPTION_BITMAP, 0),
-            (control::CR3_TARGET_COUNT, 0),
-            (control::VMEXIT_MSR_STORE_COUNT, 0),
-            (control::VMEXIT_MSR_LOAD_COUNT, 0),
-            (control::VMENTRY_MSR_LOAD_COUNT, 0),
-            (control::VMENTRY_INTERRUPTION_INFO_FIELD, 0),
-        ] {
-            vmx::write(field, u64::from(value))?;
-        }
-        vmx::write(control::EPTP_FULL, t.eptp)?;
-        vmx::write(control::VPID, u64::from(t.vpid))?;
-        vmx::write_host_state()?;
-        for (field, value) in vmcs::initial_guest_state(mode, &t.fixed) {
-            vmx::write(field, value)?;
-        }
+        fields::write_initial(&t.controls, &t.fixed, t.eptp, t.vpid, mode)?;
         self.gprs = GuestGprs::default();
         self.launched = false;
         self.interrupt_window = false;
@@ -174,7 +150,7 @@ impl Vcpu {
         // Without "save preemption timer value" the field keeps what was
         // written, and each entry counts down from it afresh.
         if self.timer != Some(slice) {
-            let _ = vmx::write(guest::VMX_PREEMPTION_TIMER_VALUE, u64::from(slice));
+            let _ = fields::set_preemption_timer(slice);
             self.timer = Some(slice);
         }
         vmx::run(&mut self.gprs, self.launched)?;
@@ -187,11 +163,10 @@ impl Vcpu {
         if self.interrupt_window == on {
             return;
         }
-        let bit =
-            u64::from(x86::vmx::vmcs::control::PrimaryControls::INTERRUPT_WINDOW_EXITING.bits());
-        let controls = vmx::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+        let bit = vmcs::INTERRUPT_WINDOW_EXITING;
+        let controls = fields::primary_controls();
         let wanted = if on { controls | bit } else { controls & !bit };
-        if vmx::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, wanted).is_ok() {
+        if fields::set_primary_controls(wanted).is_ok() {
             self.interrupt_window = on;
         }
     }
@@ -199,16 +174,16 @@ impl Vcpu {
     /// The guest's registers after an exit (the VMCS must be current).
     pub fn registers(&self) -> Registers {
         let mut gpr = self.gprs.gpr;
-        gpr[gpr::RSP] = vmx::read(guest::RSP);
+        gpr[gpr::RSP] = fields::guest_reg(GuestReg::Rsp);
         Registers {
             gpr,
-            rip: vmx::read(guest::RIP),
-            rflags: vmx::read(guest::RFLAGS),
-            cr0: vmx::read(guest::CR0),
-            cr3: vmx::read(guest::CR3),
-            cr4: vmx::read(guest::CR4),
-            efer: vmx::read(guest::IA32_EFER_FULL),
-            cpl: ((vmx::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8,
+            rip: fields::guest_reg(GuestReg::Rip),
+            rflags: fields::guest_reg(GuestReg::Rflags),
+            cr0: fields::guest_reg(GuestReg::Cr0),
+            cr3: fields::guest_reg(GuestReg::Cr3),
+            cr4: fields::guest_reg(GuestReg::Cr4),
+            efer: fields::guest_reg(GuestReg::Efer),
+            cpl: fields::guest_cpl(),
         }
     }
 
@@ -217,19 +192,19 @@ impl Vcpu {
     /// guest's page tables). Fewer VMREADs than [`registers`](Self::registers).
     pub fn exit_registers(&mut self, paging: bool) -> Registers {
         let mut gpr = self.gprs.gpr;
-        gpr[gpr::RSP] = vmx::read(guest::RSP);
+        gpr[gpr::RSP] = fields::guest_reg(GuestReg::Rsp);
         let mut regs = Registers {
             gpr,
-            rip: vmx::read(guest::RIP),
-            rflags: vmx::read(guest::RFLAGS),
-            cpl: ((vmx::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8,
+            rip: fields::guest_reg(GuestReg::Rip),
+            rflags: fields::guest_reg(GuestReg::Rflags),
+            cpl: fields::guest_cpl(),
             ..Registers::default()
         };
         if paging {
-            regs.cr0 = vmx::read(guest::CR0);
-            regs.cr3 = vmx::read(guest::CR3);
-            regs.cr4 = vmx::read(guest::CR4);
-            regs.efer = vmx::read(guest::IA32_EFER_FULL);
+            regs.cr0 = fields::guest_reg(GuestReg::Cr0);
+            regs.cr3 = fields::guest_reg(GuestReg::Cr3);
+            regs.cr4 = fields::guest_reg(GuestReg::Cr4);
+            regs.efer = fields::guest_reg(GuestReg::Efer);
         }
         self.at_exit = [regs.gpr[gpr::RSP], regs.rip, regs.rflags];
         regs
@@ -243,16 +218,16 @@ impl Vcpu {
         let [rsp, rip, rflags] = self.at_exit;
         self.gprs.gpr = regs.gpr;
         if regs.gpr[gpr::RSP] != rsp {
-            vmx::write(guest::RSP, regs.gpr[gpr::RSP])?;
+            fields::set_guest_reg(GuestReg::Rsp, regs.gpr[gpr::RSP])?;
         }
         if regs.rflags != rflags {
-            vmx::write(guest::RFLAGS, regs.rflags)?;
+            fields::set_guest_reg(GuestReg::Rflags, regs.rflags)?;
         }
         if regs.rip != rip {
-            vmx::write(guest::RIP, regs.rip)?;
-            let blocking = vmx::read(guest::INTERRUPTIBILITY_STATE);
-            if blocking & 0x3 != 0 {
-                vmx::write(guest::INTERRUPTIBILITY_STATE, blocking & !0x3)?;
+            fields::set_guest_reg(GuestReg::Rip, regs.rip)?;
+            let blocking = fields::interruptibility();
+            if blocking & vmcs::BLOCKING_STI_MOV_SS != 0 {
+                fields::set_interruptibility(blocking & !vmcs::BLOCKING_STI_MOV_SS)?;
             }
         }
         self.at_exit = [regs.gpr[gpr::RSP], regs.rip, regs.rflags];

@@ -21,6 +21,57 @@ pub struct Controls {
     pub entry: u32,
 }
 
+impl Controls {
+    /// Whether the guest may use RDTSCP (secondary control "enable
+    /// RDTSCP", SDM 25.6.2).
+    pub fn rdtscp(&self) -> bool {
+        self.secondary & SecondaryControls::ENABLE_RDTSCP.bits() != 0
+    }
+
+    /// Whether the guest may use INVPCID (secondary control "enable
+    /// INVPCID").
+    pub fn invpcid(&self) -> bool {
+        self.secondary & SecondaryControls::ENABLE_INVPCID.bits() != 0
+    }
+}
+
+/// The primary control "interrupt-window exiting" (SDM 25.6.2).
+pub const INTERRUPT_WINDOW_EXITING: u32 = PrimaryControls::INTERRUPT_WINDOW_EXITING.bits();
+
+/// VM-entry interruption information (SDM 25.8.3, Table 25-17).
+pub mod interruption {
+    /// Bit 31: the field holds an event to inject.
+    pub const VALID: u32 = 1 << 31;
+    /// Bit 11: deliver an error code.
+    const DELIVER_ERROR_CODE: u32 = 1 << 11;
+    /// Bits 10:8, type 3: hardware exception (type 0 is an external interrupt).
+    const HARDWARE_EXCEPTION: u32 = 3 << 8;
+
+    /// An external interrupt with `vector` (SDM 26.6.1.1).
+    pub fn external_interrupt(vector: u8) -> u32 {
+        u32::from(vector) | VALID
+    }
+
+    /// A hardware exception with `vector`, with an error code or not.
+    pub fn hardware_exception(vector: u8, error_code: bool) -> u32 {
+        let code = if error_code { DELIVER_ERROR_CODE } else { 0 };
+        u32::from(vector) | HARDWARE_EXCEPTION | code | VALID
+    }
+}
+
+/// Interruptibility state bits 1:0, blocking by STI and by MOV SS
+/// (SDM 25.4.2, Table 25-3).
+pub const BLOCKING_STI_MOV_SS: u64 = 0x3;
+
+/// RFLAGS.IF (SDM Vol. 1, 3.4.3).
+pub const RFLAGS_IF: u64 = 1 << 9;
+
+/// EFER.LME and EFER.LMA (SDM Vol. 3A, 2.2.1).
+pub mod efer {
+    pub const LME: u64 = 1 << 8;
+    pub const LMA: u64 = 1 << 10;
+}
+
 /// A control Atoll needs that the processor cannot enable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MissingControl {
@@ -114,6 +165,9 @@ pub mod cr0 {
 /// CR4.VMXE (SDM Vol. 3A, 2.5): must stay set in VMX operation, in the
 /// guest's CR4 too; the guest sees it clear through the read shadow.
 pub const CR4_VMXE: u64 = 1 << 13;
+
+/// CR4.OSXSAVE (SDM Vol. 3A, 2.5): the OS enabled XSAVE.
+pub const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// The fixed-bit rules for guest control registers (SDM Vol. 3D, A.7-A.8),
 /// with PE and PG exempt under unrestricted guest (SDM 26.3.1.1).
@@ -304,9 +358,9 @@ struct StartSegments {
     gdt_limit: u64,
 }
 
-/// CR4.PAE and EFER.LME/LMA (SDM Vol. 3A, 2.5 and 2.2.1).
+/// CR4.PAE and EFER.LME/LMA together (SDM Vol. 3A, 2.5 and 2.2.1).
 const CR4_PAE: u64 = 1 << 5;
-const EFER_LME_LMA: u64 = 1 << 8 | 1 << 10;
+const EFER_LME_LMA: u64 = efer::LME | efer::LMA;
 
 fn start_segments(mode: StartMode) -> StartSegments {
     let flat = StartSegments {
@@ -388,6 +442,25 @@ mod tests {
         cr4_fixed0: 0x2000,
         cr4_fixed1: 0x0037_67ff,
     };
+
+    #[test]
+    fn interruption_info_encodes_sdm_table_25_17() {
+        // Vector in 7:0, type in 10:8, error-code bit 11, valid bit 31.
+        assert_eq!(interruption::external_interrupt(0x30), 0x8000_0030);
+        assert_eq!(interruption::hardware_exception(13, true), 0x8000_0b0d);
+        assert_eq!(interruption::hardware_exception(6, false), 0x8000_0306);
+    }
+
+    #[test]
+    fn rdtscp_and_invpcid_follow_the_secondary_controls() {
+        let c = controls(&skylake()).unwrap();
+        assert!(c.rdtscp() && c.invpcid());
+        let plain = Controls {
+            secondary: c.secondary & !((1 << 3) | (1 << 12)),
+            ..c
+        };
+        assert!(!plain.rdtscp() && !plain.invpcid());
+    }
 
     #[test]
     fn controls_include_what_atoll_needs_and_what_the_cpu_requires() {

@@ -200,5 +200,5 @@ extern "C" fn atoll_main(magic: u32, boot_info_addr: u64) -> ! {
             super::phys::BootMemory::new(),
         )
     };
-    crate::start(magic, boot_info, &memory)
+    super::hooks::start(magic, boot_info, &memory)
 }

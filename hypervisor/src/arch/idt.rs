@@ -241,7 +241,7 @@ extern "C" fn interrupt_entry(vector: u64) {
     if vector == super::apic::SPURIOUS_VECTOR {
         return; // SDM 11.9: a spurious interrupt gets no EOI.
     }
-    crate::node::on_interrupt(vector);
+    super::hooks::on_interrupt(vector);
     super::apic::eoi();
 }
 
@@ -256,7 +256,7 @@ extern "C" fn exception_entry(frame: &ExceptionFrame) -> ! {
     // SAFETY: reading CR2 has no side effects; we run at CPL 0.
     let cr2 = unsafe { x86::controlregs::cr2() };
     if frame.vector == PAGE_FAULT {
-        crate::node::on_page_fault(cr2 as u64, frame.rip, frame.error_code);
+        super::hooks::on_page_fault(cr2 as u64, frame.rip, frame.error_code);
     }
     panic!(
         "CPU exception {} (vector {}) error {:#x} at rip {:#x} rsp {:#x} cr2 {:#x} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x}",

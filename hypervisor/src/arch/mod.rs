@@ -10,8 +10,8 @@ pub mod fpu;
 pub mod gdt;
 pub mod guestram;
 pub mod heap;
+pub mod hooks;
 pub mod idt;
-pub mod image;
 pub mod images;
 pub mod kmem;
 pub mod nodeboot;
@@ -22,12 +22,14 @@ pub mod pic;
 pub mod pit;
 pub mod port;
 pub mod power;
+pub mod sections;
 pub mod serial;
 pub mod shared;
 pub mod sharedmem;
 pub mod status;
 pub mod time;
 pub mod trampoline;
+pub mod vmcs;
 pub mod vmx;
 
 /// The multiboot2 boot information block, as a byte slice.

@@ -9,23 +9,20 @@
 //! RAM, and clear of the image and boot modules. So a node may use its own
 //! ranges as it likes without aliasing anything else.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use atoll_cluster::isolation::node_regions;
 use atoll_cluster::plan::{NodePlan, Plan};
 use atoll_platform::paging::{MapError, PageTables};
-use spin::{Mutex, Once};
 
 use super::gdt::CpuTables;
 use super::heap::NodeHeap;
+use super::hooks::{self, BootState, Node, NodeStart};
 use super::kmem::{IST_STACK_BYTES, KernelLayout, KernelMemory};
 use super::percpu::{self, PerCpu};
 use super::status;
 use super::trampoline::{StartArgs, Trampoline};
-use super::{apic, image, paging, sharedmem, time};
-use crate::console;
-use crate::node::{BootState, Node, NodeStart};
-use crate::selftest;
+use super::{apic, paging, sections, sharedmem, time};
 
 /// How long a starting CPU has to leave the trampoline.
 /// Generous: under a loaded emulator a new CPU may wait long for host time.
@@ -55,7 +52,7 @@ extern "C" fn node_entry(arg: u64) -> ! {
     // SAFETY: part 1 passes the address of a leaked NodeStart in the boot
     // heap, which every node maps read-only for good.
     let start = unsafe { &*(arg as *const NodeStart) };
-    crate::node::node_main(start)
+    hooks::node_main(start)
 }
 
 /// Where every other CPU enters, from the trampoline. `arg` is the CPU's
@@ -72,7 +69,7 @@ extern "C" fn ap_entry(arg: u64) -> ! {
     // node's memory (this stack and the PerCpu block) and everything this
     // CPU touches, at the same physical addresses.
     unsafe { paging::activate(node.page_root) };
-    crate::node::ap_main(node, slot)
+    hooks::ap_main(node, slot)
 }
 
 /// Gives this CPU its own GDT and TSS with IST stacks from node memory.
@@ -215,22 +212,7 @@ pub fn build_node(
     // and the stacks do not use.
     let heap = unsafe { NodeHeap::new(heap_start, heap_end - heap_start) };
     let node = kmem
-        .place(Node {
-            index,
-            boot,
-            heap,
-            plan: Once::new(),
-            page_root: root,
-            status,
-            kmem: Mutex::new(KernelMemory::empty()),
-            layout,
-            pending: [const { AtomicU64::new(0) }; status::MAX_NODES],
-            test: selftest::NodeTest::new(),
-            kick_pending: [const { core::sync::atomic::AtomicBool::new(false) };
-                super::biglock::MAX_NODE_CPUS],
-            vms: Once::new(),
-            kernel: super::biglock::BigLock::new(crate::node::NodeKernel::default()),
-        })
+        .place(hooks::new_node(boot, index, heap, root, status, layout))
         .ok_or(MapError::OutOfFrames)?;
     let cpu0 = plan.cpus.first().map_or((0, 0), |c| (c.index.0, c.apic_id));
     let block = kmem
@@ -254,7 +236,7 @@ fn build_tables(
     layout: &KernelLayout,
 ) -> Result<u64, MapError> {
     let mut tables = PageTables::new(kmem)?;
-    let image = image::layout();
+    let image = sections::layout();
     node_regions(&boot.plan, index, &image, layout, apic::base(), |r| {
         tables.identity_map(r.start, r.end - r.start, r.flags)
     })?;
@@ -336,10 +318,7 @@ pub fn start_other_cpus(node: &'static Node, plan: &NodePlan) {
             arg: block as *mut PerCpu as u64,
         };
         if let Err(e) = start_cpu(&trampoline, &args, &plan.name, cpu.index.0, cpu.apic_id) {
-            console::event("error", |ev| {
-                ev.field("kind", "cpu_start")
-                    .field("msg", format_args!("{e}"))
-            });
+            hooks::report_error("cpu_start", &e);
         }
     }
     // Wait until every started CPU has finished its own set-up.

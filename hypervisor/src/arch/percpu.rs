@@ -3,7 +3,7 @@
 //! whose first word points at itself, so `mov gs:[0]` finds it in one load
 //! with no CPU-number lookup.
 
-use crate::node::Node;
+use super::hooks::Node;
 
 const IA32_GS_BASE: u32 = 0xc000_0101;
 

@@ -7,8 +7,8 @@
 //! node's, and a panic anywhere must stop every CPU. Nothing else may go
 //! here; node state lives in node memory.
 
+use super::hooks::ConsoleInput;
 use super::serial::Serial;
-use crate::console::ConsoleInput;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::Mutex;
 

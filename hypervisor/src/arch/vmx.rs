@@ -23,7 +23,9 @@ use x86::vmx::vmcs::{host, ro};
 
 use super::kmem::KernelMemory;
 
-const IA32_FEATURE_CONTROL: u32 = 0x3a;
+use atoll_platform::vmcs::CR4_VMXE;
+use atoll_platform::vmx::msr::IA32_FEATURE_CONTROL;
+
 /// IA32_FEATURE_CONTROL: lock (bit 0) and VMXON outside SMX (bit 2)
 /// (SDM Vol. 3C, 24.7).
 const FEATURE_LOCKED: u64 = 1 << 0;
@@ -32,7 +34,6 @@ const IA32_PAT: u32 = 0x277;
 const IA32_EFER: u32 = 0xc000_0080;
 const IA32_FS_BASE: u32 = 0xc000_0100;
 const IA32_GS_BASE: u32 = 0xc000_0101;
-const CR4_VMXE: u64 = 1 << 13;
 
 /// Why VMX could not be turned on.
 #[derive(Clone, Copy, Debug)]

@@ -4,6 +4,7 @@
 //! this node's state (devices under the node lock) and this CPU's
 //! hardware (host CPUID, the current VMCS).
 
+use atoll_platform::vmcs;
 use atoll_vmm::GuestPhysAddr;
 use atoll_vmm::cpuid::{self, HostCpuid};
 use atoll_vmm::devices::{LINE_BYTES, PortEffect};
@@ -14,10 +15,10 @@ use atoll_vmm::mmio::{self, CodeMode};
 use atoll_vmm::msr::{self, VmcsMsr, WriteContext};
 use atoll_vmm::walk::Paging;
 use core::sync::atomic::Ordering;
-use x86::vmx::vmcs::guest;
 
 use crate::arch::guestram::GuestRam;
-use crate::arch::{cpu, time, vmx};
+use crate::arch::vmcs::{self as fields, GuestReg};
+use crate::arch::{cpu, time};
 use crate::console;
 use crate::devwork;
 use crate::node::Node;
@@ -46,25 +47,19 @@ impl HostCpuid for Host {
     }
 }
 
-/// The VMCS field holding a guest MSR.
-fn vmcs_field(msr: VmcsMsr) -> u32 {
+/// The VMCS guest register holding a guest MSR.
+fn vmcs_reg(msr: VmcsMsr) -> GuestReg {
     match msr {
-        VmcsMsr::Efer => guest::IA32_EFER_FULL,
-        VmcsMsr::Pat => guest::IA32_PAT_FULL,
-        VmcsMsr::FsBase => guest::FS_BASE,
-        VmcsMsr::GsBase => guest::GS_BASE,
-        VmcsMsr::SysenterCs => guest::IA32_SYSENTER_CS,
-        VmcsMsr::SysenterEsp => guest::IA32_SYSENTER_ESP,
-        VmcsMsr::SysenterEip => guest::IA32_SYSENTER_EIP,
-        VmcsMsr::DebugCtl => guest::IA32_DEBUGCTL_FULL,
+        VmcsMsr::Efer => GuestReg::Efer,
+        VmcsMsr::Pat => GuestReg::Pat,
+        VmcsMsr::FsBase => GuestReg::FsBase,
+        VmcsMsr::GsBase => GuestReg::GsBase,
+        VmcsMsr::SysenterCs => GuestReg::SysenterCs,
+        VmcsMsr::SysenterEsp => GuestReg::SysenterEsp,
+        VmcsMsr::SysenterEip => GuestReg::SysenterEip,
+        VmcsMsr::DebugCtl => GuestReg::DebugCtl,
     }
 }
-
-const CR0_PG: u64 = 1 << 31;
-const CR4_OSXSAVE: u64 = 1 << 18;
-/// Secondary controls "enable RDTSCP" and "enable INVPCID" (SDM 25.6.2).
-const PROC2_RDTSCP: u32 = 1 << 3;
-const PROC2_INVPCID: u32 = 1 << 12;
 
 impl ExitEnv for Env<'_> {
     fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
@@ -74,9 +69,9 @@ impl ExitEnv for Env<'_> {
             vcpus: u32::from(self.slot.vm.spec.vcpus),
             tsc_khz: khz,
             lapic_khz: khz,
-            osxsave: vmx::read(guest::CR4) & CR4_OSXSAVE != 0,
-            rdtscp: self.slot.vcpu.secondary_controls() & PROC2_RDTSCP != 0,
-            invpcid: self.slot.vcpu.secondary_controls() & PROC2_INVPCID != 0,
+            osxsave: fields::guest_reg(GuestReg::Cr4) & vmcs::CR4_OSXSAVE != 0,
+            rdtscp: self.slot.vcpu.controls().rdtscp(),
+            invpcid: self.slot.vcpu.controls().invpcid(),
         };
         cpuid::guest_cpuid(&Host, &ctx, leaf, subleaf)
     }
@@ -111,7 +106,7 @@ impl ExitEnv for Env<'_> {
         }
         match msr::read(&self.slot.msrs, msr) {
             msr::Read::Value(v) => Some(v),
-            msr::Read::Vmcs(m) => Some(vmx::read(vmcs_field(m))),
+            msr::Read::Vmcs(m) => Some(fields::guest_reg(vmcs_reg(m))),
             msr::Read::Tsc => Some(cpu::rdtsc()),
             msr::Read::ApicBase => Some(self.slot.lapic.apic_base()),
             msr::Read::Lapic(reg) => self.slot.lapic.read(reg, cpu::rdtsc()),
@@ -126,8 +121,8 @@ impl ExitEnv for Env<'_> {
             return false;
         }
         let ctx = WriteContext {
-            efer: vmx::read(guest::IA32_EFER_FULL),
-            paging: vmx::read(guest::CR0) & CR0_PG != 0,
+            efer: fields::guest_reg(GuestReg::Efer),
+            paging: fields::guest_reg(GuestReg::Cr0) & vmcs::cr0::PG != 0,
         };
         match msr::write(&mut self.slot.msrs, ctx, msr, value) {
             msr::Write::Stored => true,
@@ -135,7 +130,7 @@ impl ExitEnv for Env<'_> {
                 cpu::load_guest_msr(msr, value);
                 true
             }
-            msr::Write::Vmcs(m, value) => vmx::write(vmcs_field(m), value).is_ok(),
+            msr::Write::Vmcs(m, value) => fields::set_guest_reg(vmcs_reg(m), value).is_ok(),
             msr::Write::ApicBase(value) => {
                 let ok = self.slot.lapic.set_apic_base(value);
                 self.slot
@@ -181,7 +176,7 @@ impl ExitEnv for Env<'_> {
             cr4: regs.cr4,
             efer: regs.efer,
         };
-        let mode = code_mode(vmx::read(guest::CS_ACCESS_RIGHTS), regs.efer);
+        let mode = code_mode(fields::guest_cs_rights(), regs.efer);
         let ram = self.slot.vm.ram;
         if self.slot.lapic.mmio_decoded() && LapicPage::claims(gpa) {
             return self.lapic_mmio(gpa, regs, mode, &paging);

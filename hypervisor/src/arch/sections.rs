@@ -1,6 +1,7 @@
-//! The image's section boundaries (linker.ld), for building node page
-//! tables that map each part with its own rights
-//! (`atoll_cluster::isolation`).
+//! The hypervisor image's own sections (linker.ld): where each starts
+//! and ends, for building node page tables that map each part with its
+//! own rights (`atoll_cluster::isolation`). The guest images the boot
+//! loader brought are `images.rs`.
 
 pub use atoll_cluster::isolation::ImageLayout;
 
