@@ -17,7 +17,7 @@ use crate::arch::guestram::GuestRam;
 use crate::arch::{cpu, time};
 use crate::console;
 use crate::node::Node;
-use crate::sched::Slot;
+use crate::sched::HostedVcpu;
 use crate::vm::{Vm, VmBoard};
 
 /// The longest a vCPU runs between two slices of its CPU's device work
@@ -40,7 +40,7 @@ pub fn slice_locked(board: &mut VmBoard, ram: GuestRam) -> bool {
 
 /// One slice for the VM of `slot` (its CPU's loop): takes the node lock
 /// for the slice only, then delivers the interrupts a completion raised.
-pub fn run_slice(node: &Node, slot: &mut Slot) {
+pub fn run_slice(node: &Node, slot: &mut HostedVcpu) {
     let ram = slot.vm.ram;
     let (more, messages) = node
         .with_devices(slot.vm.local, |board| {

@@ -22,18 +22,18 @@ use crate::arch::{cpu, time};
 use crate::console;
 use crate::devwork;
 use crate::node::Node;
-use crate::sched::Slot;
+use crate::sched::HostedVcpu;
 use crate::vm::{self, Vm, VmBoard};
 use alloc::vec::Vec;
 
 /// One exit's view of its vCPU and node.
 pub struct Env<'a> {
     node: &'a Node,
-    slot: &'a mut Slot,
+    slot: &'a mut HostedVcpu,
 }
 
 impl<'a> Env<'a> {
-    pub fn new(node: &'a Node, slot: &'a mut Slot) -> Self {
+    pub fn new(node: &'a Node, slot: &'a mut HostedVcpu) -> Self {
         Env { node, slot }
     }
 }

@@ -12,7 +12,7 @@ use atoll_vmm::hypercall::{self, Args, Context, Error, Hypercall, Output};
 use crate::arch::cpu;
 use crate::arch::time;
 use crate::node::Node;
-use crate::sched::Slot;
+use crate::sched::HostedVcpu;
 use crate::vcpu::VcpuState;
 use crate::vm;
 
@@ -27,7 +27,7 @@ enum Performed {
 }
 
 /// Handles a VMCALL (RIP already past it).
-pub fn handle(node: &Node, slot: &mut Slot, regs: &mut Registers) -> Outcome {
+pub fn handle(node: &Node, slot: &mut HostedVcpu, regs: &mut Registers) -> Outcome {
     let args = Args {
         rax: regs.get(gpr::RAX),
         rdi: regs.get(gpr::RDI),
@@ -71,7 +71,7 @@ fn write_result(regs: &mut Registers, result: Result<Output, Error>) {
     }
 }
 
-fn perform(node: &Node, slot: &mut Slot, call: Hypercall) -> Result<Performed, Error> {
+fn perform(node: &Node, slot: &mut HostedVcpu, call: Hypercall) -> Result<Performed, Error> {
     let vm = slot.vm;
     let done = |rdx| {
         Ok(Performed::Done(Output {
@@ -152,7 +152,7 @@ fn console_write(vm: &vm::Vm, gpa: atoll_vmm::GuestPhysAddr, len: u64) -> Result
 
 /// Completes a `wait` whose notification arrived or whose time ran out:
 /// RAX = 0, RDX = the notifications taken (0 on timeout).
-pub fn finish_wait(slot: &mut Slot) {
+pub fn finish_wait(slot: &mut HostedVcpu) {
     let pending = slot.vm.take_notifications();
     slot.vcpu.set_gpr(gpr::RAX, 0);
     slot.vcpu.set_gpr(gpr::RDX, pending);

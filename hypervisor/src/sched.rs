@@ -27,6 +27,7 @@ use atoll_platform::vmx::VmxCaps;
 use atoll_vmm::dispatch::{self, Fault, Outcome, StopReason};
 use atoll_vmm::exit::{Exit, ExitReason, Registers, gpr};
 use atoll_vmm::lapic::Lapic;
+use atoll_vmm::lifecycle::{End, Parking, VcpuLife};
 use atoll_vmm::msr::GuestMsrs;
 
 use crate::arch::fpu::FpuArea;
@@ -36,7 +37,7 @@ use crate::console;
 use crate::exit_env::Env;
 use crate::node::Node;
 use crate::vcpu::{Vcpu, VcpuState, VmcsTemplate};
-use crate::vm::{Boot, End, Vm};
+use crate::vm::{Boot, Vm};
 
 /// A time slice when vCPUs share a CPU, in microseconds.
 const SLICE_US: u64 = 10_000;
@@ -47,8 +48,10 @@ const EXITS_PER_TURN: u32 = 64;
 const XCR0_RESET: u64 = 1;
 
 /// One vCPU this CPU runs, and everything of it the hardware does not
-/// keep in the VMCS.
-pub struct Slot {
+/// keep in the VMCS. (Named for what it is, a vCPU hosted by this CPU:
+/// "slot" in Atoll means a CPU's place in its node, e.g. in the node
+/// lock's queue.)
+pub struct HostedVcpu {
     pub vm: &'static Vm,
     pub vcpu: Vcpu,
     pub lapic: Lapic,
@@ -57,10 +60,8 @@ pub struct Slot {
     fpu: FpuArea,
     /// CR2 and the debug registers, while another vCPU has the CPU.
     loose: cpu::LooseRegs,
-    /// The VM generation this vCPU was reset for.
-    generation: u32,
-    /// Whether this slot checked out of the current generation.
-    parked: bool,
+    /// The VM generation it was reset for, and whether it checked out.
+    life: VcpuLife,
     /// RFLAGS.IF at the HLT that halted it: whether an interrupt wakes it.
     halted_interruptible: bool,
     /// When a `wait` hypercall gives up (TSC; `u64::MAX` = never).
@@ -116,7 +117,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
     // Both lists grow with the config: allocated fallibly, and if the node
     // heap cannot hold them, this CPU's vCPUs are stopped, not the host.
     let mut mine: Vec<(&'static Vm, u16)> = Vec::new();
-    let mut slots: Vec<Slot> = Vec::new();
+    let mut slots: Vec<HostedVcpu> = Vec::new();
     if mine.try_reserve_exact(count).is_err() || slots.try_reserve_exact(count).is_err() {
         log::error!("CPU {}: no node heap for its {count} vCPUs", me.cpu);
         for (vm, id) in on_this_cpu() {
@@ -157,7 +158,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
         drop(kmem);
         match built {
             Ok((vcpu, fpu)) => {
-                let mut slot = Slot {
+                let mut slot = HostedVcpu {
                     vm,
                     lapic: new_lapic(id),
                     vcpu,
@@ -165,8 +166,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
                     xcr0: XCR0_RESET,
                     fpu,
                     loose: cpu::LooseRegs::default(),
-                    generation: 0,
-                    parked: false,
+                    life: VcpuLife::default(),
                     halted_interruptible: false,
                     wait_deadline: u64::MAX,
                     ept_generation: 0,
@@ -237,7 +237,7 @@ fn start_mode(vm: &Vm, id: u16) -> StartMode {
 /// The boot protocol's registers for vCPU 0 (multiboot: EAX, EBX; Linux:
 /// RSI, the zero page); the others wait for a start-up IPI, so nothing
 /// but an IPI can run them.
-fn prepare_boot_registers(slot: &mut Slot) {
+fn prepare_boot_registers(slot: &mut HostedVcpu) {
     if slot.vcpu.id == 0 {
         match slot.vm.boot() {
             Boot::Multiboot(entry) => {
@@ -248,7 +248,8 @@ fn prepare_boot_registers(slot: &mut Slot) {
         }
     } else {
         slot.vcpu.state = VcpuState::WaitForSipi;
-        slot.vm.blocked.fetch_add(1, Ordering::AcqRel);
+        // Not a stuck VM yet: vCPU 0 runs and will send the start-up IPI.
+        slot.vm.life.block();
     }
 }
 
@@ -269,7 +270,7 @@ fn us_to_timer(caps: &VmxCaps, us: u64) -> u32 {
     u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
 }
 
-fn run_loop(node: &'static Node, slots: &mut [Slot], ctx: &LoopContext) -> ! {
+fn run_loop(node: &'static Node, slots: &mut [HostedVcpu], ctx: &LoopContext) -> ! {
     let mut current: Option<usize> = None;
     let mut next = 0;
     let mut next_input_poll = 0;
@@ -332,7 +333,7 @@ fn run_loop(node: &'static Node, slots: &mut [Slot], ctx: &LoopContext) -> ! {
 /// set to everything the processor supports: a guest's XCR0 may leave out
 /// state it uses anyway (SSE registers work with XCR0 = x87 only, SDM
 /// Vol. 1, 13.3), and that state must be switched too.
-fn switch(slots: &mut [Slot], from: Option<usize>, to: usize, xsave: bool) {
+fn switch(slots: &mut [HostedVcpu], from: Option<usize>, to: usize, xsave: bool) {
     if xsave {
         cpu::set_xcr0(cpu::xcr0_supported());
     }
@@ -357,7 +358,7 @@ fn switch(slots: &mut [Slot], from: Option<usize>, to: usize, xsave: bool) {
 
 /// When a blocked vCPU wants to run again by itself: its local APIC timer
 /// (if halted with interrupts on) or its `wait` timeout.
-fn wake_deadline(slot: &Slot) -> Option<u64> {
+fn wake_deadline(slot: &HostedVcpu) -> Option<u64> {
     match slot.vcpu.state {
         VcpuState::Halted if slot.halted_interruptible => slot.lapic.next_deadline(),
         VcpuState::Waiting => Some(slot.wait_deadline).filter(|&d| d != u64::MAX),
@@ -365,30 +366,30 @@ fn wake_deadline(slot: &Slot) -> Option<u64> {
     }
 }
 
-fn runnable(slot: &Slot) -> bool {
-    !slot.parked && slot.vm.is_running() && slot.vcpu.state == VcpuState::Runnable
+fn runnable(slot: &HostedVcpu) -> bool {
+    !slot.life.is_parked() && slot.vm.is_running() && slot.vcpu.state == VcpuState::Runnable
 }
 
 /// Applies the VM's requests to one of this CPU's vCPUs: a new generation
 /// (restart) resets it; an ending VM parks it; posted interrupts, INIT and
 /// SIPI reach its local APIC; a due timer or interrupt wakes it from HLT.
 /// Returns whether it loaded the vCPU's VMCS (to reset it).
-fn sync_with_vm(node: &Node, slot: &mut Slot) -> bool {
+fn sync_with_vm(node: &Node, slot: &mut HostedVcpu) -> bool {
     let mut loaded = false;
-    let generation = slot.vm.generation.load(Ordering::Acquire);
-    if generation != slot.generation && slot.vm.is_running() {
+    if slot.life.take_new_generation(&slot.vm.life) {
         restart_vcpu(slot);
-        slot.generation = generation;
         loaded = true;
     }
-    if !slot.parked && !slot.vm.is_running() && !slot.vm.has_ended() {
-        slot.parked = true;
+    let parking = slot.life.park_if_ending(&slot.vm.life);
+    if parking != Parking::No {
         slot.device_work = false;
         slot.vcpu.state = VcpuState::Done;
-        slot.vm.check_out(node);
+        if parking == Parking::ParkedLast {
+            slot.vm.finish(node);
+        }
         return loaded;
     }
-    if slot.parked {
+    if slot.life.is_parked() {
         return loaded;
     }
     if slot.vcpu.id == 0 && console::has_input(slot.vm.spec.global) {
@@ -418,7 +419,7 @@ fn sync_with_vm(node: &Node, slot: &mut Slot) -> bool {
 }
 
 /// A restarted VM: this vCPU from scratch.
-fn restart_vcpu(slot: &mut Slot) {
+fn restart_vcpu(slot: &mut HostedVcpu) {
     // The restarted guest builds new page tables in the same memory:
     // translations this CPU cached for the old incarnation (tagged with
     // the VM's VPID and EPT) must go first (SDM 29.4.3.3). Every CPU with a
@@ -435,7 +436,6 @@ fn restart_vcpu(slot: &mut Slot) {
     slot.xcr0 = XCR0_RESET;
     slot.fpu.clear();
     slot.loose = cpu::LooseRegs::default();
-    slot.parked = false;
     slot.device_work = false;
     prepare_boot_registers(slot);
 }
@@ -443,33 +443,20 @@ fn restart_vcpu(slot: &mut Slot) {
 /// Moves what other vCPUs posted for this one into its local APIC
 /// (interrupts) or its run state (INIT, then SIPI, in that order).
 /// Returns whether it reset the vCPU (which loads its VMCS).
-fn take_mailbox(node: &Node, slot: &mut Slot) -> bool {
+fn take_mailbox(node: &Node, slot: &mut HostedVcpu) -> bool {
     let id = slot.vcpu.id;
-    let Some(mailbox) = slot
-        .vm
-        .mailbox(id)
-        .filter(|m| m.posted.swap(false, Ordering::AcqRel))
-    else {
+    let Some(requests) = slot.vm.mailbox(id).and_then(|m| m.take()) else {
         return false;
     };
-    let mut reset = false;
-    for (i, (word, level)) in mailbox.irr.iter().zip(&mailbox.level).enumerate() {
-        let mut bits = word.swap(0, Ordering::AcqRel);
-        // Only the level bits of the vectors taken: a sender sets a
-        // vector's level bit before its request bit, so it is there.
-        let level = level.fetch_and(!bits, Ordering::AcqRel) & bits;
-        while bits != 0 {
-            let bit = bits.trailing_zeros();
-            bits &= bits - 1;
-            let vector = (i as u32 * 64 + bit) as u8;
-            if level & (1 << bit) != 0 {
-                slot.lapic.raise_level(vector);
-            } else {
-                slot.lapic.raise(vector);
-            }
+    for (vector, level) in requests.interrupts() {
+        if level {
+            slot.lapic.raise_level(vector);
+        } else {
+            slot.lapic.raise(vector);
         }
     }
-    if mailbox.init.swap(false, Ordering::AcqRel) {
+    let mut reset = false;
+    if requests.init {
         // INIT (SDM 10.4.7.3): the vCPU waits for a start-up IPI.
         let was_blocked = matches!(slot.vcpu.state, VcpuState::WaitForSipi)
             || slot.vcpu.state == VcpuState::Halted && !slot.halted_interruptible;
@@ -484,12 +471,12 @@ fn take_mailbox(node: &Node, slot: &mut Slot) -> bool {
             block(node, slot, regs);
         }
     }
-    let sipi = mailbox.sipi.swap(0, Ordering::AcqRel);
-    if sipi != 0 && slot.vcpu.state == VcpuState::WaitForSipi {
-        let vector = (sipi - 1) as u8;
+    if let Some(vector) = requests.sipi
+        && slot.vcpu.state == VcpuState::WaitForSipi
+    {
         let _ = slot.vcpu.reset(StartMode::RealMode { vector });
         slot.vcpu.state = VcpuState::Runnable;
-        slot.vm.blocked.fetch_sub(1, Ordering::AcqRel);
+        slot.vm.life.unblock();
         reset = true;
     }
     reset
@@ -497,7 +484,7 @@ fn take_mailbox(node: &Node, slot: &mut Slot) -> bool {
 
 /// Runs one vCPU until its slice (`turn`, a preemption-timer value) ends,
 /// it blocks, or its VM ends.
-fn run_turn(node: &Node, slot: &mut Slot, ctx: &LoopContext, turn: u32) {
+fn run_turn(node: &Node, slot: &mut HostedVcpu, ctx: &LoopContext, turn: u32) {
     for _ in 0..EXITS_PER_TURN {
         take_mailbox(node, slot);
         let now = cpu::rdtsc();
@@ -533,7 +520,7 @@ fn run_turn(node: &Node, slot: &mut Slot, ctx: &LoopContext, turn: u32) {
 /// take it now (RFLAGS.IF set, no STI/MOV SS blocking, no event already
 /// being injected); otherwise asks for an exit as soon as it can
 /// (interrupt-window exiting, SDM 25.6.2).
-fn inject_pending_interrupt(slot: &mut Slot) {
+fn inject_pending_interrupt(slot: &mut HostedVcpu) {
     let Some(vector) = slot.lapic.pending() else {
         slot.vcpu.set_interrupt_window(false);
         return;
@@ -551,7 +538,7 @@ fn inject_pending_interrupt(slot: &mut Slot) {
     slot.vcpu.set_interrupt_window(false);
 }
 
-fn stopped(slot: &Slot, reason: StopReason, regs: Registers) -> End {
+fn stopped(slot: &HostedVcpu, reason: StopReason, regs: Registers) -> End {
     End::Stopped {
         reason,
         vcpu: slot.vcpu.id,
@@ -560,7 +547,7 @@ fn stopped(slot: &Slot, reason: StopReason, regs: Registers) -> End {
 }
 
 /// Handles one exit; false when the vCPU should not be re-entered now.
-fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
+fn handle_exit(node: &Node, slot: &mut HostedVcpu, exit: &Exit) -> bool {
     let paging = exit.reason == ExitReason::EptViolation;
     let mut regs = slot.vcpu.exit_registers(paging);
     let outcome = dispatch::dispatch(exit, &mut regs, &mut Env::new(node, slot));
@@ -634,7 +621,7 @@ fn handle_exit(node: &Node, slot: &mut Slot, exit: &Exit) -> bool {
     }
 }
 
-fn write_back(node: &Node, slot: &mut Slot, regs: &Registers) -> bool {
+fn write_back(node: &Node, slot: &mut HostedVcpu, regs: &Registers) -> bool {
     if slot.vcpu.set_registers(regs).is_err() {
         let reason = StopReason::EntryFailed {
             instruction_error: 0,
@@ -647,9 +634,8 @@ fn write_back(node: &Node, slot: &mut Slot, regs: &Registers) -> bool {
 
 /// A vCPU that nothing can wake but INIT or SIPI; when every vCPU of its
 /// VM is so, the VM can never run again and is stopped.
-fn block(node: &Node, slot: &Slot, regs: Registers) {
-    let blocked = slot.vm.blocked.fetch_add(1, Ordering::AcqRel) + 1;
-    if blocked >= u32::from(slot.vm.spec.vcpus) {
+fn block(node: &Node, slot: &HostedVcpu, regs: Registers) {
+    if slot.vm.life.block() {
         slot.vm
             .request_end(node, stopped(slot, StopReason::HaltedForever, regs));
     }
@@ -666,7 +652,7 @@ fn inject(fault: Fault) -> bool {
 /// guest reads back what it wrote. Turning paging on with EFER.LME set
 /// enters IA-32e mode (SDM Vol. 3A, 10.8.5): EFER.LMA and the entry
 /// control follow CR0.PG.
-fn write_cr(cr: u8, value: u64, slot: &Slot) {
+fn write_cr(cr: u8, value: u64, slot: &HostedVcpu) {
     let fixed = slot.vcpu.fixed();
     match cr {
         0 => {

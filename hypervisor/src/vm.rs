@@ -4,21 +4,25 @@
 //!
 //! A VM's record is shared by the CPUs that run its vCPUs; everything in
 //! it that changes is atomic, or (the devices) behind the node lock. The
-//! life of a VM:
+//! life of a VM (running, ending, restarted or ended) is decided by
+//! `atoll_vmm::lifecycle`, the requests between its vCPUs by
+//! `atoll_vmm::mailbox` and where an interrupt goes by
+//! `atoll_vmm::routing`: this file carries the decisions out (reloading
+//! images, kicking CPUs, printing events).
 //!
 //! ```text
 //!  Running --(a vCPU: exit status / stop reason)--> Ending
 //!  Ending: every CPU with a vCPU of the VM sees it at its next exit (a
 //!          kick IPI makes that prompt), parks its vCPU and checks out;
 //!          the last one out finishes the VM:
-//!     crash and on_crash = "restart" --> images reloaded --> Running (new
-//!                                        generation: each CPU resets its vCPUs)
-//!     otherwise                       --> Ended (events, node count down)
+//!     reboot, or crash and on_crash = "restart" --> images reloaded
+//!                 --> Running (new generation: each CPU resets its vCPUs)
+//!     otherwise   --> Ended (events, node count down)
 //! ```
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use atoll_cluster::config::{OnCrash, Platform};
 use atoll_cluster::plan::{Access, NodePlan, Plan, VmSignalPlan};
@@ -29,13 +33,15 @@ use atoll_vmm::GuestMemory;
 use atoll_vmm::acpi::{self, AcpiConfig};
 use atoll_vmm::board::{self, Board, BoardSpec, MemoryDisk};
 use atoll_vmm::devices::DeviceSet;
-use atoll_vmm::dispatch::StopReason;
-use atoll_vmm::exit::{ExitReason, Registers};
+use atoll_vmm::exit::ExitReason;
 use atoll_vmm::hypercall::{self, Error as HypercallError, Region};
 use atoll_vmm::ioapic;
-use atoll_vmm::lapic::{Delivery, Destination, Ipi, Lapic, Recipient};
+use atoll_vmm::lapic::{Ipi, Lapic};
+use atoll_vmm::lifecycle::{Cause, End, Finish, Lifecycle, MAX_RESTARTS};
 use atoll_vmm::linux::{self, LinuxBoot, LinuxEntry};
 use atoll_vmm::loader::{self, EntryState, Module};
+use atoll_vmm::mailbox::Mailbox;
+use atoll_vmm::routing::{self, Route};
 use atoll_vmm::stats::{self, REASONS, Snapshot};
 use spin::Mutex;
 
@@ -117,56 +123,6 @@ pub fn specs_for_node(plan: &Plan, node: usize) -> Vec<VmSpec> {
         .collect()
 }
 
-/// How a VM ended.
-#[derive(Clone, Copy, Debug)]
-pub enum End {
-    /// It asked to (isa-debug-exit or the power-off hypercall).
-    Exited { status: u32, vcpu: u16 },
-    /// It reset its machine: it starts again.
-    Rebooted,
-    /// It was stopped, with the registers of the vCPU that caused it.
-    Stopped {
-        reason: StopReason,
-        vcpu: u16,
-        regs: Registers,
-    },
-}
-
-/// What other vCPUs (on any CPU of the node) posted for one vCPU; its own
-/// CPU moves it into the vCPU at its next look (thesis 6.4).
-pub struct Mailbox {
-    /// Requested interrupt vectors (bit n of word n / 64).
-    pub irr: [AtomicU64; 4],
-    /// Those of them that came from a level-triggered IOAPIC entry: the
-    /// local APIC sets their TMR bit, so their EOI reaches the IOAPIC and
-    /// clears its remote IRR (SDM 11.8.4, 11.8.5).
-    pub level: [AtomicU64; 4],
-    /// An INIT IPI arrived.
-    pub init: AtomicBool,
-    /// A start-up IPI arrived: its vector + 1 (0 = none).
-    pub sipi: AtomicU32,
-    /// Set after anything above was posted: the owner looks only then.
-    pub posted: AtomicBool,
-    /// How the vCPU's local APIC recognises destinations
-    /// (`Recipient::to_bits`), published by its owner whenever that may
-    /// change, so senders route logical and broadcast IPIs without
-    /// touching another CPU's APIC.
-    pub recipient: AtomicU64,
-}
-
-impl Mailbox {
-    fn new(id: u16) -> Self {
-        Mailbox {
-            irr: [const { AtomicU64::new(0) }; 4],
-            level: [const { AtomicU64::new(0) }; 4],
-            init: AtomicBool::new(false),
-            sipi: AtomicU32::new(0),
-            posted: AtomicBool::new(false),
-            recipient: AtomicU64::new(Lapic::new(u32::from(id)).recipient().to_bits()),
-        }
-    }
-}
-
 /// How vCPU 0 starts: the state a boot protocol leaves.
 #[derive(Clone, Copy, Debug)]
 pub enum Boot {
@@ -175,30 +131,6 @@ pub enum Boot {
     /// The Linux 64-bit boot protocol.
     Linux(LinuxEntry),
 }
-
-/// Why a VM starts again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cause {
-    Crash,
-    Reboot,
-}
-
-impl Cause {
-    fn name(self) -> &'static str {
-        match self {
-            Cause::Crash => "crash",
-            Cause::Reboot => "reboot",
-        }
-    }
-}
-
-/// Restarts a crashing VM gets before it stays stopped: a guest that
-/// crashes at once would otherwise restart forever.
-pub const MAX_RESTARTS: u32 = 3;
-
-const RUNNING: u8 = 0;
-const ENDING: u8 = 1;
-const ENDED: u8 = 2;
 
 /// A VM's devices, its disk in node memory.
 pub type VmBoard = Board<MemoryDisk<GuestRam>>;
@@ -226,14 +158,9 @@ pub struct Vm {
     boot: Mutex<Boot>,
     /// Its virtio-blk disk's node memory.
     disk: Option<GuestRam>,
-    /// Bumped by every (re)start; a CPU resets its vCPUs when it changes.
-    pub generation: AtomicU32,
-    run: AtomicU8,
-    /// vCPUs not yet checked out of the current generation.
-    active: AtomicU32,
-    /// vCPUs that cannot run until something wakes them (halted with
-    /// interrupts off, or waiting for a start-up IPI).
-    pub blocked: AtomicU32,
+    /// Running, ending or ended; its generation, checked-in and blocked
+    /// vCPUs and restarts.
+    pub life: Lifecycle,
     mailboxes: Vec<Mailbox>,
     /// IPIs to vCPUs that do not exist (dropped).
     pub lost_ipis: AtomicU64,
@@ -244,7 +171,6 @@ pub struct Vm {
     /// Faults injected so far (the first few are reported).
     pub faults: AtomicU32,
     end: Mutex<Option<End>>,
-    restarts: AtomicU32,
     counts: [AtomicU64; REASONS.len()],
     root_ticks: [AtomicU64; REASONS.len()],
     guest_ticks: AtomicU64,
@@ -337,7 +263,7 @@ impl Vm {
     /// not the host.
     pub fn heap_needed(spec: &VmSpec) -> usize {
         let per_vcpu = size_of::<Mailbox>()
-            + size_of::<crate::sched::Slot>()
+            + size_of::<crate::sched::HostedVcpu>()
             + size_of::<u32>()
             + size_of::<(&Vm, u16)>();
         usize::from(spec.vcpus)
@@ -410,7 +336,7 @@ impl Vm {
                 needed,
                 free: heap_free,
             })?;
-        mailboxes.extend((0..vcpus).map(Mailbox::new));
+        mailboxes.extend((0..vcpus).map(|id| Mailbox::new(Lapic::new(u32::from(id)).recipient())));
         let vm = Vm {
             local,
             vpid,
@@ -430,17 +356,13 @@ impl Vm {
                 ebx: 0,
             })),
             disk,
-            generation: AtomicU32::new(0),
-            run: AtomicU8::new(RUNNING),
-            active: AtomicU32::new(u32::from(vcpus)),
-            blocked: AtomicU32::new(0),
+            life: Lifecycle::new(vcpus),
             mailboxes,
             lost_ipis: AtomicU64::new(0),
             kicks_sent: AtomicU64::new(0),
             kicks_coalesced: AtomicU64::new(0),
             faults: AtomicU32::new(0),
             end: Mutex::new(None),
-            restarts: AtomicU32::new(0),
             counts: [const { AtomicU64::new(0) }; REASONS.len()],
             root_ticks: [const { AtomicU64::new(0) }; REASONS.len()],
             guest_ticks: AtomicU64::new(0),
@@ -542,11 +464,7 @@ impl Vm {
     }
 
     pub fn is_running(&self) -> bool {
-        self.run.load(Ordering::Acquire) == RUNNING
-    }
-
-    pub fn has_ended(&self) -> bool {
-        self.run.load(Ordering::Acquire) == ENDED
+        self.life.is_running()
     }
 
     /// Counts one exit and the ticks around it.
@@ -685,8 +603,7 @@ impl Vm {
     /// mode or logical ID change, a reset): publishes them for senders.
     pub fn publish_recipient(&self, id: u16, lapic: &Lapic) {
         if let Some(mailbox) = self.mailbox(id) {
-            let bits = lapic.recipient().to_bits();
-            mailbox.recipient.store(bits, Ordering::Release);
+            mailbox.publish(lapic.recipient());
         }
     }
 
@@ -697,8 +614,8 @@ impl Vm {
     /// vCPUs published. A destination no vCPU has is counted and dropped,
     /// as a real APIC bus would drop it.
     pub fn post_ipi(&self, node: &Node, from: u16, ipi: Ipi) {
-        let targets = self.targets(ipi.destination, from);
-        self.post(node, &targets, ipi.delivery, false);
+        let route = routing::ipi(ipi, from, self.spec.vcpus, |t| self.recipient(t));
+        self.post(node, &route);
     }
 
     /// Delivers interrupt messages from the VM's IOAPIC, raised while vCPU
@@ -708,77 +625,33 @@ impl Vm {
     /// so the EOI that ends them comes back to the IOAPIC.
     pub fn post_interrupts(&self, node: &Node, from: u16, messages: &[ioapic::Message]) {
         for m in messages {
-            let mut targets = self.targets(m.destination(), from);
-            let delivery = match m.delivery {
-                ioapic::Delivery::Fixed => Delivery::Fixed(m.vector),
-                ioapic::Delivery::LowestPriority => {
-                    targets.truncate(1);
-                    Delivery::Fixed(m.vector)
-                }
-                ioapic::Delivery::Nmi => Delivery::Nmi,
-            };
-            self.post(node, &targets, delivery, m.level);
+            let route = routing::interrupt(m, from, self.spec.vcpus, |t| self.recipient(t));
+            self.post(node, &route);
         }
     }
 
-    /// The vCPUs a destination names, as seen from vCPU `from`.
-    fn targets(&self, destination: Destination, from: u16) -> Vec<u16> {
-        match destination {
-            Destination::Apic(id)
-                if let Some(id) = u16::try_from(id).ok().filter(|&id| id < self.spec.vcpus) =>
-            {
-                alloc::vec![id]
-            }
-            Destination::SelfOnly => alloc::vec![from],
-            Destination::AllIncludingSelf => (0..self.spec.vcpus).collect(),
-            Destination::AllExcludingSelf => (0..self.spec.vcpus).filter(|&t| t != from).collect(),
-            dest @ (Destination::Apic(_) | Destination::Logical(_)) => (0..self.spec.vcpus)
-                .filter(|&t| {
-                    self.mailbox(t).is_some_and(|m| {
-                        Recipient::from_bits(m.recipient.load(Ordering::Acquire))
-                            .accepts(dest, t == from)
-                    })
-                })
-                .collect(),
-        }
+    /// What vCPU `id`'s local APIC last published it recognises.
+    fn recipient(&self, id: u16) -> Option<atoll_vmm::lapic::Recipient> {
+        self.mailbox(id).map(Mailbox::recipient)
     }
 
-    /// Posts `delivery` (level-triggered if `level`) to each target's
-    /// mailbox and kicks the target's CPU if it is another.
-    fn post(&self, node: &Node, targets: &[u16], delivery: Delivery, level: bool) {
-        if targets.is_empty() {
+    /// Posts a routed message to each target's mailbox and kicks the
+    /// target's CPU if it is another. No target, or a delivery the mailbox
+    /// drops (NMI), counts as a lost IPI.
+    fn post(&self, node: &Node, route: &Route) {
+        if route.targets.is_empty() {
             self.lost_ipis.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let me = crate::arch::percpu::current().map(|c| c.cpu);
-        for &target in targets {
+        for &target in &route.targets {
             let Some(mailbox) = self.mailbox(target) else {
                 continue;
             };
-            match delivery {
-                Delivery::Fixed(vector) => {
-                    let bit = 1 << (vector & 63);
-                    if let Some(word) = mailbox.level.get(usize::from(vector >> 6))
-                        && level
-                    {
-                        word.fetch_or(bit, Ordering::AcqRel);
-                    }
-                    if let Some(word) = mailbox.irr.get(usize::from(vector >> 6)) {
-                        word.fetch_or(1 << (vector & 63), Ordering::AcqRel);
-                    }
-                }
-                Delivery::Init => mailbox.init.store(true, Ordering::Release),
-                Delivery::Startup(vector) => {
-                    mailbox.sipi.store(u32::from(vector) + 1, Ordering::Release);
-                }
-                // Virtual NMIs are not offered: an NMI IPI is dropped.
-                Delivery::Nmi => {
-                    self.lost_ipis.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+            if !mailbox.post(route.delivery, route.level) {
+                self.lost_ipis.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-            // After the request itself: the owner that sees `posted` sees it.
-            mailbox.posted.store(true, Ordering::Release);
             let cpu = self.spec.vcpu_cpus.get(usize::from(target)).copied();
             if cpu.is_some() && cpu != me {
                 self.kick_cpu(node, cpu);
@@ -800,11 +673,7 @@ impl Vm {
     /// run its vCPUs, so each parks its vCPU at once (thesis 6.4: only the
     /// owning CPU changes a vCPU).
     pub fn request_end(&self, node: &Node, end: End) {
-        if self
-            .run
-            .compare_exchange(RUNNING, ENDING, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.life.request_end() {
             return;
         }
         *self.end.lock() = Some(end);
@@ -821,46 +690,38 @@ impl Vm {
         }
     }
 
-    /// A CPU parks one of its vCPUs of the ending generation; the last one
-    /// out finishes the VM.
+    /// A vCPU that can never run (its CPU could not set it up) checks out
+    /// at once; the last one out finishes the VM.
     pub fn check_out(&self, node: &Node) {
-        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.life.check_out() {
             self.finish(node);
         }
     }
 
-    fn finish(&self, node: &Node) {
+    /// The last vCPU out of an ending VM: reports how it ended, then
+    /// restarts it or lets it stay down, as `lifecycle::decide` says.
+    pub fn finish(&self, node: &Node) {
         let end = self.end.lock().take();
         self.flush_console(node);
-        let crashed = match end {
-            Some(End::Stopped { reason, .. }) => reason.is_crash(),
-            _ => false,
-        };
         if let Some(end) = end {
             report_end(self, node, &end);
         }
-        if let Some(End::Rebooted) = end
-            && self.restart(node, Cause::Reboot)
-        {
-            return;
-        }
-        let may_restart = self.restarts.load(Ordering::Relaxed) < MAX_RESTARTS;
-        if crashed && self.spec.on_crash == OnCrash::Restart {
-            if may_restart && self.restart(node, Cause::Crash) {
-                return;
-            }
-            if !may_restart {
-                log::warn!(
-                    "VM '{}' crashed after {MAX_RESTARTS} restarts; it stays stopped",
-                    self.spec.name
-                );
-            }
+        let restart_on_crash = self.spec.on_crash == OnCrash::Restart;
+        match self.life.decide(end.as_ref(), restart_on_crash) {
+            Finish::Restart(cause) if self.restart(node, cause) => return,
+            Finish::Restart(_) => {}
+            Finish::Stay {
+                restarts_exhausted: true,
+            } => log::warn!(
+                "VM '{}' crashed after {MAX_RESTARTS} restarts; it stays stopped",
+                self.spec.name
+            ),
+            Finish::Stay { .. } => {}
         }
         report_stats(self, node);
         crate::devwork::report(self, node);
-        self.run.store(ENDED, Ordering::Release);
-        let failed = !matches!(end, Some(End::Exited { status: 0, .. }));
-        node.vm_ended(failed);
+        self.life.end();
+        node.vm_ended(end.is_none_or(|e| e.is_failure()));
     }
 
     /// Reloads the images and starts a new generation; false if the images
@@ -878,16 +739,8 @@ impl Vm {
             log::error!("VM '{}' cannot restart: {e}", self.spec.name);
             return false;
         }
-        let restarts = match cause {
-            Cause::Crash => self.restarts.fetch_add(1, Ordering::Relaxed) + 1,
-            Cause::Reboot => self.restarts.load(Ordering::Relaxed),
-        };
-        self.blocked.store(0, Ordering::Relaxed);
-        self.active
-            .store(u32::from(self.spec.vcpus), Ordering::Relaxed);
         self.notifications.store(0, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Release);
-        self.run.store(RUNNING, Ordering::Release);
+        let restarts = self.life.restart(cause);
         console::event("vm_restarted", |e| {
             e.field("vm", self.spec.name.as_str())
                 .field("node", node.index)
