@@ -38,6 +38,7 @@ pub mod memory;
 pub mod mmio;
 pub mod msr;
 pub mod stats;
+pub mod vectoring;
 pub mod virtio;
 pub mod walk;
 
