@@ -40,6 +40,7 @@ pub mod mmio;
 pub mod msr;
 pub mod routing;
 pub mod stats;
+pub mod vectoring;
 pub mod virtio;
 pub mod walk;
 
