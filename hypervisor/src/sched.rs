@@ -9,7 +9,8 @@
 //!
 //! ```text
 //!  mailbox -> local APIC; timer; inject a pending interrupt
-//!  enter (vmx::run) -> Exit value -> host interrupt/NMI? take it here
+//!  enter (vmx::run) -> Exit value -> an event cut short? queue it again
+//!                                 -> host interrupt/NMI? take it here
 //!                                 -> else dispatch (atoll_vmm) -> Outcome
 //!  Outcome applied to the vCPU (registers, injection, CR writes, halt)
 //!  or to the VM (power off, stop: Vm::request_end)
@@ -29,6 +30,7 @@ use atoll_vmm::exit::{Exit, ExitReason, Registers, gpr};
 use atoll_vmm::lapic::Lapic;
 use atoll_vmm::lifecycle::{End, Parking, VcpuLife};
 use atoll_vmm::msr::GuestMsrs;
+use atoll_vmm::vectoring;
 
 use crate::arch::fpu::FpuArea;
 use crate::arch::vmcs::{self as fields, GuestReg};
@@ -507,6 +509,7 @@ fn run_turn(node: &Node, slot: &mut HostedVcpu, ctx: &LoopContext, turn: u32) {
             }
         };
         let exited = cpu::rdtsc();
+        reinject_cut_short_event(&exit);
         let keep_going = handle_exit(node, slot, &exit);
         slot.vm
             .record_exit(exit.reason, exited - entered, cpu::rdtsc() - exited);
@@ -514,6 +517,22 @@ fn run_turn(node: &Node, slot: &mut HostedVcpu, ctx: &LoopContext, turn: u32) {
             return;
         }
     }
+}
+
+/// Queues again, for the next entry, an event whose delivery the exit cut
+/// short (`atoll_vmm::vectoring`): an interrupt already taken from the
+/// local APIC would otherwise be lost. An exception the exit handler
+/// injects replaces it; a pending interrupt waits behind it (the
+/// interrupt window).
+fn reinject_cut_short_event(exit: &Exit) {
+    let (info, error_code) = fields::idt_vectoring();
+    let Some(again) = vectoring::reinjection(info, error_code, exit.instruction_len) else {
+        return;
+    };
+    if let Some(len) = again.instruction_len {
+        let _ = fields::set_entry_instruction_len(len);
+    }
+    let _ = fields::set_entry_interruption(again.entry_info, again.error_code);
 }
 
 /// Delivers the local APIC's highest pending interrupt if the guest can

@@ -4,7 +4,7 @@
 //! is decided in `atoll_platform::vmcs`; this module only reads and writes.
 
 use atoll_platform::vmcs::{self, Controls, FixedBits, StartMode};
-use x86::vmx::vmcs::{control, guest};
+use x86::vmx::vmcs::{control, guest, ro};
 
 use super::vmx::{VmxFail, read, write, write_host_state};
 
@@ -90,6 +90,21 @@ pub fn set_entry_interruption(info: u32, error_code: Option<u32>) -> Result<(), 
         write(control::VMENTRY_EXCEPTION_ERR_CODE, u64::from(code))?;
     }
     write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(info))
+}
+
+/// The IDT-vectoring information and error-code fields of the last exit
+/// (SDM 25.9.3): the event whose delivery the exit cut short, if any.
+pub fn idt_vectoring() -> (u32, u32) {
+    (
+        read(ro::IDT_VECTORING_INFO) as u32,
+        read(ro::IDT_VECTORING_ERR_CODE) as u32,
+    )
+}
+
+/// Sets the VM-entry instruction length: how far past RIP the guest
+/// returns from an injected software interrupt or exception (SDM 25.8.3).
+pub fn set_entry_instruction_len(len: u8) -> Result<(), VmxFail> {
+    write(control::VMENTRY_INSTRUCTION_LEN, u64::from(len))
 }
 
 /// The primary processor-based execution controls (SDM 25.6.2).
