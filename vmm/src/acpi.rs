@@ -105,14 +105,15 @@ const MADT_REVISION: u8 = 5;
 /// Revision 2: AML integers are 64-bit (5.2.11.1).
 const DSDT_REVISION: u8 = 2;
 
-const RSDP_LEN: u64 = 36;
+const RSDP_LEN: usize = 36;
 const XSDT_LEN: u64 = HEADER_LEN as u64 + 2 * 8;
-const FADT_LEN: u64 = 276;
-const FACS_LEN: u64 = 64;
+const FADT_LEN: usize = 276;
+const FACS_LEN: usize = 64;
 const MADT_FIXED_LEN: u64 = 44;
-const MADT_X2APIC_LEN: u64 = 16;
-const MADT_IOAPIC_LEN: u64 = 12;
-const MADT_ISO_LEN: u64 = 10;
+/// MADT entry lengths: each entry's one-byte Length field (5.2.12).
+const MADT_X2APIC_LEN: u8 = 16;
+const MADT_IOAPIC_LEN: u8 = 12;
+const MADT_ISO_LEN: u8 = 10;
 
 /// The DSDT's AML (ACPI 6.4 20.2, AML grammar): `Name (_S5, Package (4)
 /// {5, 5, 0, 0})`, the \_S5 sleep state object (7.4.2) whose first two
@@ -146,13 +147,17 @@ impl Layout {
     /// [`ACPI_END`] is the error.
     fn new(cfg: &AcpiConfig) -> Result<Self, MemoryError> {
         let madt_len = u64::from(cfg.vcpus)
-            .checked_mul(MADT_X2APIC_LEN)
-            .and_then(|cpus| cpus.checked_add(MADT_FIXED_LEN + MADT_IOAPIC_LEN + 2 * MADT_ISO_LEN))
+            .checked_mul(u64::from(MADT_X2APIC_LEN))
+            .and_then(|cpus| {
+                cpus.checked_add(
+                    MADT_FIXED_LEN + u64::from(MADT_IOAPIC_LEN) + 2 * u64::from(MADT_ISO_LEN),
+                )
+            })
             .ok_or(MemoryError {
                 gpa: GuestPhysAddr(RSDP_ADDRESS),
                 len: u64::MAX,
             })?;
-        let mut next = RSDP_ADDRESS + RSDP_LEN;
+        let mut next = RSDP_ADDRESS + RSDP_LEN as u64;
         let mut place = |len: u64, align: u64| -> Result<u64, MemoryError> {
             let at = next.next_multiple_of(align);
             let end = at.checked_add(len).filter(|&end| end <= ACPI_END);
@@ -164,8 +169,8 @@ impl Layout {
         };
         Ok(Layout {
             xsdt: place(XSDT_LEN, 8)?,
-            fadt: place(FADT_LEN, 8)?,
-            facs: place(FACS_LEN, 64)?,
+            fadt: place(FADT_LEN as u64, 8)?,
+            facs: place(FACS_LEN as u64, 64)?,
             dsdt: place(HEADER_LEN as u64 + DSDT_AML.len() as u64, 8)?,
             madt: place(madt_len, 8)?,
             madt_len,
@@ -201,17 +206,17 @@ pub fn build(mem: &mut impl GuestMemory, cfg: &AcpiConfig) -> Result<u64, Memory
 /// The RSDP (5.2.5.3): revision 2, no RSDT, the XSDT's address; the first
 /// checksum covers bytes 0-19, the extended one all 36.
 fn rsdp(xsdt: u64) -> Vec<u8> {
-    let mut t = Vec::with_capacity(RSDP_LEN as usize);
+    let mut t = Vec::with_capacity(RSDP_LEN);
     t.extend_from_slice(b"RSD PTR ");
     t.push(0);
     t.extend_from_slice(OEM_ID);
     t.push(2);
     t.extend_from_slice(&0u32.to_le_bytes());
-    t.extend_from_slice(&(RSDP_LEN as u32).to_le_bytes());
+    t.extend_from_slice(&length_field(RSDP_LEN));
     t.extend_from_slice(&xsdt.to_le_bytes());
     t.extend_from_slice(&[0; 4]);
     set_checksum(&mut t, 8, 0..20);
-    set_checksum(&mut t, 32, 0..RSDP_LEN as usize);
+    set_checksum(&mut t, 32, 0..RSDP_LEN);
     t
 }
 
@@ -237,10 +242,10 @@ const NO_C3_LATENCY: u16 = 1001;
 /// the table's; both the 32-bit and the X_ (64-bit) forms of each address
 /// are filled and agree.
 fn fadt(cfg: &AcpiConfig, layout: &Layout) -> Vec<u8> {
-    let mut b = alloc::vec![0u8; FADT_LEN as usize - HEADER_LEN];
+    let mut b = alloc::vec![0u8; FADT_LEN - HEADER_LEN];
     let mut at = |offset: usize, bytes: &[u8]| put(&mut b, offset - HEADER_LEN, bytes);
-    at(36, &(layout.facs as u32).to_le_bytes()); // FIRMWARE_CTRL
-    at(40, &(layout.dsdt as u32).to_le_bytes()); // DSDT
+    at(36, &address_32(layout.facs)); // FIRMWARE_CTRL
+    at(40, &address_32(layout.dsdt)); // DSDT
     at(46, &u16::from(cfg.sci_irq).to_le_bytes()); // SCI_INT
     // SMI_CMD (48), ACPI_ENABLE, ACPI_DISABLE stay 0: no SMI, always in
     // ACPI mode (5.2.9: "zero ... indicates ... SMI command port is not
@@ -281,9 +286,9 @@ fn gas_io(port: u16, bits: u8, access: u8) -> [u8; 12] {
 /// The FACS (5.2.10): no waking vector, no global lock; version 2. It has
 /// no checksum.
 fn facs() -> Vec<u8> {
-    let mut t = alloc::vec![0u8; FACS_LEN as usize];
+    let mut t = alloc::vec![0u8; FACS_LEN];
     put(&mut t, 0, b"FACS");
-    put(&mut t, 4, &(FACS_LEN as u32).to_le_bytes());
+    put(&mut t, 4, &length_field(FACS_LEN));
     put(&mut t, 32, &[2]);
     t
 }
@@ -315,12 +320,12 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     b.extend_from_slice(&cfg.lapic_address.to_le_bytes());
     b.extend_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
     for id in 0..cfg.vcpus {
-        b.extend_from_slice(&[MADT_X2APIC, MADT_X2APIC_LEN as u8, 0, 0]);
+        b.extend_from_slice(&[MADT_X2APIC, MADT_X2APIC_LEN, 0, 0]);
         b.extend_from_slice(&id.to_le_bytes());
         b.extend_from_slice(&X2APIC_ENABLED.to_le_bytes());
         b.extend_from_slice(&id.to_le_bytes()); // ACPI Processor UID
     }
-    b.extend_from_slice(&[MADT_IOAPIC, MADT_IOAPIC_LEN as u8, cfg.ioapic_id, 0]);
+    b.extend_from_slice(&[MADT_IOAPIC, MADT_IOAPIC_LEN, cfg.ioapic_id, 0]);
     b.extend_from_slice(&cfg.ioapic_address.to_le_bytes());
     b.extend_from_slice(&0u32.to_le_bytes()); // Global System Interrupt Base
     let overrides = [
@@ -328,11 +333,25 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
         (cfg.sci_irq, u32::from(cfg.sci_irq), INTI_LEVEL_ACTIVE_HIGH),
     ];
     for (irq, gsi, flags) in overrides {
-        b.extend_from_slice(&[MADT_ISO, MADT_ISO_LEN as u8, 0, irq]);
+        b.extend_from_slice(&[MADT_ISO, MADT_ISO_LEN, 0, irq]);
         b.extend_from_slice(&gsi.to_le_bytes());
         b.extend_from_slice(&flags.to_le_bytes());
     }
     table(b"APIC", MADT_REVISION, &b)
+}
+
+/// A table's 32-bit Length field (5.2.6). Every table lies below
+/// [`ACPI_END`] ([`Layout::new`] checks), so its length fits; the
+/// saturated value is unreachable.
+fn length_field(len: usize) -> [u8; 4] {
+    u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes()
+}
+
+/// A 32-bit table address field (FIRMWARE_CTRL, DSDT; 5.2.9): the
+/// address, or 0 for one above 4 GiB, which 5.2.9 lets the X_ form carry
+/// alone. Tables lie below [`ACPI_END`], so the address always fits.
+fn address_32(gpa: u64) -> [u8; 4] {
+    u32::try_from(gpa).unwrap_or(0).to_le_bytes()
 }
 
 /// A system description table: the header (5.2.6) and `body`, with the
@@ -341,7 +360,7 @@ fn table(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     let len = HEADER_LEN + body.len();
     let mut t = Vec::with_capacity(len);
     t.extend_from_slice(signature);
-    t.extend_from_slice(&(len as u32).to_le_bytes());
+    t.extend_from_slice(&length_field(len));
     t.push(revision);
     t.push(0);
     t.extend_from_slice(OEM_ID);

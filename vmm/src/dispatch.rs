@@ -11,6 +11,7 @@
 //! 7.5).
 
 use crate::addr::GuestPhysAddr;
+use crate::bits::low_u32;
 use crate::exit::{CrAccess, EptAccess, Exit, ExitReason, IoAccess, Registers, gpr};
 
 /// An exception to inject (SDM Vol. 3A, Table 7-1 vectors).
@@ -225,8 +226,8 @@ fn is_nmi(interruption: u32) -> bool {
 }
 
 fn cpuid(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
-    let leaf = regs.get(gpr::RAX) as u32;
-    let subleaf = regs.get(gpr::RCX) as u32;
+    let leaf = low_u32(regs.get(gpr::RAX));
+    let subleaf = low_u32(regs.get(gpr::RCX));
     let [a, b, c, d] = env.cpuid(leaf, subleaf);
     // CPUID writes the low halves and clears the high halves (64-bit mode).
     regs.set(gpr::RAX, u64::from(a));
@@ -253,7 +254,7 @@ fn port_io(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome
     regs.advance(exit);
     if io.write {
         return env
-            .port_out(io.port, io.size, (rax & mask) as u32)
+            .port_out(io.port, io.size, low_u32(rax & mask))
             .unwrap_or(Outcome::Resume);
     }
     let value = u64::from(env.port_in(io.port, io.size)) & mask;
@@ -267,7 +268,7 @@ fn port_io(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome
 }
 
 fn rdmsr(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
-    match env.rdmsr(regs.get(gpr::RCX) as u32) {
+    match env.rdmsr(low_u32(regs.get(gpr::RCX))) {
         Some(value) => {
             regs.set_edx_eax(value);
             regs.advance(exit);
@@ -278,7 +279,7 @@ fn rdmsr(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
 }
 
 fn wrmsr(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
-    if env.wrmsr(regs.get(gpr::RCX) as u32, regs.edx_eax()) {
+    if env.wrmsr(low_u32(regs.get(gpr::RCX)), regs.edx_eax()) {
         regs.advance(exit);
         Outcome::Resume
     } else {
@@ -329,7 +330,7 @@ fn cr_access(exit: &Exit, regs: &mut Registers) -> Outcome {
 fn xsetbv(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
     let value = regs.edx_eax();
     let (x87, sse, avx) = (1, 1 << 1, 1 << 2);
-    let legal = regs.get(gpr::RCX) as u32 == 0
+    let legal = low_u32(regs.get(gpr::RCX)) == 0
         && regs.cpl == 0
         && value & x87 != 0
         && (value & avx == 0 || value & sse != 0)

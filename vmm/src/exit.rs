@@ -4,6 +4,7 @@
 //! the host.
 
 use crate::addr::GuestPhysAddr;
+use crate::bits::low_u16;
 
 /// Basic exit reasons Atoll tells apart (SDM Vol. 3D, Appendix C). All
 /// others arrive as [`ExitReason::Other`] and stop the VM.
@@ -188,7 +189,7 @@ impl IoAccess {
             write: qualification & (1 << 3) == 0,
             string: qualification & (1 << 4) != 0,
             rep: qualification & (1 << 5) != 0,
-            port: (qualification >> 16) as u16,
+            port: low_u16(qualification >> 16),
         }
     }
 }
@@ -223,7 +224,7 @@ impl CrAccess {
             1 => CrAccess::Read { cr, gpr },
             2 => CrAccess::Clts,
             _ => CrAccess::Lmsw {
-                value: (qualification >> 16) as u16,
+                value: low_u16(qualification >> 16),
             },
         }
     }

@@ -15,6 +15,7 @@
 //!
 //! Each is a [`PortDevice`] on the VM's port bus ([`crate::devices`]).
 
+use crate::bits::low_u8;
 use crate::devices::{PortDevice, PortEffect, ones};
 
 /// Master and slave 8259A command/data ports.
@@ -147,7 +148,7 @@ impl AcpiPm {
             2 | 3 => self.enable,
             _ => control,
         };
-        (word >> (8 * (i % 2))) as u8
+        low_u8((word >> (8 * (i % 2))).into())
     }
 
     /// A read of `size` bytes at `port` (inside the block; bytes past its
@@ -167,7 +168,7 @@ impl AcpiPm {
         let start = port.wrapping_sub(PM1A_EVT);
         let mut slept = false;
         for k in 0..u16::from(size.clamp(1, 4)) {
-            let b = u16::from((value >> (8 * k)) as u8);
+            let b = u16::from(low_u8((value >> (8 * k)).into()));
             let shift = 8 * (start.wrapping_add(k) % 2);
             let keep = !(0xff << shift);
             match start.wrapping_add(k) {
@@ -283,7 +284,7 @@ impl PortDevice for Pic {
     }
 
     fn write(&mut self, base: u16, offset: u16, _size: u8, value: u32) -> Option<PortEffect> {
-        Pic::write(self, base.wrapping_add(offset), value as u8);
+        Pic::write(self, base.wrapping_add(offset), low_u8(value.into()));
         Some(PortEffect::None)
     }
 }
@@ -311,7 +312,7 @@ impl PortDevice for Rtc {
     }
 
     fn write(&mut self, base: u16, offset: u16, _size: u8, value: u32) -> Option<PortEffect> {
-        Rtc::write(self, base.wrapping_add(offset), value as u8);
+        Rtc::write(self, base.wrapping_add(offset), low_u8(value.into()));
         Some(PortEffect::None)
     }
 }

@@ -29,6 +29,7 @@
 //! it does after any boot loader.
 
 use crate::addr::GuestPhysAddr;
+use crate::bits::{low_u16, low_u32, usize_from};
 use crate::loader::memory_map;
 use crate::memory::{GuestMemory, MemoryError};
 use atoll_platform::bytes::{self, put};
@@ -505,7 +506,8 @@ pub fn load(mem: &mut impl GuestMemory, boot: &LinuxBoot<'_>) -> Result<LinuxEnt
         rsi: ZERO_PAGE,
         cr3: PAGE_TABLES,
         gdt_base: GDT,
-        gdt_limit: (GDT_ENTRIES.len() * 8 - 1) as u16,
+        // A descriptor-table limit is 16 bits (SDM Vol. 3A 3.5.1).
+        gdt_limit: low_u16((GDT_ENTRIES.len() * 8 - 1) as u64),
         code_selector: BOOT_CS,
         data_selector: BOOT_DS,
     })
@@ -531,7 +533,7 @@ fn write_gdt(mem: &mut impl GuestMemory) -> Result<(), MemoryError> {
 /// the initrd. One PML4 entry, one PDPT entry per GiB (Intel SDM vol. 3
 /// 4.5, IA-32e paging).
 fn write_page_tables(mem: &mut impl GuestMemory, ram: u64) -> Result<(), MemoryError> {
-    let tables = (2 + MAX_PAGE_DIRECTORIES) as usize * PAGE as usize;
+    let tables = usize_from((2 + MAX_PAGE_DIRECTORIES) * PAGE);
     let mut bytes = alloc::vec![0u8; tables];
     put(&mut bytes, 0, &(PDPT | PTE_PRESENT_RW).to_le_bytes());
     let pages = ram.div_ceil(PAGE_2M);
@@ -539,11 +541,11 @@ fn write_page_tables(mem: &mut impl GuestMemory, ram: u64) -> Result<(), MemoryE
         let directory = page / 512;
         if page % 512 == 0 {
             let pd = PAGE_DIRECTORIES + directory * PAGE;
-            let slot = (PAGE + directory * 8) as usize;
+            let slot = usize_from(PAGE + directory * 8);
             put(&mut bytes, slot, &(pd | PTE_PRESENT_RW).to_le_bytes());
         }
         let entry = (page * PAGE_2M) | PTE_PAGE_SIZE | PTE_PRESENT_RW;
-        let slot = (2 * PAGE + page * 8) as usize;
+        let slot = usize_from(2 * PAGE + page * 8);
         put(&mut bytes, slot, &entry.to_le_bytes());
     }
     mem.write(GuestPhysAddr(PAGE_TABLES), &bytes)
@@ -574,9 +576,10 @@ fn boot_params(
     // The 64-bit entry runs no real-mode setup code, so nothing uses the
     // heap; the field still names free memory: the zero page stands where
     // the real-mode code would start, the page after it is the heap.
-    let heap_end = (PAGE_TABLES - ZERO_PAGE - 0x200) as u16;
+    let heap_end = low_u16(PAGE_TABLES - ZERO_PAGE - 0x200);
     put(&mut page, hdr::HEAP_END_PTR, &heap_end.to_le_bytes());
-    put(&mut page, hdr::CODE32_START, &(load as u32).to_le_bytes());
+    // A 32-bit field; the 64-bit entry does not use it.
+    put(&mut page, hdr::CODE32_START, &low_u32(load).to_le_bytes());
     put_split(&mut page, hdr::CMD_LINE_PTR, bp::EXT_CMD_LINE_PTR, CMDLINE);
     put_split(
         &mut page,
@@ -601,7 +604,11 @@ fn boot_params(
 /// u32 type, packed): the same map the multiboot loader reports.
 fn put_e820(page: &mut [u8], ram: u64) {
     let map = memory_map(ram);
-    put(page, bp::E820_ENTRIES, &[map.len() as u8]);
+    put(
+        page,
+        bp::E820_ENTRIES,
+        &[u8::try_from(map.len()).unwrap_or(u8::MAX)],
+    );
     for (i, (base, len, kind)) in map.into_iter().enumerate() {
         let at = bp::E820_TABLE + i * bp::E820_ENTRY_SIZE;
         put(page, at, &base.to_le_bytes());
@@ -613,7 +620,7 @@ fn put_e820(page: &mut [u8], ram: u64) {
 /// A 64-bit value split over a header field (low half) and its
 /// `boot_params` `ext_*` extension (high half, protocol 2.12).
 fn put_split(page: &mut [u8], low: usize, high: usize, value: u64) {
-    put(page, low, &(value as u32).to_le_bytes());
+    put(page, low, &low_u32(value).to_le_bytes());
     put(page, high, &((value >> 32) as u32).to_le_bytes());
 }
 

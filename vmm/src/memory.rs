@@ -3,6 +3,7 @@
 //! [`GuestMemory`] over the node memory backing the VM; tests use
 //! [`VecMemory`].
 
+use crate::bits::usize_from;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -46,7 +47,7 @@ pub trait GuestMemory {
         while done < len {
             let n = (len - done).min(CHUNK.len() as u64);
             let at = GuestPhysAddr(gpa.0 + done);
-            self.write(at, CHUNK.get(..n as usize).unwrap_or(&[]))?;
+            self.write(at, CHUNK.get(..usize_from(n)).unwrap_or(&[]))?;
             done += n;
         }
         Ok(())
@@ -92,7 +93,7 @@ impl VecMemory {
     }
 
     fn span(&self, gpa: GuestPhysAddr, len: usize) -> Result<core::ops::Range<usize>, MemoryError> {
-        let start = check_range(self.size(), gpa, len as u64)? as usize;
+        let start = usize_from(check_range(self.size(), gpa, len as u64)?);
         Ok(start..start + len)
     }
 }

@@ -28,6 +28,7 @@
 //! the fetch stops at the top of the address space (XSA-186).
 
 use crate::addr::GuestPhysAddr;
+use crate::bits::usize_from;
 use crate::dispatch::{Outcome, StopReason};
 use crate::exit::Registers;
 use crate::memory::GuestMemory;
@@ -121,7 +122,7 @@ pub fn fetch(
         let Ok(phys) = walk::translate(mem, paging, linear) else {
             break;
         };
-        let in_page = (4096 - (linear & 0xfff)) as usize;
+        let in_page = usize_from(4096 - (linear & 0xfff));
         let n = in_page.min(MAX_LEN - got);
         let Some(dst) = out.get_mut(got..got + n) else {
             break;
@@ -318,7 +319,7 @@ fn finish(len: usize, bytes: &[u8], size: u8, operation: Operation) -> Result<Ac
     Ok(Access {
         size,
         operation,
-        len: len as u8,
+        len: u8::try_from(len).map_err(|_| DecodeError::TooLong)?,
     })
 }
 
@@ -414,14 +415,14 @@ pub const TESTDEV_LEN: u64 = 4096;
 /// The testdev scratch page.
 #[derive(Clone, Debug)]
 pub struct TestDev {
-    bytes: [u8; TESTDEV_LEN as usize],
+    bytes: [u8; usize_from(TESTDEV_LEN)],
     pub accesses: u64,
 }
 
 impl Default for TestDev {
     fn default() -> Self {
         TestDev {
-            bytes: [0; TESTDEV_LEN as usize],
+            bytes: [0; usize_from(TESTDEV_LEN)],
             accesses: 0,
         }
     }
@@ -456,7 +457,7 @@ impl TestDev {
     }
 
     fn span(gpa: GuestPhysAddr, size: u8) -> Option<core::ops::Range<usize>> {
-        let start = gpa.0.checked_sub(TESTDEV_BASE)? as usize;
+        let start = usize_from(gpa.0.checked_sub(TESTDEV_BASE)?);
         Some(start..start.checked_add(usize::from(size))?)
     }
 

@@ -52,6 +52,7 @@ pub mod index {
     pub const TSC_AUX: u32 = 0xc000_0103;
 }
 
+use crate::bits::low_u8;
 use index::*;
 
 /// MSRs whose guest value is a VMCS guest-state field.
@@ -267,7 +268,7 @@ pub fn write(msrs: &mut GuestMsrs, ctx: WriteContext, msr: u32, value: u64) -> W
         STAR | SFMASK => true,
         LSTAR | CSTAR | KERNEL_GS_BASE => canonical(value),
         TSC_AUX => value >> 32 == 0,
-        MTRR_DEF_TYPE => value & !0xcff == 0 && memory_type(value as u8),
+        MTRR_DEF_TYPE => value & !0xcff == 0 && memory_type(low_u8(value)),
         MISC_ENABLE => true,
         MTRR_PHYS_FIRST..=MTRR_PHYS_LAST => variable_mtrr(msr, value),
         m if fixed_mtrr(m).is_some() => value.to_le_bytes().iter().all(|t| memory_type(*t)),
@@ -331,7 +332,7 @@ fn memory_type(t: u8) -> bool {
 fn variable_mtrr(msr: u32, value: u64) -> bool {
     let above_phys = !((1u64 << PHYS_BITS) - 1);
     if (msr - MTRR_PHYS_FIRST).is_multiple_of(2) {
-        value & (above_phys | 0xf00) == 0 && memory_type(value as u8)
+        value & (above_phys | 0xf00) == 0 && memory_type(low_u8(value))
     } else {
         value & (above_phys | 0x7ff) == 0
     }

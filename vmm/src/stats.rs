@@ -72,7 +72,8 @@ impl Snapshot {
         if all == 0 {
             return 0;
         }
-        (root * 1_000_000 / all) as u64
+        // root <= all, so the ratio is at most 1_000_000 and fits.
+        u64::try_from(root * 1_000_000 / all).unwrap_or(1_000_000)
     }
 
     /// The rows with at least one exit: (name, count, root ticks).

@@ -211,7 +211,8 @@ impl<B: BlockBackend> Block<B> {
             },
             VIRTIO_BLK_T_GET_ID => {
                 let id = self.id.get(..writable as usize).unwrap_or(&self.id);
-                ok(chain.write_at(mem, 0, id) as u32)
+                // At most the 20-byte id, so the count fits.
+                ok(u32::try_from(chain.write_at(mem, 0, id)).unwrap_or(0))
             }
             VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => io_error,
             _ => Op::Done {
@@ -248,7 +249,7 @@ impl<B: BlockBackend> Block<B> {
         };
         let mut buf = [0u8; CHUNK];
         while req.done < len {
-            let n = (len - req.done).min(CHUNK as u32);
+            let n = (len - req.done).min(u32::try_from(CHUNK).unwrap_or(u32::MAX));
             let step = copy_chunk(
                 &mut self.backend,
                 &req.chain,

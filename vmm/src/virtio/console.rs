@@ -111,7 +111,7 @@ impl Console {
         let n = chain.write_at(mem, 0, waiting);
         self.input.copy_within(n..self.input_len, 0);
         self.input_len -= n;
-        Ok(n as u32)
+        u32::try_from(n).map_err(|_| QueueError::BadRequest)
     }
 }
 

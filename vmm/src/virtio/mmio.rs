@@ -10,6 +10,7 @@
 //! configuration space starts at offset 0x100 and takes 1, 2, 4 or 8-byte
 //! accesses that lie inside it.
 
+use crate::bits::low_u32;
 use alloc::vec::Vec;
 
 use crate::memory::GuestMemory;
@@ -240,7 +241,7 @@ impl<D: Device> VirtioMmio<D> {
             reg::QUEUE_DESC_LOW..=reg::QUEUE_DEVICE_HIGH => {
                 let (which, high) = queue_address_register(offset)?;
                 let addr = queue.map_or(0, |q| q.address(which));
-                (if high { addr >> 32 } else { addr }) as u32
+                low_u32(if high { addr >> 32 } else { addr })
             }
             // No shared memory regions: a length (and base) of all ones
             // says region SHMSel does not exist (4.2.2).
@@ -253,7 +254,7 @@ impl<D: Device> VirtioMmio<D> {
 
     fn device_features_word(&self) -> u32 {
         match self.device_features_sel {
-            0 => self.offered_features() as u32,
+            0 => low_u32(self.offered_features()),
             1 => (self.offered_features() >> 32) as u32,
             _ => 0,
         }
@@ -294,7 +295,7 @@ impl<D: Device> VirtioMmio<D> {
             self.bad();
             return Effect::None;
         }
-        let value = value as u32;
+        let value = low_u32(value);
         match offset {
             reg::DEVICE_FEATURES_SEL => self.device_features_sel = value,
             reg::DRIVER_FEATURES => self.write_driver_features(value),

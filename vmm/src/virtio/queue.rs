@@ -16,6 +16,7 @@
 //! reset (2.1.2). VIRTIO_F_EVENT_IDX is not offered, so the used ring's
 //! `avail_event` and the available ring's `used_event` are never touched.
 
+use crate::bits::usize_from;
 use alloc::vec::Vec;
 
 use crate::addr::GuestPhysAddr;
@@ -126,7 +127,7 @@ fn span_copy<'a>(
             skip -= blen;
             continue;
         }
-        let n = (blen - skip).min((len - done) as u64) as usize;
+        let n = usize_from((blen - skip).min((len - done) as u64));
         // Cannot overflow: pop checked gpa + len against guest RAM.
         let Some(at) = b.gpa.checked_add(skip) else {
             break;
@@ -343,7 +344,7 @@ impl Queue {
             .desc
             .checked_add(DESC_BYTES * u64::from(index))
             .ok_or(QueueError::BadRing)?;
-        let mut b = [0u8; DESC_BYTES as usize];
+        let mut b = [0u8; usize_from(DESC_BYTES)];
         mem.read(GuestPhysAddr(at), &mut b)
             .map_err(|_| QueueError::BadRing)?;
         let [
@@ -381,7 +382,7 @@ impl Queue {
         mem: &mut impl GuestMemory,
     ) -> Result<(), QueueError> {
         let slot = u64::from(self.used_idx % self.size.max(1));
-        let mut elem = [0u8; USED_ELEM_BYTES as usize];
+        let mut elem = [0u8; usize_from(USED_ELEM_BYTES)];
         let (id, len) = elem.split_at_mut(4);
         id.copy_from_slice(&u32::from(head).to_le_bytes());
         len.copy_from_slice(&written.to_le_bytes());
