@@ -32,23 +32,31 @@ pub const ACPI_END: u64 = 0x10_0000;
 /// Default I/O ports and values of the ACPI fixed hardware Atoll emulates.
 /// PM1a event block (PM1_STS, PM1_EN: 2 bytes each, 4.8.3.1).
 pub const PM1A_EVT_PORT: u16 = 0x600;
+/// The PM1a event block's length in bytes (FADT PM1_EVT_LEN).
 pub const PM1_EVT_LEN: u8 = 4;
 /// PM1a control block (PM1_CNT, 4.8.3.2.1).
 pub const PM1A_CNT_PORT: u16 = 0x604;
+/// The PM1a control block's length in bytes (FADT PM1_CNT_LEN).
 pub const PM1_CNT_LEN: u8 = 2;
 /// The reset register: the PC reset control port, value 6 (full reset).
 pub const RESET_PORT: u16 = 0xcf9;
+/// The value written to [`RESET_PORT`] to reset (FADT RESET_VALUE).
 pub const RESET_VALUE: u8 = 0x06;
 /// The SCI's ISA IRQ (and GSI: identity-mapped by an override).
 pub const SCI_IRQ: u8 = 9;
+/// The IOAPIC's MMIO base (the MADT's I/O APIC structure, 5.2.12.3).
 pub const IOAPIC_ADDRESS: u32 = 0xfec0_0000;
+/// The local APIC's MMIO base (the MADT header's field, 5.2.12).
 pub const LAPIC_ADDRESS: u32 = 0xfee0_0000;
 
 /// PM1 control register fields (4.8.3.2.1, Table 4.13): SLP_TYP in bits
 /// 12:10, SLP_EN in bit 13. The DSDT's `\_S5` gives SLP_TYP 5 for S5.
 pub const SLP_TYP_S5: u16 = 5;
+/// SLP_TYP's position in PM1_CNT (bits 12:10).
 pub const SLP_TYP_SHIFT: u16 = 10;
+/// The SLP_TYP field of PM1_CNT.
 pub const SLP_TYP_MASK: u16 = 0b111 << SLP_TYP_SHIFT;
+/// SLP_EN (PM1_CNT bit 13): writing 1 enters the sleep state SLP_TYP names.
 pub const SLP_EN: u16 = 1 << 13;
 
 /// Whether a write of `value` to PM1a_CNT asks for S5 (power off): SLP_EN
@@ -62,13 +70,21 @@ pub fn is_power_off(value: u16) -> bool {
 pub struct AcpiConfig {
     /// vCPUs, with x2APIC IDs and ACPI processor UIDs `0..vcpus`.
     pub vcpus: u32,
+    /// The local APIC address in the MADT header.
     pub lapic_address: u32,
+    /// The IOAPIC's address in its MADT entry.
     pub ioapic_address: u32,
+    /// The IOAPIC's ID in its MADT entry.
     pub ioapic_id: u8,
+    /// The FADT's PM1a_EVT_BLK port.
     pub pm1a_event_port: u16,
+    /// The FADT's PM1a_CNT_BLK port.
     pub pm1a_control_port: u16,
+    /// The FADT's reset register: an I/O port.
     pub reset_port: u16,
+    /// The value the FADT says to write to `reset_port`.
     pub reset_value: u8,
+    /// The SCI's ISA IRQ (FADT SCI_INT).
     pub sci_irq: u8,
 }
 

@@ -17,7 +17,9 @@ use crate::exit::{CrAccess, EptAccess, Exit, ExitReason, IoAccess, Registers, gp
 /// An exception to inject (SDM Vol. 3A, Table 7-1 vectors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
+    /// The vector (0-31).
     pub vector: u8,
+    /// The error code, for the exceptions that push one.
     pub error_code: Option<u32>,
 }
 
@@ -45,32 +47,57 @@ pub enum StopReason {
     /// A machine check during entry (exit 41).
     MachineCheck,
     /// VMLAUNCH/VMRESUME failed outright with this VM-instruction error.
-    EntryFailed { instruction_error: u64 },
+    EntryFailed {
+        /// The VM-instruction error number (SDM 31.4).
+        instruction_error: u64,
+    },
     /// An access to guest-physical memory the VM does not own and no
     /// device claims.
     EptViolation {
+        /// The guest-physical address accessed.
         gpa: GuestPhysAddr,
+        /// What the access was.
         access: EptAccess,
     },
     /// An EPT misconfiguration (a hypervisor bug, contained to the VM).
-    EptMisconfig { gpa: GuestPhysAddr },
+    EptMisconfig {
+        /// The guest-physical address accessed.
+        gpa: GuestPhysAddr,
+    },
     /// INS/OUTS: string port I/O is not emulated.
-    StringIo { port: u16 },
+    StringIo {
+        /// The port accessed.
+        port: u16,
+    },
     /// A device access by an instruction Atoll does not emulate (its first
     /// opcode byte; 0 if it could not be fetched), or one that leaves the
     /// device.
-    MmioUnsupported { gpa: GuestPhysAddr, opcode: u8 },
+    MmioUnsupported {
+        /// The guest-physical address accessed.
+        gpa: GuestPhysAddr,
+        /// The instruction's first opcode byte (0 if not fetched).
+        opcode: u8,
+    },
     /// A control-register access Atoll does not emulate.
-    CrAccess { qualification: u64 },
+    CrAccess {
+        /// The exit qualification (SDM Table 28-3).
+        qualification: u64,
+    },
     /// Every vCPU halted with interrupts disabled and nothing can wake them.
     HaltedForever,
     /// The hypervisor could not set up a vCPU of the VM (VMX or its VMCS on
     /// that CPU): not the guest's doing, so never restarted.
     SetupFailed,
     /// An exception exit Atoll did not ask for.
-    UnexpectedException { interruption: u32 },
+    UnexpectedException {
+        /// The VM-exit interruption information (SDM 25.9.2).
+        interruption: u32,
+    },
     /// An exit reason Atoll does not handle (the basic reason number).
-    UnknownExit { reason: u16 },
+    UnknownExit {
+        /// The basic exit reason number (SDM Appendix C).
+        reason: u16,
+    },
 }
 
 impl StopReason {
@@ -110,7 +137,10 @@ pub enum Outcome {
     /// HLT: run the vCPU again once an interrupt for it is pending;
     /// `interrupts_enabled` is RFLAGS.IF (with IF clear only INIT, SIPI or
     /// an NMI could wake it).
-    Halt { interrupts_enabled: bool },
+    Halt {
+        /// RFLAGS.IF at the HLT.
+        interrupts_enabled: bool,
+    },
     /// A host interrupt caused the exit: let the host take it, then resume.
     HostInterrupt,
     /// A host NMI caused the exit (the host's stop signal): handle it.
@@ -121,11 +151,19 @@ pub enum Outcome {
     Init,
     /// Complete a MOV to CR0/CR4 with this value (already checked against
     /// the architectural rules); RIP is already past the instruction.
-    WriteCr { cr: u8, value: u64 },
+    WriteCr {
+        /// Control register number (0 or 4).
+        cr: u8,
+        /// The value to load.
+        value: u64,
+    },
     /// Complete XSETBV with this XCR0 (already checked).
     SetXcr0(u64),
     /// The VM asked to end with this status (isa-debug-exit or a hypercall).
-    PowerOff { status: u32 },
+    PowerOff {
+        /// The exit status it gave.
+        status: u32,
+    },
     /// The guest reset its machine (reset control register, keyboard
     /// controller): a reboot, so the VM starts again from its images.
     Reboot,

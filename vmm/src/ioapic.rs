@@ -71,14 +71,18 @@ pub enum Delivery {
     /// To one of them: Atoll has no priority arbitration, so the caller
     /// delivers it as fixed to the first matching vCPU.
     LowestPriority,
+    /// As a non-maskable interrupt; the vector is ignored.
     Nmi,
 }
 
 /// An interrupt message the IOAPIC sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Message {
+    /// The input pin that raised it (0-23).
     pub pin: u8,
+    /// The vector (redirection entry bits 7:0).
     pub vector: u8,
+    /// How it is delivered (redirection entry bits 10:8).
     pub delivery: Delivery,
     /// The 8-bit destination field (bits 63:56).
     pub destination: u8,

@@ -10,6 +10,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(clippy::cast_possible_truncation)]
+#![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 // Tests index, unwrap and cast freely: a panic there is a test failure,
 // and their values are small constants chosen to fit.

@@ -17,6 +17,7 @@ use crate::memory::{GuestMemory, MemoryError};
 
 /// The multiboot v1 header magic, and the magic the kernel finds in EAX.
 pub const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
+/// The magic a multiboot v1 kernel finds in EAX (spec 3.2).
 pub const MULTIBOOT_BOOTLOADER_MAGIC: u32 = 0x2bad_b002;
 /// The header must lie 4-byte aligned within the first 8 KiB (spec 3.1.1).
 const HEADER_SEARCH: usize = 8192;
@@ -35,7 +36,9 @@ const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// A boot module: its bytes and its command line.
 #[derive(Clone, Copy, Debug)]
 pub struct Module<'a> {
+    /// The module's contents.
     pub bytes: &'a [u8],
+    /// Its command line (its `string` field in the information block).
     pub cmdline: &'a str,
 }
 
@@ -44,17 +47,24 @@ pub struct Module<'a> {
 /// EBX = the information block's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryState {
+    /// EIP: the kernel's entry point.
     pub entry: u32,
+    /// The boot loader magic for the kernel's protocol.
     pub eax: u32,
+    /// The information block's guest-physical address.
     pub ebx: u32,
 }
 
 /// Why a kernel could not be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadError {
+    /// No multiboot or Multiboot2 header in the kernel's first bytes.
     NoHeader,
+    /// The header's checksum does not make its fields sum to 0.
     BadChecksum,
+    /// The header asks for features Atoll does not provide (the flags).
     UnsupportedFlags(u32),
+    /// The kernel is not a little-endian x86 ELF file.
     NotElf,
     /// A field of the ELF file is out of range (the field's name).
     BadElf(&'static str),
@@ -66,8 +76,11 @@ pub enum LoadError {
     StringHasNul(&'static str),
     /// Something does not fit in the VM's RAM, or overlaps.
     DoesNotFit {
+        /// What did not fit ("kernel segment", "module", ...).
         what: &'static str,
+        /// Its guest-physical address.
         at: u64,
+        /// Its length in bytes.
         len: u64,
     },
 }
@@ -218,6 +231,7 @@ struct Mb2Header {
 
 /// The Multiboot2 header magic (spec 3.1.1) and the magic in EAX (3.3).
 pub const MULTIBOOT2_MAGIC: u32 = 0xe852_50d6;
+/// The magic a Multiboot2 kernel finds in EAX (spec 3.3).
 pub const MULTIBOOT2_BOOTLOADER_MAGIC: u32 = 0x36d7_6289;
 /// The header must lie 8-byte aligned within the first 32 KiB.
 const MB2_SEARCH: usize = 32768;

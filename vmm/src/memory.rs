@@ -12,7 +12,9 @@ use crate::addr::GuestPhysAddr;
 /// An access outside the VM's RAM (or one whose end overflows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryError {
+    /// Where the access started.
     pub gpa: GuestPhysAddr,
+    /// How many bytes it covered.
     pub len: u64,
 }
 
@@ -81,6 +83,7 @@ pub fn check_range(size: u64, gpa: GuestPhysAddr, len: u64) -> Result<u64, Memor
 /// they are copied into a VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VecMemory {
+    /// The RAM's contents; guest-physical address 0 is index 0.
     pub bytes: Vec<u8>,
 }
 

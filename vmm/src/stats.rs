@@ -48,6 +48,7 @@ pub fn row(reason: ExitReason) -> usize {
 /// One VM's counters at a moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Exits per reason, in [`REASONS`] order.
     pub counts: [u64; REASONS.len()],
     /// Root-mode ticks per reason: from the exit to the next entry.
     pub root_ticks: [u64; REASONS.len()],
@@ -57,10 +58,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// All exits, whatever their reason (saturating).
     pub fn exits(&self) -> u64 {
         self.counts.iter().fold(0, |a, b| a.saturating_add(*b))
     }
 
+    /// Root-mode ticks over all reasons (saturating).
     pub fn root_total(&self) -> u64 {
         self.root_ticks.iter().fold(0, |a, b| a.saturating_add(*b))
     }

@@ -31,6 +31,8 @@ pub const MMIO_SIZE: u64 = 0x200;
 pub const MAX_QUEUES: usize = 4;
 
 /// Device status bits (2.1).
+// Each name is the spec's (2.1, without the prefix).
+#[allow(missing_docs)]
 pub mod status {
     pub const ACKNOWLEDGE: u32 = 1;
     pub const DRIVER: u32 = 2;
@@ -40,11 +42,14 @@ pub mod status {
     pub const FAILED: u32 = 128;
 }
 
-/// InterruptStatus bits (4.2.2).
+/// InterruptStatus bit 0 (4.2.2): the device used a buffer in a queue.
 pub const INT_USED_BUFFER: u32 = 1;
+/// InterruptStatus bit 1 (4.2.2): the configuration space changed.
 pub const INT_CONFIG_CHANGE: u32 = 2;
 
 /// Register offsets (4.2.2, table "MMIO Device Register Layout").
+// Each name is the spec's register name in upper snake case.
+#[allow(missing_docs)]
 pub mod reg {
     pub const MAGIC_VALUE: u64 = 0x000;
     pub const VERSION: u64 = 0x004;
@@ -78,6 +83,7 @@ pub mod reg {
 /// What an access means for the VM beyond the device's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
+    /// Nothing more to do.
     None,
     /// InterruptStatus gained a bit: raise the device's interrupt line.
     Interrupt,
@@ -162,6 +168,7 @@ pub struct VirtioMmio<D: Device> {
 }
 
 impl<D: Device> VirtioMmio<D> {
+    /// The transport for `device`, in the reset state (no queue ready, status 0).
     pub fn new(device: D) -> Self {
         let n = device.num_queues().min(MAX_QUEUES);
         let queues = (0..n)
@@ -181,10 +188,12 @@ impl<D: Device> VirtioMmio<D> {
         }
     }
 
+    /// The device behind the transport.
     pub fn device(&self) -> &D {
         &self.device
     }
 
+    /// The device behind the transport, to change its state from outside (input, backend).
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
     }

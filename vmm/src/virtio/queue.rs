@@ -70,7 +70,9 @@ pub enum QueueError {
 /// One buffer of a chain, as validated by [`Queue::pop`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Buffer {
+    /// The buffer's guest-physical address.
     pub gpa: GuestPhysAddr,
+    /// The buffer's length in bytes.
     pub len: u32,
     /// Device-writable (VIRTQ_DESC_F_WRITE).
     pub writable: bool,
@@ -206,14 +208,17 @@ impl Queue {
         *self = Queue::new(self.max_size);
     }
 
+    /// The largest size the driver may choose (QueueNumMax, 4.2.2).
     pub fn max_size(&self) -> u16 {
         self.max_size
     }
 
+    /// The size the driver chose (QueueNum, 4.2.2): entries in each ring.
     pub fn size(&self) -> u16 {
         self.size
     }
 
+    /// Whether the driver set QueueReady (4.2.2): only a ready queue is used.
     pub fn ready(&self) -> bool {
         self.ready
     }
