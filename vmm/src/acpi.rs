@@ -32,23 +32,31 @@ pub const ACPI_END: u64 = 0x10_0000;
 /// Default I/O ports and values of the ACPI fixed hardware Atoll emulates.
 /// PM1a event block (PM1_STS, PM1_EN: 2 bytes each, 4.8.3.1).
 pub const PM1A_EVT_PORT: u16 = 0x600;
+/// The PM1a event block's length in bytes (FADT PM1_EVT_LEN).
 pub const PM1_EVT_LEN: u8 = 4;
 /// PM1a control block (PM1_CNT, 4.8.3.2.1).
 pub const PM1A_CNT_PORT: u16 = 0x604;
+/// The PM1a control block's length in bytes (FADT PM1_CNT_LEN).
 pub const PM1_CNT_LEN: u8 = 2;
 /// The reset register: the PC reset control port, value 6 (full reset).
 pub const RESET_PORT: u16 = 0xcf9;
+/// The value written to [`RESET_PORT`] to reset (FADT RESET_VALUE).
 pub const RESET_VALUE: u8 = 0x06;
 /// The SCI's ISA IRQ (and GSI: identity-mapped by an override).
 pub const SCI_IRQ: u8 = 9;
+/// The IOAPIC's MMIO base (the MADT's I/O APIC structure, 5.2.12.3).
 pub const IOAPIC_ADDRESS: u32 = 0xfec0_0000;
+/// The local APIC's MMIO base (the MADT header's field, 5.2.12).
 pub const LAPIC_ADDRESS: u32 = 0xfee0_0000;
 
 /// PM1 control register fields (4.8.3.2.1, Table 4.13): SLP_TYP in bits
 /// 12:10, SLP_EN in bit 13. The DSDT's `\_S5` gives SLP_TYP 5 for S5.
 pub const SLP_TYP_S5: u16 = 5;
+/// SLP_TYP's position in PM1_CNT (bits 12:10).
 pub const SLP_TYP_SHIFT: u16 = 10;
+/// The SLP_TYP field of PM1_CNT.
 pub const SLP_TYP_MASK: u16 = 0b111 << SLP_TYP_SHIFT;
+/// SLP_EN (PM1_CNT bit 13): writing 1 enters the sleep state SLP_TYP names.
 pub const SLP_EN: u16 = 1 << 13;
 
 /// Whether a write of `value` to PM1a_CNT asks for S5 (power off): SLP_EN
@@ -62,13 +70,21 @@ pub fn is_power_off(value: u16) -> bool {
 pub struct AcpiConfig {
     /// vCPUs, with x2APIC IDs and ACPI processor UIDs `0..vcpus`.
     pub vcpus: u32,
+    /// The local APIC address in the MADT header.
     pub lapic_address: u32,
+    /// The IOAPIC's address in its MADT entry.
     pub ioapic_address: u32,
+    /// The IOAPIC's ID in its MADT entry.
     pub ioapic_id: u8,
+    /// The FADT's PM1a_EVT_BLK port.
     pub pm1a_event_port: u16,
+    /// The FADT's PM1a_CNT_BLK port.
     pub pm1a_control_port: u16,
+    /// The FADT's reset register: an I/O port.
     pub reset_port: u16,
+    /// The value the FADT says to write to `reset_port`.
     pub reset_value: u8,
+    /// The SCI's ISA IRQ (FADT SCI_INT).
     pub sci_irq: u8,
 }
 
@@ -105,14 +121,15 @@ const MADT_REVISION: u8 = 5;
 /// Revision 2: AML integers are 64-bit (5.2.11.1).
 const DSDT_REVISION: u8 = 2;
 
-const RSDP_LEN: u64 = 36;
+const RSDP_LEN: usize = 36;
 const XSDT_LEN: u64 = HEADER_LEN as u64 + 2 * 8;
-const FADT_LEN: u64 = 276;
-const FACS_LEN: u64 = 64;
+const FADT_LEN: usize = 276;
+const FACS_LEN: usize = 64;
 const MADT_FIXED_LEN: u64 = 44;
-const MADT_X2APIC_LEN: u64 = 16;
-const MADT_IOAPIC_LEN: u64 = 12;
-const MADT_ISO_LEN: u64 = 10;
+/// MADT entry lengths: each entry's one-byte Length field (5.2.12).
+const MADT_X2APIC_LEN: u8 = 16;
+const MADT_IOAPIC_LEN: u8 = 12;
+const MADT_ISO_LEN: u8 = 10;
 
 /// The DSDT's AML (ACPI 6.4 20.2, AML grammar): `Name (_S5, Package (4)
 /// {5, 5, 0, 0})`, the \_S5 sleep state object (7.4.2) whose first two
@@ -146,13 +163,17 @@ impl Layout {
     /// [`ACPI_END`] is the error.
     fn new(cfg: &AcpiConfig) -> Result<Self, MemoryError> {
         let madt_len = u64::from(cfg.vcpus)
-            .checked_mul(MADT_X2APIC_LEN)
-            .and_then(|cpus| cpus.checked_add(MADT_FIXED_LEN + MADT_IOAPIC_LEN + 2 * MADT_ISO_LEN))
+            .checked_mul(u64::from(MADT_X2APIC_LEN))
+            .and_then(|cpus| {
+                cpus.checked_add(
+                    MADT_FIXED_LEN + u64::from(MADT_IOAPIC_LEN) + 2 * u64::from(MADT_ISO_LEN),
+                )
+            })
             .ok_or(MemoryError {
                 gpa: GuestPhysAddr(RSDP_ADDRESS),
                 len: u64::MAX,
             })?;
-        let mut next = RSDP_ADDRESS + RSDP_LEN;
+        let mut next = RSDP_ADDRESS + RSDP_LEN as u64;
         let mut place = |len: u64, align: u64| -> Result<u64, MemoryError> {
             let at = next.next_multiple_of(align);
             let end = at.checked_add(len).filter(|&end| end <= ACPI_END);
@@ -164,8 +185,8 @@ impl Layout {
         };
         Ok(Layout {
             xsdt: place(XSDT_LEN, 8)?,
-            fadt: place(FADT_LEN, 8)?,
-            facs: place(FACS_LEN, 64)?,
+            fadt: place(FADT_LEN as u64, 8)?,
+            facs: place(FACS_LEN as u64, 64)?,
             dsdt: place(HEADER_LEN as u64 + DSDT_AML.len() as u64, 8)?,
             madt: place(madt_len, 8)?,
             madt_len,
@@ -201,17 +222,17 @@ pub fn build(mem: &mut impl GuestMemory, cfg: &AcpiConfig) -> Result<u64, Memory
 /// The RSDP (5.2.5.3): revision 2, no RSDT, the XSDT's address; the first
 /// checksum covers bytes 0-19, the extended one all 36.
 fn rsdp(xsdt: u64) -> Vec<u8> {
-    let mut t = Vec::with_capacity(RSDP_LEN as usize);
+    let mut t = Vec::with_capacity(RSDP_LEN);
     t.extend_from_slice(b"RSD PTR ");
     t.push(0);
     t.extend_from_slice(OEM_ID);
     t.push(2);
     t.extend_from_slice(&0u32.to_le_bytes());
-    t.extend_from_slice(&(RSDP_LEN as u32).to_le_bytes());
+    t.extend_from_slice(&length_field(RSDP_LEN));
     t.extend_from_slice(&xsdt.to_le_bytes());
     t.extend_from_slice(&[0; 4]);
     set_checksum(&mut t, 8, 0..20);
-    set_checksum(&mut t, 32, 0..RSDP_LEN as usize);
+    set_checksum(&mut t, 32, 0..RSDP_LEN);
     t
 }
 
@@ -237,10 +258,10 @@ const NO_C3_LATENCY: u16 = 1001;
 /// the table's; both the 32-bit and the X_ (64-bit) forms of each address
 /// are filled and agree.
 fn fadt(cfg: &AcpiConfig, layout: &Layout) -> Vec<u8> {
-    let mut b = alloc::vec![0u8; FADT_LEN as usize - HEADER_LEN];
+    let mut b = alloc::vec![0u8; FADT_LEN - HEADER_LEN];
     let mut at = |offset: usize, bytes: &[u8]| put(&mut b, offset - HEADER_LEN, bytes);
-    at(36, &(layout.facs as u32).to_le_bytes()); // FIRMWARE_CTRL
-    at(40, &(layout.dsdt as u32).to_le_bytes()); // DSDT
+    at(36, &address_32(layout.facs)); // FIRMWARE_CTRL
+    at(40, &address_32(layout.dsdt)); // DSDT
     at(46, &u16::from(cfg.sci_irq).to_le_bytes()); // SCI_INT
     // SMI_CMD (48), ACPI_ENABLE, ACPI_DISABLE stay 0: no SMI, always in
     // ACPI mode (5.2.9: "zero ... indicates ... SMI command port is not
@@ -281,9 +302,9 @@ fn gas_io(port: u16, bits: u8, access: u8) -> [u8; 12] {
 /// The FACS (5.2.10): no waking vector, no global lock; version 2. It has
 /// no checksum.
 fn facs() -> Vec<u8> {
-    let mut t = alloc::vec![0u8; FACS_LEN as usize];
+    let mut t = alloc::vec![0u8; FACS_LEN];
     put(&mut t, 0, b"FACS");
-    put(&mut t, 4, &(FACS_LEN as u32).to_le_bytes());
+    put(&mut t, 4, &length_field(FACS_LEN));
     put(&mut t, 32, &[2]);
     t
 }
@@ -315,12 +336,12 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     b.extend_from_slice(&cfg.lapic_address.to_le_bytes());
     b.extend_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
     for id in 0..cfg.vcpus {
-        b.extend_from_slice(&[MADT_X2APIC, MADT_X2APIC_LEN as u8, 0, 0]);
+        b.extend_from_slice(&[MADT_X2APIC, MADT_X2APIC_LEN, 0, 0]);
         b.extend_from_slice(&id.to_le_bytes());
         b.extend_from_slice(&X2APIC_ENABLED.to_le_bytes());
         b.extend_from_slice(&id.to_le_bytes()); // ACPI Processor UID
     }
-    b.extend_from_slice(&[MADT_IOAPIC, MADT_IOAPIC_LEN as u8, cfg.ioapic_id, 0]);
+    b.extend_from_slice(&[MADT_IOAPIC, MADT_IOAPIC_LEN, cfg.ioapic_id, 0]);
     b.extend_from_slice(&cfg.ioapic_address.to_le_bytes());
     b.extend_from_slice(&0u32.to_le_bytes()); // Global System Interrupt Base
     let overrides = [
@@ -328,11 +349,25 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
         (cfg.sci_irq, u32::from(cfg.sci_irq), INTI_LEVEL_ACTIVE_HIGH),
     ];
     for (irq, gsi, flags) in overrides {
-        b.extend_from_slice(&[MADT_ISO, MADT_ISO_LEN as u8, 0, irq]);
+        b.extend_from_slice(&[MADT_ISO, MADT_ISO_LEN, 0, irq]);
         b.extend_from_slice(&gsi.to_le_bytes());
         b.extend_from_slice(&flags.to_le_bytes());
     }
     table(b"APIC", MADT_REVISION, &b)
+}
+
+/// A table's 32-bit Length field (5.2.6). Every table lies below
+/// [`ACPI_END`] ([`Layout::new`] checks), so its length fits; the
+/// saturated value is unreachable.
+fn length_field(len: usize) -> [u8; 4] {
+    u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes()
+}
+
+/// A 32-bit table address field (FIRMWARE_CTRL, DSDT; 5.2.9): the
+/// address, or 0 for one above 4 GiB, which 5.2.9 lets the X_ form carry
+/// alone. Tables lie below [`ACPI_END`], so the address always fits.
+fn address_32(gpa: u64) -> [u8; 4] {
+    u32::try_from(gpa).unwrap_or(0).to_le_bytes()
 }
 
 /// A system description table: the header (5.2.6) and `body`, with the
@@ -341,7 +376,7 @@ fn table(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     let len = HEADER_LEN + body.len();
     let mut t = Vec::with_capacity(len);
     t.extend_from_slice(signature);
-    t.extend_from_slice(&(len as u32).to_le_bytes());
+    t.extend_from_slice(&length_field(len));
     t.push(revision);
     t.push(0);
     t.extend_from_slice(OEM_ID);

@@ -51,27 +51,37 @@ const MAX_PENDING: usize = 32;
 /// Which devices a board has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BoardSpec {
+    /// The legacy port devices.
     pub ports: DeviceSet,
     /// The PC platform for the Linux boot protocol: the IOAPIC.
     pub pc: bool,
+    /// A virtio-blk device.
     pub virtio_blk: bool,
+    /// A virtio-console device.
     pub virtio_console: bool,
+    /// The VM's RAM size in bytes.
     pub ram_bytes: u64,
+    /// How many vCPUs the VM has.
     pub vcpus: u16,
 }
 
 /// A virtio kind, in window order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VirtioKind {
+    /// virtio-blk (device ID 2).
     Block,
+    /// virtio-console (device ID 3).
     Console,
 }
 
 /// Where a virtio device is and which IRQ it raises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioPlace {
+    /// Which device it is.
     pub kind: VirtioKind,
+    /// Its MMIO register page's guest-physical address.
     pub base: u64,
+    /// Its IOAPIC input pin.
     pub irq: u8,
 }
 
@@ -190,6 +200,7 @@ impl Lines {
 
 /// One VM's devices.
 pub struct Board<B: BlockBackend> {
+    /// The port-I/O devices.
     pub ports: LegacyPorts,
     ioapic: Option<Ioapic>,
     blk: Option<Slot<Block<B>>>,
@@ -208,13 +219,16 @@ pub struct Board<B: BlockBackend> {
 /// Device-work slices as the hypervisor measured them (on its clock).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SliceStats {
+    /// How many slices ran.
     pub count: u64,
-    /// The longest slice, and all of them summed.
+    /// The longest slice.
     pub max_ticks: u64,
+    /// All slices summed.
     pub total_ticks: u64,
 }
 
 impl SliceStats {
+    /// Counts one slice of `ticks`.
     pub fn record(&mut self, ticks: u64) {
         self.count = self.count.saturating_add(1);
         self.max_ticks = self.max_ticks.max(ticks);

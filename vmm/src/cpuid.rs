@@ -41,15 +41,20 @@ pub const PHYS_BITS: u32 = 39;
 
 /// The host's CPUID.
 pub trait HostCpuid {
+    /// The host's answer to CPUID `leaf`/`subleaf`: EAX, EBX, ECX, EDX.
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
 }
 
 /// What the guest's answer depends on besides the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Context {
+    /// The vCPU's x2APIC ID (leaf 1 `EBX[31:24]` holds its low byte, leaf 0BH EDX all of it).
     pub apic_id: u32,
+    /// How many vCPUs the VM has (leaves 1, 4 and 0BH report the count).
     pub vcpus: u32,
+    /// The TSC rate in kHz (leaves 15H, 16H and 4000_0010H report it).
     pub tsc_khz: u32,
+    /// The local APIC timer's rate in kHz (leaf 4000_0010H EBX).
     pub lapic_khz: u32,
     /// Guest CR4.OSXSAVE (leaf 1 ECX[27] mirrors it).
     pub osxsave: bool,

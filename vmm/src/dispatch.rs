@@ -11,12 +11,15 @@
 //! 7.5).
 
 use crate::addr::GuestPhysAddr;
+use crate::bits::low_u32;
 use crate::exit::{CrAccess, EptAccess, Exit, ExitReason, IoAccess, Registers, gpr};
 
 /// An exception to inject (SDM Vol. 3A, Table 7-1 vectors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
+    /// The vector (0-31).
     pub vector: u8,
+    /// The error code, for the exceptions that push one.
     pub error_code: Option<u32>,
 }
 
@@ -44,32 +47,57 @@ pub enum StopReason {
     /// A machine check during entry (exit 41).
     MachineCheck,
     /// VMLAUNCH/VMRESUME failed outright with this VM-instruction error.
-    EntryFailed { instruction_error: u64 },
+    EntryFailed {
+        /// The VM-instruction error number (SDM 31.4).
+        instruction_error: u64,
+    },
     /// An access to guest-physical memory the VM does not own and no
     /// device claims.
     EptViolation {
+        /// The guest-physical address accessed.
         gpa: GuestPhysAddr,
+        /// What the access was.
         access: EptAccess,
     },
     /// An EPT misconfiguration (a hypervisor bug, contained to the VM).
-    EptMisconfig { gpa: GuestPhysAddr },
+    EptMisconfig {
+        /// The guest-physical address accessed.
+        gpa: GuestPhysAddr,
+    },
     /// INS/OUTS: string port I/O is not emulated.
-    StringIo { port: u16 },
+    StringIo {
+        /// The port accessed.
+        port: u16,
+    },
     /// A device access by an instruction Atoll does not emulate (its first
     /// opcode byte; 0 if it could not be fetched), or one that leaves the
     /// device.
-    MmioUnsupported { gpa: GuestPhysAddr, opcode: u8 },
+    MmioUnsupported {
+        /// The guest-physical address accessed.
+        gpa: GuestPhysAddr,
+        /// The instruction's first opcode byte (0 if not fetched).
+        opcode: u8,
+    },
     /// A control-register access Atoll does not emulate.
-    CrAccess { qualification: u64 },
+    CrAccess {
+        /// The exit qualification (SDM Table 28-3).
+        qualification: u64,
+    },
     /// Every vCPU halted with interrupts disabled and nothing can wake them.
     HaltedForever,
     /// The hypervisor could not set up a vCPU of the VM (VMX or its VMCS on
     /// that CPU): not the guest's doing, so never restarted.
     SetupFailed,
     /// An exception exit Atoll did not ask for.
-    UnexpectedException { interruption: u32 },
+    UnexpectedException {
+        /// The VM-exit interruption information (SDM 25.9.2).
+        interruption: u32,
+    },
     /// An exit reason Atoll does not handle (the basic reason number).
-    UnknownExit { reason: u16 },
+    UnknownExit {
+        /// The basic exit reason number (SDM Appendix C).
+        reason: u16,
+    },
 }
 
 impl StopReason {
@@ -109,7 +137,10 @@ pub enum Outcome {
     /// HLT: run the vCPU again once an interrupt for it is pending;
     /// `interrupts_enabled` is RFLAGS.IF (with IF clear only INIT, SIPI or
     /// an NMI could wake it).
-    Halt { interrupts_enabled: bool },
+    Halt {
+        /// RFLAGS.IF at the HLT.
+        interrupts_enabled: bool,
+    },
     /// A host interrupt caused the exit: let the host take it, then resume.
     HostInterrupt,
     /// A host NMI caused the exit (the host's stop signal): handle it.
@@ -120,11 +151,19 @@ pub enum Outcome {
     Init,
     /// Complete a MOV to CR0/CR4 with this value (already checked against
     /// the architectural rules); RIP is already past the instruction.
-    WriteCr { cr: u8, value: u64 },
+    WriteCr {
+        /// Control register number (0 or 4).
+        cr: u8,
+        /// The value to load.
+        value: u64,
+    },
     /// Complete XSETBV with this XCR0 (already checked).
     SetXcr0(u64),
     /// The VM asked to end with this status (isa-debug-exit or a hypercall).
-    PowerOff { status: u32 },
+    PowerOff {
+        /// The exit status it gave.
+        status: u32,
+    },
     /// The guest reset its machine (reset control register, keyboard
     /// controller): a reboot, so the VM starts again from its images.
     Reboot,
@@ -225,8 +264,8 @@ fn is_nmi(interruption: u32) -> bool {
 }
 
 fn cpuid(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
-    let leaf = regs.get(gpr::RAX) as u32;
-    let subleaf = regs.get(gpr::RCX) as u32;
+    let leaf = low_u32(regs.get(gpr::RAX));
+    let subleaf = low_u32(regs.get(gpr::RCX));
     let [a, b, c, d] = env.cpuid(leaf, subleaf);
     // CPUID writes the low halves and clears the high halves (64-bit mode).
     regs.set(gpr::RAX, u64::from(a));
@@ -253,7 +292,7 @@ fn port_io(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome
     regs.advance(exit);
     if io.write {
         return env
-            .port_out(io.port, io.size, (rax & mask) as u32)
+            .port_out(io.port, io.size, low_u32(rax & mask))
             .unwrap_or(Outcome::Resume);
     }
     let value = u64::from(env.port_in(io.port, io.size)) & mask;
@@ -267,7 +306,7 @@ fn port_io(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome
 }
 
 fn rdmsr(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
-    match env.rdmsr(regs.get(gpr::RCX) as u32) {
+    match env.rdmsr(low_u32(regs.get(gpr::RCX))) {
         Some(value) => {
             regs.set_edx_eax(value);
             regs.advance(exit);
@@ -278,7 +317,7 @@ fn rdmsr(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
 }
 
 fn wrmsr(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
-    if env.wrmsr(regs.get(gpr::RCX) as u32, regs.edx_eax()) {
+    if env.wrmsr(low_u32(regs.get(gpr::RCX)), regs.edx_eax()) {
         regs.advance(exit);
         Outcome::Resume
     } else {
@@ -329,7 +368,7 @@ fn cr_access(exit: &Exit, regs: &mut Registers) -> Outcome {
 fn xsetbv(exit: &Exit, regs: &mut Registers, env: &mut impl ExitEnv) -> Outcome {
     let value = regs.edx_eax();
     let (x87, sse, avx) = (1, 1 << 1, 1 << 2);
-    let legal = regs.get(gpr::RCX) as u32 == 0
+    let legal = low_u32(regs.get(gpr::RCX)) == 0
         && regs.cpl == 0
         && value & x87 != 0
         && (value & avx == 0 || value & sse != 0)

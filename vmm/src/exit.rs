@@ -4,9 +4,12 @@
 //! the host.
 
 use crate::addr::GuestPhysAddr;
+use crate::bits::low_u16;
 
 /// Basic exit reasons Atoll tells apart (SDM Vol. 3D, Appendix C). All
 /// others arrive as [`ExitReason::Other`] and stop the VM.
+// Each variant is the SDM's name for its exit reason (Appendix C).
+#[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ExitReason {
     ExceptionOrNmi,
@@ -94,10 +97,12 @@ impl ExitReason {
 /// The VMCS exit-information fields of one exit (SDM 25.9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exit {
+    /// The basic exit reason (bits 15:0 of the exit-reason field).
     pub reason: ExitReason,
     /// Bit 31 of the exit reason: the exit happened during VM entry
     /// (invalid guest state, MSR loading, machine check).
     pub entry_failed: bool,
+    /// The exit qualification (SDM 28.2.1): the reason's own details.
     pub qualification: u64,
     /// Length of the instruction that exited (for instruction exits).
     pub instruction_len: u8,
@@ -109,6 +114,8 @@ pub struct Exit {
 
 /// General-purpose register numbers in the x86 encoding order (the order
 /// of ModRM's reg field and of the exit qualifications' register fields).
+// Each name is the register's own.
+#[allow(missing_docs)]
 pub mod gpr {
     pub const RAX: usize = 0;
     pub const RCX: usize = 1;
@@ -126,11 +133,17 @@ pub mod gpr {
 pub struct Registers {
     /// RAX..R15 in encoding order ([`gpr`]); RSP is the VMCS value.
     pub gpr: [u64; 16],
+    /// Guest RIP: the instruction that exited (or the next one to run).
     pub rip: u64,
+    /// Guest RFLAGS.
     pub rflags: u64,
+    /// Guest CR0.
     pub cr0: u64,
+    /// Guest CR3.
     pub cr3: u64,
+    /// Guest CR4.
     pub cr4: u64,
+    /// Guest IA32_EFER.
     pub efer: u64,
     /// The current privilege level (SS.DPL, SDM 25.4.1).
     pub cpl: u8,
@@ -172,23 +185,27 @@ impl Registers {
 /// A port I/O exit's qualification (SDM Table 28-5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoAccess {
+    /// The port (qualification bits 31:16).
     pub port: u16,
     /// 1, 2 or 4 bytes.
     pub size: u8,
+    /// OUT/OUTS (qualification bit 3 clear); else IN/INS.
     pub write: bool,
     /// INS/OUTS: Atoll does not emulate string I/O.
     pub string: bool,
+    /// A REP prefix (qualification bit 5).
     pub rep: bool,
 }
 
 impl IoAccess {
+    /// Reads an I/O-instruction exit's qualification (SDM Table 28-5).
     pub fn decode(qualification: u64) -> Self {
         IoAccess {
             size: (qualification & 0x7) as u8 + 1,
             write: qualification & (1 << 3) == 0,
             string: qualification & (1 << 4) != 0,
             rep: qualification & (1 << 5) != 0,
-            port: (qualification >> 16) as u16,
+            port: low_u16(qualification >> 16),
         }
     }
 }
@@ -198,23 +215,30 @@ impl IoAccess {
 pub enum CrAccess {
     /// MOV to CRn from register `gpr`.
     Write {
+        /// Control register number n.
         cr: u8,
+        /// The general-purpose register ([`gpr`] number).
         gpr: usize,
     },
     /// MOV from CRn (only CR3/CR8 exit this way, and Atoll enables
     /// neither).
     Read {
+        /// Control register number n.
         cr: u8,
+        /// The general-purpose register ([`gpr`] number).
         gpr: usize,
     },
+    /// CLTS: clear CR0.TS.
     Clts,
     /// LMSW with the 16-bit source value.
     Lmsw {
+        /// The source operand.
         value: u16,
     },
 }
 
 impl CrAccess {
+    /// Reads a control-register access exit's qualification (SDM Table 28-3).
     pub fn decode(qualification: u64) -> Self {
         let cr = (qualification & 0xf) as u8;
         let gpr = ((qualification >> 8) & 0xf) as usize;
@@ -223,7 +247,7 @@ impl CrAccess {
             1 => CrAccess::Read { cr, gpr },
             2 => CrAccess::Clts,
             _ => CrAccess::Lmsw {
-                value: (qualification >> 16) as u16,
+                value: low_u16(qualification >> 16),
             },
         }
     }
@@ -232,12 +256,16 @@ impl CrAccess {
 /// An EPT violation's qualification (SDM Table 28-7): what the access was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EptAccess {
+    /// The access was a data read (qualification bit 0).
     pub read: bool,
+    /// The access was a data write (bit 1).
     pub write: bool,
+    /// The access was an instruction fetch (bit 2).
     pub fetch: bool,
 }
 
 impl EptAccess {
+    /// Reads an EPT violation's qualification (SDM Table 28-7).
     pub fn decode(qualification: u64) -> Self {
         EptAccess {
             read: qualification & 1 != 0,

@@ -10,13 +10,21 @@ use crate::addr::GuestPhysAddr;
 
 /// Call numbers (RAX).
 pub mod number {
+    /// `version`: the ABI version, in RDX.
     pub const VERSION: u64 = 0;
+    /// `console_write`: print bytes of RAM as the VM's console lines.
     pub const CONSOLE_WRITE: u64 = 1;
+    /// `ids`: the VM's number, the calling vCPU and the VM's node.
     pub const IDS: u64 = 2;
+    /// `signal`: raise a notification through a signal capability.
     pub const SIGNAL: u64 = 3;
+    /// `wait`: block until a notification arrives or a timeout passes.
     pub const WAIT: u64 = 4;
+    /// `map_channel`: map a shared-memory channel into the VM.
     pub const MAP_CHANNEL: u64 = 5;
+    /// `power_off`: end the VM with an exit status.
     pub const POWER_OFF: u64 = 6;
+    /// `report_stats`: print the VM's `stats` event.
     pub const REPORT_STATS: u64 = 7;
 }
 
@@ -30,6 +38,7 @@ const PAGE: u64 = 4096;
 /// Error codes, returned in RAX as negative numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
+    /// No call with that number.
     UnknownCall = -1,
     /// Called from CPL 1-3: hypercalls belong to the guest kernel.
     NotPermitted = -2,
@@ -56,24 +65,33 @@ impl Error {
 /// The registers a hypercall reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Args {
+    /// The call number.
     pub rax: u64,
+    /// Argument 0.
     pub rdi: u64,
+    /// Argument 1.
     pub rsi: u64,
+    /// Argument 2.
     pub rdx: u64,
+    /// Argument 3.
     pub rcx: u64,
+    /// The caller's current privilege level; only CPL 0 may call.
     pub cpl: u8,
 }
 
 /// A guest-physical range that map_channel must not overlap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
+    /// The range's first guest-physical address.
     pub start: u64,
+    /// Its length in bytes.
     pub len: u64,
 }
 
 /// What the calling VM holds, for checking a call.
 #[derive(Clone, Copy, Debug)]
 pub struct Context<'a> {
+    /// The VM's RAM size in bytes: a channel must be mapped above it.
     pub ram_bytes: u64,
     /// Per signal handle, the notifications it may raise (bit n).
     pub signals: &'a [u64],
@@ -86,29 +104,44 @@ pub struct Context<'a> {
 /// A fully checked call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hypercall {
+    /// Report the ABI version.
     Version,
     /// Print `len` bytes (at most [`CONSOLE_MAX`]) of RAM at `gpa`.
     ConsoleWrite {
+        /// Where the bytes are.
         gpa: GuestPhysAddr,
+        /// How many bytes.
         len: u64,
     },
+    /// Report the VM's number, the calling vCPU and the VM's node.
     Ids,
+    /// Raise `notification` through signal capability `handle`.
     Signal {
+        /// The signal capability (its position in the VM's `signal` list).
         handle: u16,
+        /// The notification to raise (0-63).
         notification: u8,
     },
     /// Wait for a notification; `None` = forever, `Some(0)` = poll.
     Wait {
+        /// How long to wait in microseconds.
         timeout_us: Option<u64>,
     },
+    /// Map channel `handle`, all `len` bytes of it, at `gpa`.
     MapChannel {
+        /// The channel capability (its position in the VM's `channels` list).
         handle: u16,
+        /// Where to map it (page aligned, checked clear of RAM and devices).
         gpa: GuestPhysAddr,
+        /// The channel's size in bytes.
         len: u64,
     },
+    /// End the VM.
     PowerOff {
+        /// Its exit status.
         status: u32,
     },
+    /// Print the VM's exit statistics as a `stats` event.
     ReportStats,
 }
 
@@ -210,8 +243,11 @@ pub fn check_mapping(
 /// What a performed call returns besides success.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Output {
+    /// Result register RDX.
     pub rdx: u64,
+    /// Result register RSI.
     pub rsi: u64,
+    /// Result register RDI.
     pub rdi: u64,
 }
 

@@ -33,6 +33,7 @@
 //! vector (the broadcast EOI of SDM 11.8.5, or a write of the vector to the
 //! EOI register).
 
+use crate::bits::{low_u8, low_u32};
 use crate::lapic::Destination;
 
 /// Guest-physical address of the IOAPIC's registers (PC convention, and
@@ -41,7 +42,9 @@ pub const IOAPIC_BASE: u64 = 0xfec0_0000;
 /// The page Atoll claims for it.
 pub const IOAPIC_LEN: u64 = 0x1000;
 /// Input pins (and redirection table entries).
-pub const PINS: usize = 24;
+pub const PINS: usize = PIN_COUNT as usize;
+/// [`PINS`] as a pin number's type.
+const PIN_COUNT: u8 = 24;
 
 const IOREGSEL: u64 = 0x00;
 const IOWIN: u64 = 0x10;
@@ -68,14 +71,18 @@ pub enum Delivery {
     /// To one of them: Atoll has no priority arbitration, so the caller
     /// delivers it as fixed to the first matching vCPU.
     LowestPriority,
+    /// As a non-maskable interrupt; the vector is ignored.
     Nmi,
 }
 
 /// An interrupt message the IOAPIC sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Message {
+    /// The input pin that raised it (0-23).
     pub pin: u8,
+    /// The vector (redirection entry bits 7:0).
     pub vector: u8,
+    /// How it is delivered (redirection entry bits 10:8).
     pub delivery: Delivery,
     /// The 8-bit destination field (bits 63:56).
     pub destination: u8,
@@ -157,17 +164,17 @@ impl Ioapic {
         let bytes = mask(size) << shift;
         let merge = |old: u32| {
             let new = (u64::from(old) & !bytes) | ((value << shift) & bytes);
-            new as u32
+            low_u32(new)
         };
         match offset & !3 {
-            IOREGSEL => self.select = merge(u32::from(self.select)) as u8,
+            IOREGSEL => self.select = low_u8(merge(u32::from(self.select)).into()),
             IOWIN => {
                 let select = self.select;
                 let new = merge(self.register(select));
                 self.set_register(select, new);
             }
             // Version 0x20 EOI register: bits 7:0 are the vector.
-            EOI => self.eoi(merge(0) as u8),
+            EOI => self.eoi(low_u8(merge(0).into())),
             _ => {}
         }
     }
@@ -179,7 +186,7 @@ impl Ioapic {
             1 => VERSION,
             2 => self.id,
             s if s >= REDTBL => match self.entry((s - REDTBL) / 2) {
-                Some(e) if s % 2 == 0 => e as u32,
+                Some(e) if s % 2 == 0 => low_u32(e),
                 Some(e) => (e >> 32) as u32,
                 None => 0,
             },
@@ -249,7 +256,7 @@ impl Ioapic {
     /// again.
     pub fn eoi(&mut self, vector: u8) {
         for entry in self.redirection.iter_mut() {
-            if *entry & LEVEL != 0 && *entry as u8 == vector {
+            if *entry & LEVEL != 0 && low_u8(*entry) == vector {
                 *entry &= !REMOTE_IRR;
             }
         }
@@ -258,7 +265,7 @@ impl Ioapic {
     /// The next level-triggered message that can be sent now (a request
     /// held while its pin was masked or awaiting EOI), if any.
     pub fn next_message(&mut self) -> Option<Message> {
-        (0..PINS as u8).find_map(|pin| self.deliver_level(pin))
+        (0..PIN_COUNT).find_map(|pin| self.deliver_level(pin))
     }
 
     /// Sends level pin `pin`'s message if it has a request, is unmasked
@@ -294,7 +301,7 @@ fn message(pin: u8, entry: u64) -> Option<Message> {
     };
     Some(Message {
         pin,
-        vector: entry as u8,
+        vector: low_u8(entry),
         delivery,
         destination: (entry >> 56) as u8,
         logical: entry & LOGICAL != 0,

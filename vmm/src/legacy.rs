@@ -15,10 +15,12 @@
 //!
 //! Each is a [`PortDevice`] on the VM's port bus ([`crate::devices`]).
 
+use crate::bits::low_u8;
 use crate::devices::{PortDevice, PortEffect, ones};
 
-/// Master and slave 8259A command/data ports.
+/// The master 8259A's command port (data at +1).
 pub const PIC_MASTER: u16 = 0x20;
+/// The slave 8259A's command port (data at +1).
 pub const PIC_SLAVE: u16 = 0xa0;
 
 /// One 8259A.
@@ -103,10 +105,12 @@ impl Pic {
         }
     }
 
+    /// A read of command/data `port` of either chip; other ports read 0xff.
     pub fn read(&mut self, port: u16) -> u8 {
         self.chip(port).map_or(0xff, |c| c.read(port & 1 != 0))
     }
 
+    /// A write to command/data `port` of either chip; other ports are ignored.
     pub fn write(&mut self, port: u16, value: u8) {
         if let Some(c) = self.chip(port) {
             c.write(port & 1 != 0, value);
@@ -119,9 +123,10 @@ impl Pic {
     }
 }
 
-/// PM1a event block (status at +0, enable at +2) and control block, at the
-/// ports the VM's FADT names.
+/// The PM1a event block's port (status at +0, enable at +2), as the VM's
+/// FADT names it.
 pub const PM1A_EVT: u16 = 0x600;
+/// The PM1a control block's port.
 pub const PM1A_CNT: u16 = 0x604;
 /// PM1 control: SCI_EN (0), SLP_TYP (12:10), SLP_EN (13, write-only).
 const SCI_EN: u16 = 1 << 0;
@@ -147,7 +152,7 @@ impl AcpiPm {
             2 | 3 => self.enable,
             _ => control,
         };
-        (word >> (8 * (i % 2))) as u8
+        low_u8((word >> (8 * (i % 2))).into())
     }
 
     /// A read of `size` bytes at `port` (inside the block; bytes past its
@@ -167,7 +172,7 @@ impl AcpiPm {
         let start = port.wrapping_sub(PM1A_EVT);
         let mut slept = false;
         for k in 0..u16::from(size.clamp(1, 4)) {
-            let b = u16::from((value >> (8 * k)) as u8);
+            let b = u16::from(low_u8((value >> (8 * k)).into()));
             let shift = 8 * (start.wrapping_add(k) % 2);
             let keep = !(0xff << shift);
             match start.wrapping_add(k) {
@@ -186,8 +191,9 @@ impl AcpiPm {
     }
 }
 
-/// The RTC's index and data ports.
+/// The RTC's index port: selects the CMOS register [`RTC_DATA`] reaches.
 pub const RTC_INDEX: u16 = 0x70;
+/// The RTC's data port: reads and writes the register `RTC_INDEX` selected.
 pub const RTC_DATA: u16 = 0x71;
 
 /// The MC146818 clock: a fixed time, 2024-01-01 (a Monday) 12:00:00, in
@@ -232,6 +238,7 @@ impl Rtc {
         }
     }
 
+    /// A read of the index or data port.
     pub fn read(&mut self, port: u16) -> u8 {
         match port {
             RTC_DATA => self.register(self.index),
@@ -240,6 +247,7 @@ impl Rtc {
         }
     }
 
+    /// A write to the index or data port.
     pub fn write(&mut self, port: u16, value: u8) {
         match port {
             // Bit 7 is the NMI mask (there are no NMIs to mask here).
@@ -259,8 +267,11 @@ impl Rtc {
 /// PCI configuration mechanism 1: CONFIG_ADDRESS (0xCF8, 32-bit) and
 /// CONFIG_DATA (0xCFC-0xCFF).
 pub const PCI_ADDRESS: u16 = 0xcf8;
+/// CONFIG_DATA's first port.
 pub const PCI_DATA: u16 = 0xcfc;
 
+/// PCI configuration mechanism 1 with no devices: only the address latch
+/// is kept, and CONFIG_DATA reads all ones, so a scan finds nothing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PciConfig {
     address: u32,
@@ -272,6 +283,7 @@ impl PciConfig {
         self.address
     }
 
+    /// Sets the address latch.
     pub fn set_address(&mut self, value: u32) {
         self.address = value;
     }
@@ -283,7 +295,7 @@ impl PortDevice for Pic {
     }
 
     fn write(&mut self, base: u16, offset: u16, _size: u8, value: u32) -> Option<PortEffect> {
-        Pic::write(self, base.wrapping_add(offset), value as u8);
+        Pic::write(self, base.wrapping_add(offset), low_u8(value.into()));
         Some(PortEffect::None)
     }
 }
@@ -311,7 +323,7 @@ impl PortDevice for Rtc {
     }
 
     fn write(&mut self, base: u16, offset: u16, _size: u8, value: u32) -> Option<PortEffect> {
-        Rtc::write(self, base.wrapping_add(offset), value as u8);
+        Rtc::write(self, base.wrapping_add(offset), low_u8(value.into()));
         Some(PortEffect::None)
     }
 }

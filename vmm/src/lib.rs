@@ -9,11 +9,19 @@
 //! shape and the threat model (every guest-supplied value is hostile).
 #![no_std]
 #![forbid(unsafe_code)]
+#![deny(clippy::cast_possible_truncation)]
+#![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
-// Tests index and unwrap freely: a panic there is a test failure.
+// Tests index, unwrap and cast freely: a panic there is a test failure,
+// and their values are small constants chosen to fit.
 #![cfg_attr(
     test,
-    allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)
+    allow(
+        clippy::unwrap_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::cast_possible_truncation
+    )
 )]
 
 extern crate alloc;
@@ -22,6 +30,7 @@ extern crate std;
 
 pub mod acpi;
 pub mod addr;
+pub mod bits;
 pub mod board;
 pub mod cpuid;
 pub mod devices;

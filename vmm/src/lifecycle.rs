@@ -51,13 +51,21 @@ impl RunState {
 #[derive(Clone, Copy, Debug)]
 pub enum End {
     /// It asked to (isa-debug-exit or the power-off hypercall).
-    Exited { status: u32, vcpu: u16 },
+    Exited {
+        /// The status it gave.
+        status: u32,
+        /// The vCPU that asked.
+        vcpu: u16,
+    },
     /// It reset its machine: it starts again.
     Rebooted,
     /// It was stopped, with the registers of the vCPU that caused it.
     Stopped {
+        /// Why it was stopped.
         reason: StopReason,
+        /// The vCPU whose exit stopped it.
         vcpu: u16,
+        /// That vCPU's registers at the exit.
         regs: Registers,
     },
 }
@@ -78,7 +86,9 @@ impl End {
 /// Why a VM starts again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cause {
+    /// It crashed and `on_crash = "restart"` lets it start again.
     Crash,
+    /// It reset its machine.
     Reboot,
 }
 
@@ -98,9 +108,12 @@ pub enum Finish {
     /// Reload its images and start it again ([`Lifecycle::restart`]); if
     /// the images no longer load, it stays down after all.
     Restart(Cause),
-    /// It stays down ([`Lifecycle::end`]). `restarts_exhausted`: it
-    /// crashed with `on_crash = "restart"` but used up [`MAX_RESTARTS`].
-    Stay { restarts_exhausted: bool },
+    /// It stays down ([`Lifecycle::end`]).
+    Stay {
+        /// It crashed with `on_crash = "restart"` but used up
+        /// [`MAX_RESTARTS`].
+        restarts_exhausted: bool,
+    },
 }
 
 /// What happens to a VM whose vCPUs all checked out after `end` (none if
@@ -155,14 +168,17 @@ impl Lifecycle {
         }
     }
 
+    /// The VM's run state, as last published.
     pub fn state(&self) -> RunState {
         RunState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    /// Whether its vCPUs run.
     pub fn is_running(&self) -> bool {
         self.state() == RunState::Running
     }
 
+    /// Whether it is over.
     pub fn has_ended(&self) -> bool {
         self.state() == RunState::Ended
     }

@@ -29,6 +29,7 @@
 //! it does after any boot loader.
 
 use crate::addr::GuestPhysAddr;
+use crate::bits::{low_u16, low_u32, usize_from};
 use crate::loader::memory_map;
 use crate::memory::{GuestMemory, MemoryError};
 use atoll_platform::bytes::{self, put};
@@ -39,13 +40,16 @@ pub const GDT: u64 = 0x6000;
 pub const ZERO_PAGE: u64 = 0x7000;
 /// The PML4 (CR3); the PDPT follows, then the page directories.
 pub const PAGE_TABLES: u64 = 0x9000;
+/// The PDPT: one entry per GiB of RAM.
 pub const PDPT: u64 = PAGE_TABLES + PAGE;
+/// The first page directory: 2 MiB pages, one directory per GiB.
 pub const PAGE_DIRECTORIES: u64 = PDPT + PAGE;
 /// Page directories reserved: 4 map all of the low 4 GiB (RAM, at most
 /// [`MAX_RAM`], needs 3).
 pub const MAX_PAGE_DIRECTORIES: u64 = 4;
 /// The kernel command line and the room for it, terminating NUL included.
 pub const CMDLINE: u64 = 0x2_0000;
+/// The command line's room in bytes, terminating NUL included.
 pub const CMDLINE_MAX: u64 = 0x1_0000;
 /// Where a kernel is loaded when its preferred address cannot be used
 /// (boot.rst "Loading The Rest of The Kernel": bzImage at 0x100000).
@@ -54,6 +58,7 @@ pub const KERNEL_LOW: u64 = 0x10_0000;
 pub const MAX_RAM: u64 = 0xc000_0000;
 /// The boot selectors boot.rst "64-bit Boot Protocol" requires.
 pub const BOOT_CS: u16 = 0x10;
+/// The boot data selector (boot.rst "64-bit Boot Protocol": `__BOOT_DS`).
 pub const BOOT_DS: u16 = 0x18;
 /// The GDT at [`GDT`]: two null entries, then `__BOOT_CS` as a 64-bit code
 /// segment (P, S, execute/read, L = 1, G = 1) and `__BOOT_DS` as a flat
@@ -117,6 +122,7 @@ mod bp {
 
 /// "HdrS" (boot.rst "The Real-Mode Kernel Header").
 pub const HDRS_MAGIC: u32 = 0x5372_6448;
+/// The boot sector signature at 0x1fe (boot.rst `boot_flag`).
 pub const BOOT_FLAG_MAGIC: u16 = 0xaa55;
 /// Protocol 2.12 added `xloadflags`, which says whether the 64-bit entry
 /// exists (boot.rst, protocol history).
@@ -124,6 +130,7 @@ pub const MIN_PROTOCOL: u16 = 0x020c;
 /// `loadflags` bits (boot.rst "loadflags"): LOADED_HIGH (read: a bzImage,
 /// loaded at 0x100000) and CAN_USE_HEAP (write: `heap_end_ptr` is valid).
 pub const LOADED_HIGH: u8 = 1 << 0;
+/// loadflags CAN_USE_HEAP (bit 7): `heap_end_ptr` is valid.
 pub const CAN_USE_HEAP: u8 = 1 << 7;
 /// `xloadflags` bit 0 (boot.rst "xloadflags"): the 64-bit entry at 0x200.
 pub const XLF_KERNEL_64: u16 = 1 << 0;
@@ -134,43 +141,82 @@ pub const LOADER_UNDEFINED: u8 = 0xff;
 pub const ENTRY_64_OFFSET: u64 = 0x200;
 /// e820 types (bootparam.h / ACPI "Address Range Types"): RAM, reserved.
 pub const E820_RAM: u32 = 1;
+/// e820 type 2: reserved.
 pub const E820_RESERVED: u32 = 2;
 
 /// Why a kernel could not be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinuxError {
     /// The image ends before the setup header's fields.
-    TooShort { len: usize },
+    TooShort {
+        /// The image's length in bytes.
+        len: usize,
+    },
     /// No "HdrS" at 0x202 or no 0xaa55 at 0x1fe: not a bzImage.
     BadMagic,
     /// The boot protocol is older than 2.12.
-    ProtocolTooOld { version: u16 },
+    ProtocolTooOld {
+        /// The image's protocol version.
+        version: u16,
+    },
     /// `xloadflags` lacks XLF_KERNEL_64: no 64-bit entry point.
     No64BitEntry,
     /// `loadflags` lacks LOADED_HIGH: a zImage, not a bzImage.
     NotBzImage,
     /// The header's own length (0x202 + the byte at 0x201) ends before
     /// the fields protocol 2.12 has.
-    HeaderTooShort { end: usize },
+    HeaderTooShort {
+        /// Where the header ends in the image.
+        end: usize,
+    },
     /// The setup code (`setup_sects`) leaves no protected-mode kernel in
     /// the file.
-    NoProtectedMode { setup_size: usize, len: usize },
+    NoProtectedMode {
+        /// Bytes of boot sector and setup code.
+        setup_size: usize,
+        /// The image's length in bytes.
+        len: usize,
+    },
     /// The protected-mode kernel is shorter than `syssize` says.
-    Truncated { expected: u64, found: u64 },
+    Truncated {
+        /// The protected-mode kernel's size `syssize` gives, in bytes.
+        expected: u64,
+        /// The bytes the image holds after the setup code.
+        found: u64,
+    },
     /// A relocatable kernel's `kernel_alignment` is not a power of two.
     BadAlignment(u32),
     /// A kernel that cannot be relocated wants to run below 1 MiB.
     BadLoadAddress(u64),
     /// The VM's RAM reaches into the device hole at 0xc0000000.
-    RamTooLarge { ram: u64 },
+    RamTooLarge {
+        /// The VM's RAM size in bytes.
+        ram: u64,
+    },
     /// The kernel needs RAM up to `needed`.
-    RamTooSmall { needed: u64, ram: u64 },
+    RamTooSmall {
+        /// The RAM size the kernel needs, in bytes.
+        needed: u64,
+        /// The VM's RAM size in bytes.
+        ram: u64,
+    },
     /// The command line is longer than the kernel accepts.
-    CmdlineTooLong { len: usize, max: u64 },
+    CmdlineTooLong {
+        /// The command line's length in bytes.
+        len: usize,
+        /// The longest the kernel accepts (`cmdline_size`).
+        max: u64,
+    },
     /// The command line contains a NUL byte.
     CmdlineHasNul,
     /// The initrd does not fit between the kernel and its highest address.
-    InitrdTooBig { len: u64, room: u64 },
+    InitrdTooBig {
+        /// The initrd's length in bytes.
+        len: u64,
+        /// Bytes between the kernel's end and the highest address the
+        /// initrd may take.
+        room: u64,
+    },
     /// A write to guest memory failed (cannot happen after the checks).
     Memory(MemoryError),
 }
@@ -250,14 +296,19 @@ impl From<MemoryError> for LinuxError {
 /// Fields").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SetupHeader {
+    /// The boot protocol version (`version`, e.g. 0x020f for 2.15).
     pub version: u16,
     /// Setup sectors after the boot sector (0 in the file means 4).
     pub setup_sects: u8,
     /// The protected-mode kernel's size in 16-byte paragraphs.
     pub syssize: u32,
+    /// `loadflags`, as the kernel sets them.
     pub loadflags: u8,
+    /// `relocatable_kernel`: the kernel runs at any `kernel_alignment` multiple.
     pub relocatable: bool,
+    /// `kernel_alignment`: the load address alignment a relocatable kernel needs.
     pub kernel_alignment: u32,
+    /// `xloadflags` (protocol 2.12): XLF_KERNEL_64 says the 64-bit entry exists.
     pub xloadflags: u16,
     /// The command line's maximum length, without the NUL.
     pub cmdline_size: u32,
@@ -281,8 +332,11 @@ impl SetupHeader {
 /// What to boot.
 #[derive(Clone, Copy, Debug)]
 pub struct LinuxBoot<'a> {
+    /// The bzImage file.
     pub image: &'a [u8],
+    /// The initial RAM disk, if any.
     pub initrd: Option<&'a [u8]>,
+    /// The kernel command line.
     pub cmdline: &'a str,
     /// The ACPI RSDP's address, passed in `boot_params.acpi_rsdp_addr`;
     /// without it the kernel scans 0xe0000-0xfffff.
@@ -295,12 +349,19 @@ pub struct LinuxBoot<'a> {
 /// disabled, RSI = the zero page, RIP = the entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinuxEntry {
+    /// The 64-bit entry point: the load address + 0x200.
     pub rip: u64,
+    /// The zero page's address (`boot_params`), in RSI.
     pub rsi: u64,
+    /// The identity-mapping page tables' PML4.
     pub cr3: u64,
+    /// The boot GDT's address.
     pub gdt_base: u64,
+    /// The boot GDT's limit (bytes - 1).
     pub gdt_limit: u16,
+    /// CS: [`BOOT_CS`].
     pub code_selector: u16,
+    /// DS, ES, SS: [`BOOT_DS`].
     pub data_selector: u16,
 }
 
@@ -505,7 +566,8 @@ pub fn load(mem: &mut impl GuestMemory, boot: &LinuxBoot<'_>) -> Result<LinuxEnt
         rsi: ZERO_PAGE,
         cr3: PAGE_TABLES,
         gdt_base: GDT,
-        gdt_limit: (GDT_ENTRIES.len() * 8 - 1) as u16,
+        // A descriptor-table limit is 16 bits (SDM Vol. 3A 3.5.1).
+        gdt_limit: low_u16((GDT_ENTRIES.len() * 8 - 1) as u64),
         code_selector: BOOT_CS,
         data_selector: BOOT_DS,
     })
@@ -531,7 +593,7 @@ fn write_gdt(mem: &mut impl GuestMemory) -> Result<(), MemoryError> {
 /// the initrd. One PML4 entry, one PDPT entry per GiB (Intel SDM vol. 3
 /// 4.5, IA-32e paging).
 fn write_page_tables(mem: &mut impl GuestMemory, ram: u64) -> Result<(), MemoryError> {
-    let tables = (2 + MAX_PAGE_DIRECTORIES) as usize * PAGE as usize;
+    let tables = usize_from((2 + MAX_PAGE_DIRECTORIES) * PAGE);
     let mut bytes = alloc::vec![0u8; tables];
     put(&mut bytes, 0, &(PDPT | PTE_PRESENT_RW).to_le_bytes());
     let pages = ram.div_ceil(PAGE_2M);
@@ -539,11 +601,11 @@ fn write_page_tables(mem: &mut impl GuestMemory, ram: u64) -> Result<(), MemoryE
         let directory = page / 512;
         if page % 512 == 0 {
             let pd = PAGE_DIRECTORIES + directory * PAGE;
-            let slot = (PAGE + directory * 8) as usize;
+            let slot = usize_from(PAGE + directory * 8);
             put(&mut bytes, slot, &(pd | PTE_PRESENT_RW).to_le_bytes());
         }
         let entry = (page * PAGE_2M) | PTE_PAGE_SIZE | PTE_PRESENT_RW;
-        let slot = (2 * PAGE + page * 8) as usize;
+        let slot = usize_from(2 * PAGE + page * 8);
         put(&mut bytes, slot, &entry.to_le_bytes());
     }
     mem.write(GuestPhysAddr(PAGE_TABLES), &bytes)
@@ -574,9 +636,10 @@ fn boot_params(
     // The 64-bit entry runs no real-mode setup code, so nothing uses the
     // heap; the field still names free memory: the zero page stands where
     // the real-mode code would start, the page after it is the heap.
-    let heap_end = (PAGE_TABLES - ZERO_PAGE - 0x200) as u16;
+    let heap_end = low_u16(PAGE_TABLES - ZERO_PAGE - 0x200);
     put(&mut page, hdr::HEAP_END_PTR, &heap_end.to_le_bytes());
-    put(&mut page, hdr::CODE32_START, &(load as u32).to_le_bytes());
+    // A 32-bit field; the 64-bit entry does not use it.
+    put(&mut page, hdr::CODE32_START, &low_u32(load).to_le_bytes());
     put_split(&mut page, hdr::CMD_LINE_PTR, bp::EXT_CMD_LINE_PTR, CMDLINE);
     put_split(
         &mut page,
@@ -601,7 +664,11 @@ fn boot_params(
 /// u32 type, packed): the same map the multiboot loader reports.
 fn put_e820(page: &mut [u8], ram: u64) {
     let map = memory_map(ram);
-    put(page, bp::E820_ENTRIES, &[map.len() as u8]);
+    put(
+        page,
+        bp::E820_ENTRIES,
+        &[u8::try_from(map.len()).unwrap_or(u8::MAX)],
+    );
     for (i, (base, len, kind)) in map.into_iter().enumerate() {
         let at = bp::E820_TABLE + i * bp::E820_ENTRY_SIZE;
         put(page, at, &base.to_le_bytes());
@@ -613,7 +680,7 @@ fn put_e820(page: &mut [u8], ram: u64) {
 /// A 64-bit value split over a header field (low half) and its
 /// `boot_params` `ext_*` extension (high half, protocol 2.12).
 fn put_split(page: &mut [u8], low: usize, high: usize, value: u64) {
-    put(page, low, &(value as u32).to_le_bytes());
+    put(page, low, &low_u32(value).to_le_bytes());
     put(page, high, &((value >> 32) as u32).to_le_bytes());
 }
 

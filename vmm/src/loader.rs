@@ -8,6 +8,7 @@
 //! arithmetic, and everything must land inside the VM's RAM without
 //! overlapping.
 
+use crate::bits::low_u32;
 use alloc::vec::Vec;
 use atoll_platform::bytes;
 
@@ -16,6 +17,7 @@ use crate::memory::{GuestMemory, MemoryError};
 
 /// The multiboot v1 header magic, and the magic the kernel finds in EAX.
 pub const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
+/// The magic a multiboot v1 kernel finds in EAX (spec 3.2).
 pub const MULTIBOOT_BOOTLOADER_MAGIC: u32 = 0x2bad_b002;
 /// The header must lie 4-byte aligned within the first 8 KiB (spec 3.1.1).
 const HEADER_SEARCH: usize = 8192;
@@ -34,7 +36,9 @@ const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// A boot module: its bytes and its command line.
 #[derive(Clone, Copy, Debug)]
 pub struct Module<'a> {
+    /// The module's contents.
     pub bytes: &'a [u8],
+    /// Its command line (its `string` field in the information block).
     pub cmdline: &'a str,
 }
 
@@ -43,17 +47,24 @@ pub struct Module<'a> {
 /// EBX = the information block's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryState {
+    /// EIP: the kernel's entry point.
     pub entry: u32,
+    /// The boot loader magic for the kernel's protocol.
     pub eax: u32,
+    /// The information block's guest-physical address.
     pub ebx: u32,
 }
 
 /// Why a kernel could not be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadError {
+    /// No multiboot or Multiboot2 header in the kernel's first bytes.
     NoHeader,
+    /// The header's checksum does not make its fields sum to 0.
     BadChecksum,
+    /// The header asks for features Atoll does not provide (the flags).
     UnsupportedFlags(u32),
+    /// The kernel is not a little-endian x86 ELF file.
     NotElf,
     /// A field of the ELF file is out of range (the field's name).
     BadElf(&'static str),
@@ -65,8 +76,11 @@ pub enum LoadError {
     StringHasNul(&'static str),
     /// Something does not fit in the VM's RAM, or overlaps.
     DoesNotFit {
+        /// What did not fit ("kernel segment", "module", ...).
         what: &'static str,
+        /// Its guest-physical address.
         at: u64,
+        /// Its length in bytes.
         len: u64,
     },
 }
@@ -217,6 +231,7 @@ struct Mb2Header {
 
 /// The Multiboot2 header magic (spec 3.1.1) and the magic in EAX (3.3).
 pub const MULTIBOOT2_MAGIC: u32 = 0xe852_50d6;
+/// The magic a Multiboot2 kernel finds in EAX (spec 3.3).
 pub const MULTIBOOT2_BOOTLOADER_MAGIC: u32 = 0x36d7_6289;
 /// The header must lie 8-byte aligned within the first 32 KiB.
 const MB2_SEARCH: usize = 32768;
@@ -298,7 +313,8 @@ fn multiboot2_info(ram: u64, cmdline: &str, modules: &[(u64, u64, &str)]) -> Vec
     let mut out = alloc::vec![0u8; 8];
     let tag = |out: &mut Vec<u8>, kind: u32, body: &[u8]| {
         out.extend_from_slice(&kind.to_le_bytes());
-        out.extend_from_slice(&(8 + body.len() as u32).to_le_bytes());
+        let size = u32::try_from(8 + body.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&size.to_le_bytes());
         out.extend_from_slice(body);
         while !out.len().is_multiple_of(8) {
             out.push(0);
@@ -311,16 +327,19 @@ fn multiboot2_info(ram: u64, cmdline: &str, modules: &[(u64, u64, &str)]) -> Vec
     };
     tag(&mut out, 1, &cstr(cmdline));
     tag(&mut out, 2, LOADER_NAME);
+    // Module addresses are 32-bit fields (spec 3.6.6); their low halves are
+    // kept, and `load` rejects a block that does not lie below 4 GiB, which
+    // the modules (placed before it) then do too.
     for (start, end, name) in modules {
         let mut body = Vec::new();
-        body.extend_from_slice(&(*start as u32).to_le_bytes());
-        body.extend_from_slice(&(*end as u32).to_le_bytes());
+        body.extend_from_slice(&low_u32(*start).to_le_bytes());
+        body.extend_from_slice(&low_u32(*end).to_le_bytes());
         body.extend_from_slice(&cstr(name));
         tag(&mut out, 3, &body);
     }
-    let upper = (ram.saturating_sub(HIGH_MEMORY_START) / 1024).min(u64::from(u32::MAX)) as u32;
+    let upper = u32::try_from(ram.saturating_sub(HIGH_MEMORY_START) / 1024).unwrap_or(u32::MAX);
     let mut basic = Vec::new();
-    basic.extend_from_slice(&((LOW_MEMORY_END / 1024) as u32).to_le_bytes());
+    basic.extend_from_slice(&low_u32(LOW_MEMORY_END / 1024).to_le_bytes());
     basic.extend_from_slice(&upper.to_le_bytes());
     tag(&mut out, 4, &basic);
     let mut mmap = Vec::new();
@@ -334,7 +353,7 @@ fn multiboot2_info(ram: u64, cmdline: &str, modules: &[(u64, u64, &str)]) -> Vec
     }
     tag(&mut out, 6, &mmap);
     tag(&mut out, 0, &[]);
-    let total = out.len() as u32;
+    let total = u32::try_from(out.len()).unwrap_or(u32::MAX);
     if let Some(head) = out.get_mut(..4) {
         head.copy_from_slice(&total.to_le_bytes());
     }
@@ -507,7 +526,9 @@ const LOADER_NAME: &[u8] = b"Atoll\0";
 impl InfoBlock {
     fn build(at: u64, ram: u64, cmdline: &str, modules: &[(u64, u64, &str)]) -> Vec<u8> {
         let mut out = alloc::vec![0u8; INFO_SIZE];
-        let addr = |out: &Vec<u8>| (at + out.len() as u64) as u32;
+        // Addresses here are 32-bit fields (Multiboot 3.3); `load` rejects a
+        // block that does not lie below 4 GiB, so the low halves are exact.
+        let addr = |out: &Vec<u8>| low_u32(at + out.len() as u64);
         let cmdline_at = addr(&out);
         out.extend_from_slice(cmdline.as_bytes());
         out.push(0);
@@ -522,7 +543,7 @@ impl InfoBlock {
         pad4(&mut out);
         let mods_at = addr(&out);
         for ((start, end, _), name) in modules.iter().zip(&names) {
-            for word in [*start as u32, *end as u32, *name, 0] {
+            for word in [low_u32(*start), low_u32(*end), *name, 0] {
                 out.extend_from_slice(&word.to_le_bytes());
             }
         }
@@ -537,10 +558,10 @@ impl InfoBlock {
         let mem_upper_kib = ram.saturating_sub(HIGH_MEMORY_START) / 1024;
         let header: [(usize, u32); 10] = [
             (0, INFO_FLAGS),
-            (4, (LOW_MEMORY_END / 1024) as u32),
-            (8, mem_upper_kib.min(u64::from(u32::MAX)) as u32),
+            (4, low_u32(LOW_MEMORY_END / 1024)),
+            (8, u32::try_from(mem_upper_kib).unwrap_or(u32::MAX)),
             (16, cmdline_at),
-            (20, modules.len() as u32),
+            (20, u32::try_from(modules.len()).unwrap_or(u32::MAX)),
             (24, mods_at),
             (44, mmap_len),
             (48, mmap_at),

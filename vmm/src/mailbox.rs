@@ -34,11 +34,17 @@ use crate::lapic::{Delivery, Recipient};
 /// protocol runs on `core`'s atomics in the hypervisor and on loom's in
 /// the model checker.
 pub trait Word: Sync {
+    /// A word holding `value`.
     fn new(value: u64) -> Self;
+    /// Reads the word ([`core::sync::atomic::AtomicU64::load`]).
     fn load(&self, order: Ordering) -> u64;
+    /// Writes the word ([`core::sync::atomic::AtomicU64::store`]).
     fn store(&self, value: u64, order: Ordering);
+    /// Writes `value`, returning the old one ([`core::sync::atomic::AtomicU64::swap`]).
     fn swap(&self, value: u64, order: Ordering) -> u64;
+    /// Sets `bits`, returning the old word ([`core::sync::atomic::AtomicU64::fetch_or`]).
     fn fetch_or(&self, bits: u64, order: Ordering) -> u64;
+    /// Keeps only `bits`, returning the old word ([`core::sync::atomic::AtomicU64::fetch_and`]).
     fn fetch_and(&self, bits: u64, order: Ordering) -> u64;
 }
 

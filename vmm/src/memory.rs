@@ -3,6 +3,7 @@
 //! [`GuestMemory`] over the node memory backing the VM; tests use
 //! [`VecMemory`].
 
+use crate::bits::usize_from;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -11,7 +12,9 @@ use crate::addr::GuestPhysAddr;
 /// An access outside the VM's RAM (or one whose end overflows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryError {
+    /// Where the access started.
     pub gpa: GuestPhysAddr,
+    /// How many bytes it covered.
     pub len: u64,
 }
 
@@ -46,7 +49,7 @@ pub trait GuestMemory {
         while done < len {
             let n = (len - done).min(CHUNK.len() as u64);
             let at = GuestPhysAddr(gpa.0 + done);
-            self.write(at, CHUNK.get(..n as usize).unwrap_or(&[]))?;
+            self.write(at, CHUNK.get(..usize_from(n)).unwrap_or(&[]))?;
             done += n;
         }
         Ok(())
@@ -80,6 +83,7 @@ pub fn check_range(size: u64, gpa: GuestPhysAddr, len: u64) -> Result<u64, Memor
 /// they are copied into a VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VecMemory {
+    /// The RAM's contents; guest-physical address 0 is index 0.
     pub bytes: Vec<u8>,
 }
 
@@ -92,7 +96,7 @@ impl VecMemory {
     }
 
     fn span(&self, gpa: GuestPhysAddr, len: usize) -> Result<core::ops::Range<usize>, MemoryError> {
-        let start = check_range(self.size(), gpa, len as u64)? as usize;
+        let start = usize_from(check_range(self.size(), gpa, len as u64)?);
         Ok(start..start + len)
     }
 }

@@ -28,6 +28,7 @@
 //! the fetch stops at the top of the address space (XSA-186).
 
 use crate::addr::GuestPhysAddr;
+use crate::bits::usize_from;
 use crate::dispatch::{Outcome, StopReason};
 use crate::exit::Registers;
 use crate::memory::GuestMemory;
@@ -43,18 +44,26 @@ pub enum Operation {
     /// register `reg` (`high_byte`: into bits 15:8 of RAX..RBX, i.e. AH..BH).
     /// `dest_size` is `size` for MOV and the operand size for MOVZX.
     Load {
+        /// The destination register ([`crate::exit::gpr`] number).
         reg: usize,
+        /// Into bits 15:8 (AH..BH) rather than the low bytes.
         high_byte: bool,
+        /// Bytes of the register written.
         dest_size: u8,
     },
     /// Write `size` bytes of this value (bits above `size` bytes are zero).
-    Store { value: u64 },
+    Store {
+        /// The value to write.
+        value: u64,
+    },
 }
 
 /// A decoded MMIO instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access {
+    /// Bytes accessed: 1, 2, 4 or 8.
     pub size: u8,
+    /// What it does with them.
     pub operation: Operation,
     /// Instruction length: RIP moves by this much.
     pub len: u8,
@@ -80,8 +89,11 @@ pub enum DecodeError {
 /// The code segment's mode: 64-bit (CS.L with EFER.LMA) or 32-bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeMode {
+    /// 16-bit code (CS.D clear, not 64-bit).
     Bits16,
+    /// 32-bit code (CS.D set).
     Bits32,
+    /// 64-bit code (CS.L with EFER.LMA).
     Bits64,
 }
 
@@ -121,7 +133,7 @@ pub fn fetch(
         let Ok(phys) = walk::translate(mem, paging, linear) else {
             break;
         };
-        let in_page = (4096 - (linear & 0xfff)) as usize;
+        let in_page = usize_from(4096 - (linear & 0xfff));
         let n = in_page.min(MAX_LEN - got);
         let Some(dst) = out.get_mut(got..got + n) else {
             break;
@@ -318,7 +330,7 @@ fn finish(len: usize, bytes: &[u8], size: u8, operation: Operation) -> Result<Ac
     Ok(Access {
         size,
         operation,
-        len: len as u8,
+        len: u8::try_from(len).map_err(|_| DecodeError::TooLong)?,
     })
 }
 
@@ -409,19 +421,21 @@ pub fn complete_load(regs: &mut Registers, access: &Access, value: u64) {
 /// test; Atoll's `testdev` device is one 4 KiB page at this address:
 /// reads return what was written there (little-endian).
 pub const TESTDEV_BASE: u64 = 0xfeb0_0000;
+/// The testdev page's size in bytes.
 pub const TESTDEV_LEN: u64 = 4096;
 
 /// The testdev scratch page.
 #[derive(Clone, Debug)]
 pub struct TestDev {
-    bytes: [u8; TESTDEV_LEN as usize],
+    bytes: [u8; usize_from(TESTDEV_LEN)],
+    /// MMIO accesses it served.
     pub accesses: u64,
 }
 
 impl Default for TestDev {
     fn default() -> Self {
         TestDev {
-            bytes: [0; TESTDEV_LEN as usize],
+            bytes: [0; usize_from(TESTDEV_LEN)],
             accesses: 0,
         }
     }
@@ -456,10 +470,11 @@ impl TestDev {
     }
 
     fn span(gpa: GuestPhysAddr, size: u8) -> Option<core::ops::Range<usize>> {
-        let start = gpa.0.checked_sub(TESTDEV_BASE)? as usize;
+        let start = usize_from(gpa.0.checked_sub(TESTDEV_BASE)?);
         Some(start..start.checked_add(usize::from(size))?)
     }
 
+    /// A read of `size` bytes at `gpa` (little-endian; outside the page reads 0).
     pub fn read(&mut self, gpa: GuestPhysAddr, size: u8) -> u64 {
         self.accesses += 1;
         let mut v = [0u8; 8];
@@ -471,6 +486,7 @@ impl TestDev {
         u64::from_le_bytes(v)
     }
 
+    /// A write of `size` bytes at `gpa` (outside the page is ignored).
     pub fn write(&mut self, gpa: GuestPhysAddr, size: u8, value: u64) {
         self.accesses += 1;
         let bytes = value.to_le_bytes();

@@ -15,6 +15,8 @@
 //! | FEATURE_CONTROL | locked, VMX off (matching a CPUID without VMX) | read-only |
 
 /// MSR numbers.
+// Each name is the SDM's (Vol. 4, Table 2-2, without the IA32_ prefix).
+#[allow(missing_docs)]
 pub mod index {
     pub const TSC: u32 = 0x10;
     pub const PLATFORM_ID: u32 = 0x17;
@@ -52,9 +54,13 @@ pub mod index {
     pub const TSC_AUX: u32 = 0xc000_0103;
 }
 
+use crate::bits::low_u8;
 use index::*;
 
 /// MSRs whose guest value is a VMCS guest-state field.
+// Each variant names the MSR of that name (SDM Vol. 4, IA32_ prefix
+// dropped).
+#[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmcsMsr {
     Efer,
@@ -82,16 +88,21 @@ pub const CHANGED_WITHOUT_EXIT: [u32; 1] = [KERNEL_GS_BASE];
 /// What an RDMSR reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Read {
+    /// This value.
     Value(u64),
+    /// The guest's value in the VMCS guest-state field for this MSR.
     Vmcs(VmcsMsr),
     /// The guest's time-stamp counter (the host's; no offset).
     Tsc,
+    /// The vCPU's IA32_APIC_BASE (kept with its local APIC).
     ApicBase,
     /// An x2APIC register of the vCPU's local APIC.
     Lapic(u32),
     /// The processor's value (the guest may have changed it natively).
     Processor(u32),
+    /// The local APIC timer's TSC deadline (SDM 11.5.4.1).
     TscDeadline,
+    /// The read faults: inject #GP(0).
     Fault,
 }
 
@@ -102,10 +113,15 @@ pub enum Write {
     Stored,
     /// Stored, and the processor must hold the value while the guest runs.
     Load(u32, u64),
+    /// Write the VMCS guest-state field for this MSR.
     Vmcs(VmcsMsr, u64),
+    /// Set IA32_APIC_BASE (the local APIC may change mode).
     ApicBase(u64),
+    /// Write this x2APIC register (MSR index, value) of the vCPU's local APIC.
     Lapic(u32, u64),
+    /// Arm the local APIC timer for this TSC deadline (SDM 11.5.4.1; 0 disarms).
     TscDeadline(u64),
+    /// The write faults: inject #GP(0).
     Fault,
 }
 
@@ -267,7 +283,7 @@ pub fn write(msrs: &mut GuestMsrs, ctx: WriteContext, msr: u32, value: u64) -> W
         STAR | SFMASK => true,
         LSTAR | CSTAR | KERNEL_GS_BASE => canonical(value),
         TSC_AUX => value >> 32 == 0,
-        MTRR_DEF_TYPE => value & !0xcff == 0 && memory_type(value as u8),
+        MTRR_DEF_TYPE => value & !0xcff == 0 && memory_type(low_u8(value)),
         MISC_ENABLE => true,
         MTRR_PHYS_FIRST..=MTRR_PHYS_LAST => variable_mtrr(msr, value),
         m if fixed_mtrr(m).is_some() => value.to_le_bytes().iter().all(|t| memory_type(*t)),
@@ -331,7 +347,7 @@ fn memory_type(t: u8) -> bool {
 fn variable_mtrr(msr: u32, value: u64) -> bool {
     let above_phys = !((1u64 << PHYS_BITS) - 1);
     if (msr - MTRR_PHYS_FIRST).is_multiple_of(2) {
-        value & (above_phys | 0xf00) == 0 && memory_type(value as u8)
+        value & (above_phys | 0xf00) == 0 && memory_type(low_u8(value))
     } else {
         value & (above_phys | 0x7ff) == 0
     }

@@ -20,6 +20,7 @@ use crate::lapic::{Delivery, Destination, Ipi, Recipient};
 pub struct Route {
     /// The receiving vCPUs, lowest first.
     pub targets: Vec<u16>,
+    /// How each receiver takes the interrupt (fixed vector, NMI, INIT, ...).
     pub delivery: Delivery,
     /// Level-triggered: the receivers set their TMR bit, so the EOI that
     /// ends it comes back to the IOAPIC (SDM 11.8.5).

@@ -48,6 +48,7 @@ pub fn row(reason: ExitReason) -> usize {
 /// One VM's counters at a moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Exits per reason, in [`REASONS`] order.
     pub counts: [u64; REASONS.len()],
     /// Root-mode ticks per reason: from the exit to the next entry.
     pub root_ticks: [u64; REASONS.len()],
@@ -57,10 +58,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// All exits, whatever their reason (saturating).
     pub fn exits(&self) -> u64 {
         self.counts.iter().fold(0, |a, b| a.saturating_add(*b))
     }
 
+    /// Root-mode ticks over all reasons (saturating).
     pub fn root_total(&self) -> u64 {
         self.root_ticks.iter().fold(0, |a, b| a.saturating_add(*b))
     }
@@ -72,7 +75,8 @@ impl Snapshot {
         if all == 0 {
             return 0;
         }
-        (root * 1_000_000 / all) as u64
+        // root <= all, so the ratio is at most 1_000_000 and fits.
+        u64::try_from(root * 1_000_000 / all).unwrap_or(1_000_000)
     }
 
     /// The rows with at least one exit: (name, count, root ticks).

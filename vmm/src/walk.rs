@@ -20,9 +20,13 @@ const EFER_LMA: u64 = 1 << 10;
 /// The paging state a walk needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Paging {
+    /// Guest CR0 (PG: paging on).
     pub cr0: u64,
+    /// Guest CR3: the top-level paging structure's address.
     pub cr3: u64,
+    /// Guest CR4 (PAE, PSE).
     pub cr4: u64,
+    /// Guest IA32_EFER (LMA: IA-32e paging).
     pub efer: u64,
 }
 
@@ -30,9 +34,15 @@ pub struct Paging {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WalkError {
     /// An entry on the way is not present.
-    NotPresent { linear: u64 },
+    NotPresent {
+        /// The address being translated.
+        linear: u64,
+    },
     /// A table lies outside the VM's RAM.
-    TableOutsideRam { table: u64 },
+    TableOutsideRam {
+        /// The table's guest-physical address.
+        table: u64,
+    },
 }
 
 /// Translates `linear` under `paging`.

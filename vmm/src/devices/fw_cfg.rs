@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 use super::{PortDevice, PortEffect};
+use crate::bits::low_u16;
 
 /// The selector register's offset from the device's base port ("Selector
 /// Register IOport: 0x510, Data Register IOport: 0x511").
@@ -109,7 +110,7 @@ impl PortDevice for FwCfg {
         if offset != SELECTOR || size < 2 {
             return None;
         }
-        self.select(value as u16);
+        self.select(low_u16(value.into()));
         Some(PortEffect::None)
     }
 }

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 use super::{PortDevice, PortEffect};
+use crate::bits::low_u8;
 
 /// RST_CNT bit 2: start a reset. Bits 3:1 are kept (full reset, reset
 /// CPU, system reset), bit 2 reads back 0 as the reset has happened.
@@ -33,7 +34,7 @@ impl PortDevice for ResetControl {
         if size != 1 {
             return Some(PortEffect::None);
         }
-        let value = value as u8;
+        let value = low_u8(value.into());
         self.value = value & KEPT_BITS;
         Some(if value & RESET_CPU != 0 {
             PortEffect::Reset
@@ -58,7 +59,7 @@ impl PortDevice for I8042 {
     }
 
     fn write(&mut self, _base: u16, _offset: u16, _size: u8, value: u32) -> Option<PortEffect> {
-        Some(if value as u8 == PULSE_RESET {
+        Some(if low_u8(value.into()) == PULSE_RESET {
             PortEffect::Reset
         } else {
             PortEffect::None

@@ -4,6 +4,7 @@
 
 use super::console_line::{ConsoleLine, LINE_BYTES};
 use super::{PortDevice, PortEffect};
+use crate::bits::low_u8;
 
 /// Where a UART's transmitted bytes go.
 pub trait UartOutput {
@@ -122,7 +123,7 @@ impl<O: UartOutput> Uart<O> {
     pub fn read(&mut self, offset: u16) -> u8 {
         let dlab = self.lcr & LCR_DLAB != 0;
         match offset {
-            0 if dlab => self.divisor as u8,
+            0 if dlab => low_u8(self.divisor.into()),
             1 if dlab => (self.divisor >> 8) as u8,
             0 => self.pop(),
             1 => self.ier,
@@ -338,7 +339,7 @@ impl<O: UartOutput> PortDevice for Uart<O> {
     }
 
     fn write(&mut self, _base: u16, offset: u16, _size: u8, value: u32) -> Option<PortEffect> {
-        Some(if Uart::write(self, offset, value as u8) {
+        Some(if Uart::write(self, offset, low_u8(value.into())) {
             PortEffect::ConsoleLine
         } else {
             PortEffect::None

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 use super::{Lapic, Mode, Write};
+use crate::bits::{low_u8, low_u32};
 
 /// ICR bit 11: logical destination mode.
 const ICR_LOGICAL: u64 = 1 << 11;
@@ -124,8 +125,8 @@ impl Recipient {
                 2 => Mode::X2Apic,
                 _ => Mode::Disabled,
             },
-            id: bits as u32,
-            logical_id: (bits >> 32) as u8,
+            id: low_u32(bits),
+            logical_id: low_u8(bits >> 32),
             cluster: bits & 1 << 40 != 0,
         }
     }
@@ -136,7 +137,7 @@ impl Lapic {
     /// 64-bit write with a 32-bit destination in bits 63:32; in xAPIC mode
     /// the low-half write, with the 8-bit destination in bits 63:56.
     pub(super) fn send(&mut self, value: u64, x2apic: bool) -> Write {
-        let vector = value as u8;
+        let vector = low_u8(value);
         let mode = (value >> 8) & 0x7;
         let shorthand = (value >> 18) & 0x3;
         // Reserved in x2APIC mode: delivery status (12), 13, 16-17, 20-31

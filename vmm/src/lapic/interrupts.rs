@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 use super::{Lapic, Write};
+use crate::bits::{low_u8, low_u32};
 
 /// ESR bit 6: receive illegal vector.
 pub(super) const ESR_RECEIVE_ILLEGAL: u32 = 1 << 6;
@@ -81,7 +82,7 @@ impl Lapic {
 /// 32-bit word `n` (0..8) of a 256-bit vector set.
 pub(super) fn word(bits: &[u64; 4], n: u32) -> u32 {
     let q = bits.get((n / 2) as usize).copied().unwrap_or(0);
-    (q >> (32 * (n % 2))) as u32
+    low_u32(q >> (32 * (n % 2)))
 }
 
 fn bit(bits: &[u64; 4], vector: u8) -> bool {
@@ -102,9 +103,9 @@ fn clear(bits: &mut [u64; 4], vector: u8) {
 }
 
 pub(super) fn highest(bits: &[u64; 4]) -> Option<u8> {
-    (0..4usize).rev().find_map(|i| {
-        let q = *bits.get(i)?;
-        (q != 0).then(|| (i as u8) * 64 + (63 - q.leading_zeros() as u8))
+    (0..4u8).rev().find_map(|i| {
+        let q = *bits.get(usize::from(i))?;
+        (q != 0).then(|| low_u8(u64::from(i) * 64 + 63 - u64::from(q.leading_zeros())))
     })
 }
 

@@ -7,6 +7,7 @@ use super::interrupts::word;
 #[cfg(test)]
 use super::interrupts::{ESR_RECEIVE_ILLEGAL, highest};
 use super::{Lapic, Mode, Write};
+use crate::bits::{low_u8, low_u32};
 
 /// x2APIC register MSRs (SDM Table 11-6); the xAPIC page has the same
 /// register at offset `(msr - 0x800) * 0x10`.
@@ -125,7 +126,7 @@ impl Lapic {
             reg::LDR => self.ldr,
             reg::DFR => self.dfr,
             // Delivery status (bit 12) reads 0: an IPI is sent at once.
-            reg::ICR => self.icr as u32 & !(1 << 12),
+            reg::ICR => low_u32(self.icr) & !(1 << 12),
             reg::ICR_HIGH => (self.icr >> 32) as u32,
             _ => self.read_common(msr, now).unwrap_or(0),
         };
@@ -189,10 +190,9 @@ impl Lapic {
         if msr == reg::ICR {
             return self.send(value, true);
         }
-        if value >> 32 != 0 {
+        let Ok(v) = u32::try_from(value) else {
             return Write::Fault;
-        }
-        let v = value as u32;
+        };
         match msr {
             reg::TPR if v > 0xff => Write::Fault,
             reg::SVR if v & !0x11ff != 0 => Write::Fault,
@@ -200,7 +200,7 @@ impl Lapic {
             reg::EOI if v != 0 => Write::Fault,
             reg::TIMER_DIVIDE if v & !0xb != 0 => Write::Fault,
             reg::SELF_IPI if v <= 0xff => {
-                self.raise(v as u8);
+                self.raise(low_u8(v.into()));
                 Write::Done
             }
             reg::EOI => self.eoi(),

@@ -4,6 +4,7 @@
 
 use super::Lapic;
 use super::registers::LVT_MASKED;
+use crate::bits::low_u8;
 
 /// IA32_TSC_DEADLINE (SDM 11.5.4.1).
 pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
@@ -61,7 +62,7 @@ impl Lapic {
             (TIMER_TSC_DEADLINE, _) | (_, None) => 0,
             (_, Some(deadline)) => {
                 let left = deadline.saturating_sub(now) / self.ticks_per_count();
-                left.min(u64::from(u32::MAX)) as u32
+                u32::try_from(left).unwrap_or(u32::MAX)
             }
         }
     }
@@ -82,7 +83,7 @@ impl Lapic {
         }
         let lvt = self.lvt[1];
         if lvt & LVT_MASKED == 0 {
-            self.raise(lvt as u8);
+            self.raise(low_u8(lvt.into()));
         }
         self.timer_deadline = match self.timer_mode() {
             TIMER_PERIODIC if self.timer_initial != 0 => {

@@ -48,19 +48,27 @@ pub const SEG_MAX: u32 = QUEUE_SIZE as u32 / 2 - 2;
 /// Bytes of the ID string answered to T_GET_ID (5.2.6, VIRTIO_BLK_ID_BYTES).
 pub const ID_BYTES: usize = 20;
 
-/// Feature bits (5.2.3).
+/// Feature bit (5.2.3): the configuration's seg_max, the most segments a
+/// request may have, is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+/// Feature bit (5.2.3): the device takes flush requests.
 pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 
-/// Request types (5.2.6).
+/// Request type (5.2.6): read sectors from the device into the
+/// request's buffers.
 pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Write: the request's buffers onto the device.
 pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Flush: make earlier writes durable.
 pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Get the device's identifying string (up to 20 bytes).
 pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
 
-/// Request status values (5.2.6).
+/// Request status (5.2.6): the request succeeded.
 pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// The request failed with a device or backend error.
 pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// The request type is not supported.
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 /// struct virtio_blk_req's header: type (le32), reserved (le32), sector
@@ -125,6 +133,7 @@ pub struct Block<B: BlockBackend> {
     in_flight: Option<InFlight>,
     /// Requests completed, and how many of them failed.
     pub requests: u64,
+    /// Completed requests that failed (status other than VIRTIO_BLK_S_OK).
     pub failed: u64,
     /// The longest time a request took from pop to completion, in ticks of
     /// the budget's clock (across slices).
@@ -156,10 +165,12 @@ impl<B: BlockBackend> Block<B> {
         }
     }
 
+    /// The storage behind the device.
     pub fn backend(&self) -> &B {
         &self.backend
     }
 
+    /// The storage behind the device, to change it from outside.
     pub fn backend_mut(&mut self) -> &mut B {
         &mut self.backend
     }
@@ -211,7 +222,8 @@ impl<B: BlockBackend> Block<B> {
             },
             VIRTIO_BLK_T_GET_ID => {
                 let id = self.id.get(..writable as usize).unwrap_or(&self.id);
-                ok(chain.write_at(mem, 0, id) as u32)
+                // At most the 20-byte id, so the count fits.
+                ok(u32::try_from(chain.write_at(mem, 0, id)).unwrap_or(0))
             }
             VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => io_error,
             _ => Op::Done {
@@ -248,7 +260,7 @@ impl<B: BlockBackend> Block<B> {
         };
         let mut buf = [0u8; CHUNK];
         while req.done < len {
-            let n = (len - req.done).min(CHUNK as u32);
+            let n = (len - req.done).min(u32::try_from(CHUNK).unwrap_or(u32::MAX));
             let step = copy_chunk(
                 &mut self.backend,
                 &req.chain,

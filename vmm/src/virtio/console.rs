@@ -18,8 +18,9 @@ use crate::virtio::queue::{Chain, Queue, QueueError};
 
 /// The virtio device ID of a console (5).
 pub const DEVICE_ID: u32 = 3;
-/// receiveq0 and transmitq0 (5.3.2).
+/// The receiveq's index (receiveq0, 5.3.2): input for the driver.
 pub const RECEIVEQ: usize = 0;
+/// The transmitq's index (transmitq0, 5.3.2): the driver's output.
 pub const TRANSMITQ: usize = 1;
 /// Each queue's size.
 pub const QUEUE_SIZE: u16 = 64;
@@ -40,6 +41,7 @@ pub struct Console {
     input_len: usize,
     /// Bytes lost because a buffer was full.
     pub dropped_output: u64,
+    /// Input bytes lost because the input buffer was full.
     pub dropped_input: u64,
 }
 
@@ -111,7 +113,7 @@ impl Console {
         let n = chain.write_at(mem, 0, waiting);
         self.input.copy_within(n..self.input_len, 0);
         self.input_len -= n;
-        Ok(n as u32)
+        u32::try_from(n).map_err(|_| QueueError::BadRequest)
     }
 }
 

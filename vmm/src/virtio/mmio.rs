@@ -10,6 +10,7 @@
 //! configuration space starts at offset 0x100 and takes 1, 2, 4 or 8-byte
 //! accesses that lie inside it.
 
+use crate::bits::low_u32;
 use alloc::vec::Vec;
 
 use crate::memory::GuestMemory;
@@ -30,6 +31,8 @@ pub const MMIO_SIZE: u64 = 0x200;
 pub const MAX_QUEUES: usize = 4;
 
 /// Device status bits (2.1).
+// Each name is the spec's (2.1, without the prefix).
+#[allow(missing_docs)]
 pub mod status {
     pub const ACKNOWLEDGE: u32 = 1;
     pub const DRIVER: u32 = 2;
@@ -39,11 +42,14 @@ pub mod status {
     pub const FAILED: u32 = 128;
 }
 
-/// InterruptStatus bits (4.2.2).
+/// InterruptStatus bit 0 (4.2.2): the device used a buffer in a queue.
 pub const INT_USED_BUFFER: u32 = 1;
+/// InterruptStatus bit 1 (4.2.2): the configuration space changed.
 pub const INT_CONFIG_CHANGE: u32 = 2;
 
 /// Register offsets (4.2.2, table "MMIO Device Register Layout").
+// Each name is the spec's register name in upper snake case.
+#[allow(missing_docs)]
 pub mod reg {
     pub const MAGIC_VALUE: u64 = 0x000;
     pub const VERSION: u64 = 0x004;
@@ -77,6 +83,7 @@ pub mod reg {
 /// What an access means for the VM beyond the device's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
+    /// Nothing more to do.
     None,
     /// InterruptStatus gained a bit: raise the device's interrupt line.
     Interrupt,
@@ -161,6 +168,7 @@ pub struct VirtioMmio<D: Device> {
 }
 
 impl<D: Device> VirtioMmio<D> {
+    /// The transport for `device`, in the reset state (no queue ready, status 0).
     pub fn new(device: D) -> Self {
         let n = device.num_queues().min(MAX_QUEUES);
         let queues = (0..n)
@@ -180,10 +188,12 @@ impl<D: Device> VirtioMmio<D> {
         }
     }
 
+    /// The device behind the transport.
     pub fn device(&self) -> &D {
         &self.device
     }
 
+    /// The device behind the transport, to change its state from outside (input, backend).
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
     }
@@ -240,7 +250,7 @@ impl<D: Device> VirtioMmio<D> {
             reg::QUEUE_DESC_LOW..=reg::QUEUE_DEVICE_HIGH => {
                 let (which, high) = queue_address_register(offset)?;
                 let addr = queue.map_or(0, |q| q.address(which));
-                (if high { addr >> 32 } else { addr }) as u32
+                low_u32(if high { addr >> 32 } else { addr })
             }
             // No shared memory regions: a length (and base) of all ones
             // says region SHMSel does not exist (4.2.2).
@@ -253,7 +263,7 @@ impl<D: Device> VirtioMmio<D> {
 
     fn device_features_word(&self) -> u32 {
         match self.device_features_sel {
-            0 => self.offered_features() as u32,
+            0 => low_u32(self.offered_features()),
             1 => (self.offered_features() >> 32) as u32,
             _ => 0,
         }
@@ -294,7 +304,7 @@ impl<D: Device> VirtioMmio<D> {
             self.bad();
             return Effect::None;
         }
-        let value = value as u32;
+        let value = low_u32(value);
         match offset {
             reg::DEVICE_FEATURES_SEL => self.device_features_sel = value,
             reg::DRIVER_FEATURES => self.write_driver_features(value),

@@ -16,6 +16,7 @@
 //! reset (2.1.2). VIRTIO_F_EVENT_IDX is not offered, so the used ring's
 //! `avail_event` and the available ring's `used_event` are never touched.
 
+use crate::bits::usize_from;
 use alloc::vec::Vec;
 
 use crate::addr::GuestPhysAddr;
@@ -69,7 +70,9 @@ pub enum QueueError {
 /// One buffer of a chain, as validated by [`Queue::pop`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Buffer {
+    /// The buffer's guest-physical address.
     pub gpa: GuestPhysAddr,
+    /// The buffer's length in bytes.
     pub len: u32,
     /// Device-writable (VIRTQ_DESC_F_WRITE).
     pub writable: bool,
@@ -126,7 +129,7 @@ fn span_copy<'a>(
             skip -= blen;
             continue;
         }
-        let n = (blen - skip).min((len - done) as u64) as usize;
+        let n = usize_from((blen - skip).min((len - done) as u64));
         // Cannot overflow: pop checked gpa + len against guest RAM.
         let Some(at) = b.gpa.checked_add(skip) else {
             break;
@@ -205,14 +208,17 @@ impl Queue {
         *self = Queue::new(self.max_size);
     }
 
+    /// The largest size the driver may choose (QueueNumMax, 4.2.2).
     pub fn max_size(&self) -> u16 {
         self.max_size
     }
 
+    /// The size the driver chose (QueueNum, 4.2.2): entries in each ring.
     pub fn size(&self) -> u16 {
         self.size
     }
 
+    /// Whether the driver set QueueReady (4.2.2): only a ready queue is used.
     pub fn ready(&self) -> bool {
         self.ready
     }
@@ -343,7 +349,7 @@ impl Queue {
             .desc
             .checked_add(DESC_BYTES * u64::from(index))
             .ok_or(QueueError::BadRing)?;
-        let mut b = [0u8; DESC_BYTES as usize];
+        let mut b = [0u8; usize_from(DESC_BYTES)];
         mem.read(GuestPhysAddr(at), &mut b)
             .map_err(|_| QueueError::BadRing)?;
         let [
@@ -381,7 +387,7 @@ impl Queue {
         mem: &mut impl GuestMemory,
     ) -> Result<(), QueueError> {
         let slot = u64::from(self.used_idx % self.size.max(1));
-        let mut elem = [0u8; USED_ELEM_BYTES as usize];
+        let mut elem = [0u8; usize_from(USED_ELEM_BYTES)];
         let (id, len) = elem.split_at_mut(4);
         id.copy_from_slice(&u32::from(head).to_le_bytes());
         len.copy_from_slice(&written.to_le_bytes());
