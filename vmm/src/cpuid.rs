@@ -10,7 +10,7 @@
 //! | 4 | host caches, one package of `vcpus` cores |
 //! | 5, 0xA | zero (no MONITOR/MWAIT or performance monitoring) |
 //! | 6 | EAX: ARAT only (the virtual APIC timer runs in every C-state) |
-//! | 7.0 | host minus SGX, HLE, RTM, TSXLDTRK, MPX, PQM/PQE, PT, TSC_ADJUST, PKU/OSPKE, CET, LA57, WAITPKG, TME, KL, bus-lock detect, ENQCMD, SGX-LC, PCONFIG, hybrid and the speculation-control MSR bits (their MSRs or controls are not offered); INVPCID and RDPID only when the VMCS enables them |
+//! | 7.0 | host minus SGX, HLE, RTM, TSXLDTRK, MPX, PQM/PQE, PT, PKU/OSPKE, CET, LA57, WAITPKG, TME, KL, bus-lock detect, ENQCMD, SGX-LC, PCONFIG, hybrid and the speculation-control MSR bits (their MSRs or controls are not offered); INVPCID and RDPID only when the VMCS enables them |
 //! | 0xB | one thread per core, `vcpus` cores; EDX = x2APIC ID |
 //! | 0x15 | EAX = EBX = 1, ECX = TSC Hz: the "crystal" is the TSC itself, so Linux takes the TSC and APIC timer rates from it (0 if it does not fit 32 bits) |
 //! | 0x16 | EAX, EBX, ECX: TSC MHz (base, max, bus) |
@@ -88,10 +88,15 @@ mod bits {
     pub const PBE: u32 = 1 << 31;
     // Leaf 6 EAX: always-running APIC timer.
     pub const ARAT: u32 = 1 << 2;
-    // Leaf 7.0 EBX: TSC_ADJUST (1; the MSR is not offered), SGX, HLE, RTM,
-    // PQM, MPX, PQE, PT.
+    // Leaf 7.0 EBX: SGX, HLE, RTM, PQM, MPX, PQE, PT. TSC_ADJUST (1) is
+    // offered: its MSR reads 0 on every vCPU (msr.rs). With it, an
+    // invariant TSC and few NUMA nodes, Linux trusts the TSC without its
+    // clocksource watchdog; the watchdog compares the TSC with jiffies,
+    // which fall behind when a vCPU's ticks are late (time-shared CPUs,
+    // slow emulators), and would move the guest to a jiffies clock.
+    // Atoll's guests read the processor's TSC, the same on every vCPU.
     pub const L7_EBX_HIDDEN: u32 =
-        1 << 1 | 1 << 2 | 1 << 4 | 1 << 11 | 1 << 12 | 1 << 14 | 1 << 15 | 1 << 25;
+        1 << 2 | 1 << 4 | 1 << 11 | 1 << 12 | 1 << 14 | 1 << 15 | 1 << 25;
     pub const INVPCID: u32 = 1 << 10;
     // Leaf 7.0 ECX: PKU (3), OSPKE (4), WAITPKG (5), CET_SS (7), TME (13),
     // LA57 (16: 5-level paging, which the guest's EPT-backed address
@@ -352,9 +357,10 @@ mod tests {
         let [_, b, c, _] = guest_cpuid(&AllOnes, &CTX, 7, 0);
         assert_ne!(b & bits::INVPCID, 0);
         assert_ne!(c & bits::RDPID, 0);
-        // PKU, OSPKE, LA57, CET, TSC_ADJUST are never offered.
+        // PKU, OSPKE, LA57, CET are never offered; TSC_ADJUST is, when
+        // the host has it.
         assert_eq!(c & (1 << 3 | 1 << 4 | 1 << 7 | 1 << 16), 0);
-        assert_eq!(b & (1 << 1), 0);
+        assert_ne!(b & 1 << 1, 0, "TSC_ADJUST");
         let bare = Context {
             invpcid: false,
             rdtscp: false,

@@ -11,6 +11,7 @@
 //! | MTRRs, MISC_ENABLE, BIOS_SIGN_ID | here | valid memory types, reserved bits |
 //! | APIC_BASE, x2APIC 0x800-0x8FF, TSC_DEADLINE | the virtual local APIC | its own |
 //! | TSC | the processor (no offset) | writes: #GP |
+//! | TSC_ADJUST | none: always 0, since guests run on the processor's TSC without an offset (offered so a guest knows its TSC is never adjusted) | only 0; other writes: #GP |
 //! | PLATFORM_ID, MCG_CAP, MCG_STATUS | constants | read-only |
 //! | FEATURE_CONTROL | locked, VMX off (matching a CPUID without VMX) | read-only |
 
@@ -22,6 +23,7 @@ pub mod index {
     pub const PLATFORM_ID: u32 = 0x17;
     pub const APIC_BASE: u32 = 0x1b;
     pub const FEATURE_CONTROL: u32 = 0x3a;
+    pub const TSC_ADJUST: u32 = 0x3b;
     pub const BIOS_SIGN_ID: u32 = 0x8b;
     pub const MTRR_CAP: u32 = 0xfe;
     pub const SYSENTER_CS: u32 = 0x174;
@@ -250,7 +252,7 @@ pub fn read(msrs: &GuestMsrs, msr: u32) -> Read {
         APIC_BASE => Read::ApicBase,
         X2APIC_FIRST..=X2APIC_LAST => Read::Lapic(msr),
         TSC_DEADLINE => Read::TscDeadline,
-        PLATFORM_ID | BIOS_SIGN_ID | MCG_CAP | MCG_STATUS => Read::Value(0),
+        PLATFORM_ID | BIOS_SIGN_ID | MCG_CAP | MCG_STATUS | TSC_ADJUST => Read::Value(0),
         // Locked, VMX disabled both inside and outside SMX.
         FEATURE_CONTROL => Read::Value(1),
         MTRR_CAP => Read::Value(MTRR_CAP_VALUE),
@@ -272,8 +274,10 @@ pub fn write(msrs: &mut GuestMsrs, ctx: WriteContext, msr: u32, value: u64) -> W
         X2APIC_FIRST..=X2APIC_LAST => return Write::Lapic(msr, value),
         TSC_DEADLINE => return Write::TscDeadline(value),
         // Microcode update loads are refused; writing 0 before reading the
-        // revision (the documented way to read it) is fine.
-        BIOS_SIGN_ID => {
+        // revision (the documented way to read it) is fine. TSC_ADJUST
+        // stays 0: the guest's TSC is the processor's (SDM Vol. 3B,
+        // "Time-Stamp Counter Adjustment").
+        BIOS_SIGN_ID | TSC_ADJUST => {
             return if value == 0 {
                 Write::Stored
             } else {
@@ -505,6 +509,10 @@ mod tests {
         let mut m = GuestMsrs::default();
         assert_eq!(read(&m, TSC), Read::Tsc);
         assert_eq!(write(&mut m, FLAT, TSC, 5), Write::Fault);
+        // TSC_ADJUST reads 0 and keeps it: the guest TSC has no offset.
+        assert_eq!(read(&m, TSC_ADJUST), Read::Value(0));
+        assert_eq!(write(&mut m, FLAT, TSC_ADJUST, 0), Write::Stored);
+        assert_eq!(write(&mut m, FLAT, TSC_ADJUST, 1), Write::Fault);
         assert_eq!(read(&m, FEATURE_CONTROL), Read::Value(1));
         assert_eq!(write(&mut m, FLAT, FEATURE_CONTROL, 5), Write::Fault);
         assert_eq!(read(&m, 0x830), Read::Lapic(0x830));
