@@ -464,7 +464,7 @@ fn take_mailbox(node: &Node, slot: &mut HostedVcpu) -> bool {
             || slot.vcpu.state == VcpuState::Halted && !slot.halted_interruptible;
         let _ = slot.vcpu.load();
         let regs = slot.vcpu.registers();
-        let _ = slot.vcpu.reset(StartMode::RealMode { vector: 0 });
+        reset_for_start_up(slot, 0);
         slot.vcpu.state = VcpuState::WaitForSipi;
         slot.lapic = new_lapic(id);
         slot.vm.publish_recipient(id, &slot.lapic);
@@ -476,7 +476,7 @@ fn take_mailbox(node: &Node, slot: &mut HostedVcpu) -> bool {
     if let Some(vector) = requests.sipi
         && slot.vcpu.state == VcpuState::WaitForSipi
     {
-        let _ = slot.vcpu.reset(StartMode::RealMode { vector });
+        reset_for_start_up(slot, vector);
         slot.vcpu.state = VcpuState::Runnable;
         slot.vm.life.unblock();
         reset = true;
@@ -484,11 +484,28 @@ fn take_mailbox(node: &Node, slot: &mut HostedVcpu) -> bool {
     reset
 }
 
+/// Resets a vCPU for INIT or a start-up IPI (real mode at `vector`'s
+/// page). A failure is logged: the next entry then fails and stops the VM
+/// with the VM-instruction error.
+fn reset_for_start_up(slot: &mut HostedVcpu, vector: u8) {
+    if slot.vcpu.reset(StartMode::RealMode { vector }).is_err() {
+        log::error!(
+            "VM '{}': vCPU {} reset for start-up failed",
+            slot.vm.spec.name,
+            slot.vcpu.id
+        );
+    }
+}
+
 /// Runs one vCPU until its slice (`turn`, a preemption-timer value) ends,
 /// it blocks, or its VM ends.
 fn run_turn(node: &Node, slot: &mut HostedVcpu, ctx: &LoopContext, turn: u32) {
     for _ in 0..EXITS_PER_TURN {
-        take_mailbox(node, slot);
+        // An INIT taken here leaves the vCPU waiting for a start-up IPI:
+        // it must not be entered until one comes.
+        if take_mailbox(node, slot) && slot.vcpu.state != VcpuState::Runnable {
+            return;
+        }
         let now = cpu::rdtsc();
         slot.lapic.tick(now);
         inject_pending_interrupt(slot);

@@ -121,12 +121,14 @@ impl Vcpu {
     pub fn reset(&mut self, mode: StartMode) -> Result<(), VmxFail> {
         // A VMCS that was launched must be cleared before VMLAUNCH may use
         // it again (VM-instruction error 4 otherwise, SDM 31.4).
+        // The launch state is "clear" from the VMCLEAR on, even if a later
+        // step fails: the next entry must then be VMLAUNCH, never VMRESUME.
         self.vmcs.clear()?;
+        self.launched = false;
         self.vmcs.load()?;
         let t = &self.template;
         fields::write_initial(&t.controls, &t.fixed, t.eptp, t.vpid, mode)?;
         self.gprs = GuestGprs::default();
-        self.launched = false;
         self.interrupt_window = false;
         self.timer = None;
         self.state = match mode {
