@@ -6,9 +6,9 @@
 //!
 //! Who runs the slices: the exit that made the work runs the first one
 //! (so a small request completes before the guest resumes); if work
-//! remains, the vCPU's slot is marked and its CPU runs one slice per pass
+//! remains, the hosted vCPU is marked and its CPU runs one slice per pass
 //! of its loop (sched.rs), whether the vCPU runs, polls or halts waiting
-//! for the completion interrupt. While a slot has work, this CPU's vCPU
+//! for the completion interrupt. While a hosted vCPU has work, this CPU's vCPU
 //! turns are cut to [`TURN_US`] so slices come often.
 
 use atoll_vmm::virtio::budget::{self, Budget};
@@ -38,17 +38,17 @@ pub fn slice_locked(board: &mut VmBoard, ram: GuestRam) -> bool {
     more
 }
 
-/// One slice for the VM of `slot` (its CPU's loop): takes the node lock
+/// One slice for the VM of `hosted` (its CPU's loop): takes the node lock
 /// for the slice only, then delivers the interrupts a completion raised.
-pub fn run_slice(node: &Node, slot: &mut HostedVcpu) {
-    let ram = slot.vm.ram;
+pub fn run_slice(node: &Node, hosted: &mut HostedVcpu) {
+    let ram = hosted.vm.ram;
     let (more, messages) = node
-        .with_devices(slot.vm.local, |board| {
+        .with_devices(hosted.vm.local, |board| {
             (slice_locked(board, ram), board.take_messages())
         })
         .unwrap_or((false, alloc::vec::Vec::new()));
-    slot.device_work = more;
-    slot.vm.post_interrupts(node, slot.vcpu.id, &messages);
+    hosted.device_work = more;
+    hosted.vm.post_interrupts(node, hosted.vcpu.id, &messages);
 }
 
 /// The `device_work` event for a VM with a virtio-blk disk, when it ends.

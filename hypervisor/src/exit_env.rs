@@ -29,12 +29,12 @@ use alloc::vec::Vec;
 /// One exit's view of its vCPU and node.
 pub struct Env<'a> {
     node: &'a Node,
-    slot: &'a mut HostedVcpu,
+    hosted: &'a mut HostedVcpu,
 }
 
 impl<'a> Env<'a> {
-    pub fn new(node: &'a Node, slot: &'a mut HostedVcpu) -> Self {
-        Env { node, slot }
+    pub fn new(node: &'a Node, hosted: &'a mut HostedVcpu) -> Self {
+        Env { node, hosted }
     }
 }
 
@@ -65,13 +65,13 @@ impl ExitEnv for Env<'_> {
     fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let khz = u32::try_from(time::tsc_per_us().saturating_mul(1000)).unwrap_or(u32::MAX);
         let ctx = cpuid::Context {
-            apic_id: u32::from(self.slot.vcpu.id),
-            vcpus: u32::from(self.slot.vm.spec.vcpus),
+            apic_id: u32::from(self.hosted.vcpu.id),
+            vcpus: u32::from(self.hosted.vm.spec.vcpus),
             tsc_khz: khz,
             lapic_khz: khz,
             osxsave: fields::guest_reg(GuestReg::Cr4) & vmcs::CR4_OSXSAVE != 0,
-            rdtscp: self.slot.vcpu.controls().rdtscp(),
-            invpcid: self.slot.vcpu.controls().invpcid(),
+            rdtscp: self.hosted.vcpu.controls().rdtscp(),
+            invpcid: self.hosted.vcpu.controls().invpcid(),
         };
         cpuid::guest_cpuid(&Host, &ctx, leaf, subleaf)
     }
@@ -79,21 +79,21 @@ impl ExitEnv for Env<'_> {
     fn port_in(&mut self, port: u16, size: u8) -> u32 {
         let (value, messages) = self
             .node
-            .with_devices(self.slot.vm.local, |board| {
+            .with_devices(self.hosted.vm.local, |board| {
                 (board.port_read(port, size), board.take_messages())
             })
             .unwrap_or((u32::MAX, Vec::new()));
-        self.slot
+        self.hosted
             .vm
-            .post_interrupts(self.node, self.slot.vcpu.id, &messages);
+            .post_interrupts(self.node, self.hosted.vcpu.id, &messages);
         value
     }
 
     fn port_out(&mut self, port: u16, size: u8, value: u32) -> Option<Outcome> {
         port_out(
             self.node,
-            self.slot.vm,
-            self.slot.vcpu.id,
+            self.hosted.vm,
+            self.hosted.vcpu.id,
             port,
             size,
             value,
@@ -104,14 +104,14 @@ impl ExitEnv for Env<'_> {
         if msr == msr::index::TSC_AUX && !cpu::has_rdtscp() {
             return None;
         }
-        match msr::read(&self.slot.msrs, msr) {
+        match msr::read(&self.hosted.msrs, msr) {
             msr::Read::Value(v) => Some(v),
             msr::Read::Vmcs(m) => Some(fields::guest_reg(vmcs_reg(m))),
             msr::Read::Tsc => Some(cpu::rdtsc()),
-            msr::Read::ApicBase => Some(self.slot.lapic.apic_base()),
-            msr::Read::Lapic(reg) => self.slot.lapic.read(reg, cpu::rdtsc()),
+            msr::Read::ApicBase => Some(self.hosted.lapic.apic_base()),
+            msr::Read::Lapic(reg) => self.hosted.lapic.read(reg, cpu::rdtsc()),
             msr::Read::Processor(msr) => Some(cpu::read_guest_msr(msr)),
-            msr::Read::TscDeadline => Some(self.slot.lapic.tsc_deadline()),
+            msr::Read::TscDeadline => Some(self.hosted.lapic.tsc_deadline()),
             msr::Read::Fault => None,
         }
     }
@@ -124,7 +124,7 @@ impl ExitEnv for Env<'_> {
             efer: fields::guest_reg(GuestReg::Efer),
             paging: fields::guest_reg(GuestReg::Cr0) & vmcs::cr0::PG != 0,
         };
-        match msr::write(&mut self.slot.msrs, ctx, msr, value) {
+        match msr::write(&mut self.hosted.msrs, ctx, msr, value) {
             msr::Write::Stored => true,
             msr::Write::Load(msr, value) => {
                 cpu::load_guest_msr(msr, value);
@@ -132,18 +132,18 @@ impl ExitEnv for Env<'_> {
             }
             msr::Write::Vmcs(m, value) => fields::set_guest_reg(vmcs_reg(m), value).is_ok(),
             msr::Write::ApicBase(value) => {
-                let ok = self.slot.lapic.set_apic_base(value);
-                self.slot
+                let ok = self.hosted.lapic.set_apic_base(value);
+                self.hosted
                     .vm
-                    .publish_recipient(self.slot.vcpu.id, &self.slot.lapic);
+                    .publish_recipient(self.hosted.vcpu.id, &self.hosted.lapic);
                 ok
             }
             msr::Write::Lapic(reg, value) => {
-                match self.slot.lapic.write(reg, value, cpu::rdtsc()) {
+                match self.hosted.lapic.write(reg, value, cpu::rdtsc()) {
                     lapic::Write::Done => true,
                     lapic::Write::Fault => false,
                     lapic::Write::Send(ipi) => {
-                        self.slot.vm.post_ipi(self.node, self.slot.vcpu.id, ipi);
+                        self.hosted.vm.post_ipi(self.node, self.hosted.vcpu.id, ipi);
                         true
                     }
                     lapic::Write::Eoi(vector) => {
@@ -153,7 +153,7 @@ impl ExitEnv for Env<'_> {
                 }
             }
             msr::Write::TscDeadline(deadline) => {
-                self.slot.lapic.set_tsc_deadline(deadline);
+                self.hosted.lapic.set_tsc_deadline(deadline);
                 true
             }
             msr::Write::Fault => false,
@@ -161,7 +161,7 @@ impl ExitEnv for Env<'_> {
     }
 
     fn hypercall(&mut self, regs: &mut Registers) -> Outcome {
-        crate::hypercalls::handle(self.node, self.slot, regs)
+        crate::hypercalls::handle(self.node, self.hosted, regs)
     }
 
     fn mmio(
@@ -177,13 +177,13 @@ impl ExitEnv for Env<'_> {
             efer: regs.efer,
         };
         let mode = code_mode(fields::guest_cs_rights(), regs.efer);
-        let ram = self.slot.vm.ram;
-        if self.slot.lapic.mmio_decoded() && LapicPage::claims(gpa) {
+        let ram = self.hosted.vm.ram;
+        if self.hosted.lapic.mmio_decoded() && LapicPage::claims(gpa) {
             return self.lapic_mmio(gpa, regs, mode, &paging);
         }
         let (outcome, messages, lines, work) = self
             .node
-            .with_devices(self.slot.vm.local, |board| {
+            .with_devices(self.hosted.vm.local, |board| {
                 let mut bus = BoardBus { board, ram };
                 let outcome = mmio::emulate(gpa, regs, mode, &paging, &ram, &mut bus);
                 let lines: Vec<Vec<u8>> =
@@ -193,13 +193,13 @@ impl ExitEnv for Env<'_> {
                 (outcome, bus.board.take_messages(), lines, work)
             })
             .unwrap_or((None, Vec::new(), Vec::new(), false));
-        self.slot.device_work |= work;
+        self.hosted.device_work |= work;
         for line in lines {
-            vm::print_guest_line(self.slot.vm, &line);
+            vm::print_guest_line(self.hosted.vm, &line);
         }
-        self.slot
+        self.hosted
             .vm
-            .post_interrupts(self.node, self.slot.vcpu.id, &messages);
+            .post_interrupts(self.node, self.hosted.vcpu.id, &messages);
         outcome
     }
 
@@ -219,16 +219,16 @@ impl Env<'_> {
         mode: CodeMode,
         paging: &Paging,
     ) -> Option<Outcome> {
-        let ram = self.slot.vm.ram;
+        let ram = self.hosted.vm.ram;
         let mut page = LapicPage {
-            lapic: &mut self.slot.lapic,
+            lapic: &mut self.hosted.lapic,
             now: cpu::rdtsc(),
             effect: lapic::Write::Done,
         };
         let outcome = mmio::emulate(gpa, regs, mode, paging, &ram, &mut page);
         let effect = page.effect;
-        let (vm, id) = (self.slot.vm, self.slot.vcpu.id);
-        vm.publish_recipient(id, &self.slot.lapic);
+        let (vm, id) = (self.hosted.vm, self.hosted.vcpu.id);
+        vm.publish_recipient(id, &self.hosted.lapic);
         match effect {
             lapic::Write::Send(ipi) => vm.post_ipi(self.node, id, ipi),
             lapic::Write::Eoi(vector) => self.eoi(vector),
@@ -241,14 +241,14 @@ impl Env<'_> {
     fn eoi(&mut self, vector: u8) {
         let messages = self
             .node
-            .with_devices(self.slot.vm.local, |board| {
+            .with_devices(self.hosted.vm.local, |board| {
                 board.eoi(vector);
                 board.take_messages()
             })
             .unwrap_or_default();
-        self.slot
+        self.hosted
             .vm
-            .post_interrupts(self.node, self.slot.vcpu.id, &messages);
+            .post_interrupts(self.node, self.hosted.vcpu.id, &messages);
     }
 }
 

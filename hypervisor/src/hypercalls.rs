@@ -27,7 +27,7 @@ enum Performed {
 }
 
 /// Handles a VMCALL (RIP already past it).
-pub fn handle(node: &Node, slot: &mut HostedVcpu, regs: &mut Registers) -> Outcome {
+pub fn handle(node: &Node, hosted: &mut HostedVcpu, regs: &mut Registers) -> Outcome {
     let args = Args {
         rax: regs.get(gpr::RAX),
         rdi: regs.get(gpr::RDI),
@@ -36,7 +36,7 @@ pub fn handle(node: &Node, slot: &mut HostedVcpu, regs: &mut Registers) -> Outco
         rcx: regs.get(gpr::RCX),
         cpl: regs.cpl,
     };
-    let vm = slot.vm;
+    let vm = hosted.vm;
     let signals: Vec<u64> = vm.spec.signals.iter().map(|s| s.notifications).collect();
     let channels = vm.channel_state();
     let taken = vm.taken_regions();
@@ -46,7 +46,7 @@ pub fn handle(node: &Node, slot: &mut HostedVcpu, regs: &mut Registers) -> Outco
         channels: &channels,
         taken: &taken,
     };
-    let result = hypercall::decode(&args, &ctx).and_then(|call| perform(node, slot, call));
+    let result = hypercall::decode(&args, &ctx).and_then(|call| perform(node, hosted, call));
     match result {
         Ok(Performed::Outcome(outcome)) => outcome,
         Ok(Performed::Blocked) => Outcome::Yield,
@@ -71,8 +71,8 @@ fn write_result(regs: &mut Registers, result: Result<Output, Error>) {
     }
 }
 
-fn perform(node: &Node, slot: &mut HostedVcpu, call: Hypercall) -> Result<Performed, Error> {
-    let vm = slot.vm;
+fn perform(node: &Node, hosted: &mut HostedVcpu, call: Hypercall) -> Result<Performed, Error> {
+    let vm = hosted.vm;
     let done = |rdx| {
         Ok(Performed::Done(Output {
             rdx,
@@ -87,7 +87,7 @@ fn perform(node: &Node, slot: &mut HostedVcpu, call: Hypercall) -> Result<Perfor
         }
         Hypercall::Ids => Ok(Performed::Done(Output {
             rdx: vm.spec.global as u64,
-            rsi: u64::from(slot.vcpu.id),
+            rsi: u64::from(hosted.vcpu.id),
             rdi: node.index as u64,
         })),
         Hypercall::Signal {
@@ -108,10 +108,10 @@ fn perform(node: &Node, slot: &mut HostedVcpu, call: Hypercall) -> Result<Perfor
             if pending != 0 || timeout_us == Some(0) {
                 return done(pending);
             }
-            slot.wait_deadline = timeout_us.map_or(u64::MAX, |us| {
+            hosted.wait_deadline = timeout_us.map_or(u64::MAX, |us| {
                 cpu::rdtsc().saturating_add(us.saturating_mul(time::tsc_per_us()))
             });
-            slot.vcpu.state = VcpuState::Waiting;
+            hosted.vcpu.state = VcpuState::Waiting;
             Ok(Performed::Blocked)
         }
         Hypercall::MapChannel { handle, gpa, .. } => {
@@ -152,9 +152,9 @@ fn console_write(vm: &vm::Vm, gpa: atoll_vmm::GuestPhysAddr, len: u64) -> Result
 
 /// Completes a `wait` whose notification arrived or whose time ran out:
 /// RAX = 0, RDX = the notifications taken (0 on timeout).
-pub fn finish_wait(slot: &mut HostedVcpu) {
-    let pending = slot.vm.take_notifications();
-    slot.vcpu.set_gpr(gpr::RAX, 0);
-    slot.vcpu.set_gpr(gpr::RDX, pending);
-    slot.vcpu.state = VcpuState::Runnable;
+pub fn finish_wait(hosted: &mut HostedVcpu) {
+    let pending = hosted.vm.take_notifications();
+    hosted.vcpu.set_gpr(gpr::RAX, 0);
+    hosted.vcpu.set_gpr(gpr::RDX, pending);
+    hosted.vcpu.state = VcpuState::Runnable;
 }

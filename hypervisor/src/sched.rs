@@ -119,8 +119,8 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
     // Both lists grow with the config: allocated fallibly, and if the node
     // heap cannot hold them, this CPU's vCPUs are stopped, not the host.
     let mut mine: Vec<(&'static Vm, u16)> = Vec::new();
-    let mut slots: Vec<HostedVcpu> = Vec::new();
-    if mine.try_reserve_exact(count).is_err() || slots.try_reserve_exact(count).is_err() {
+    let mut all_hosted: Vec<HostedVcpu> = Vec::new();
+    if mine.try_reserve_exact(count).is_err() || all_hosted.try_reserve_exact(count).is_err() {
         log::error!("CPU {}: no node heap for its {count} vCPUs", me.cpu);
         for (vm, id) in on_this_cpu() {
             abandon(node, vm, id);
@@ -160,7 +160,7 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
         drop(kmem);
         match built {
             Ok((vcpu, fpu)) => {
-                let mut slot = HostedVcpu {
+                let mut hosted = HostedVcpu {
                     vm,
                     lapic: new_lapic(id),
                     vcpu,
@@ -174,8 +174,8 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
                     ept_generation: 0,
                     device_work: false,
                 };
-                prepare_boot_registers(&mut slot);
-                slots.push(slot);
+                prepare_boot_registers(&mut hosted);
+                all_hosted.push(hosted);
             }
             Err(e) => {
                 log::error!("VM '{}' vCPU {id}: {e}", vm.spec.name);
@@ -184,13 +184,13 @@ pub fn run_vcpus(node: &'static Node, caps: &VmxCaps) -> Option<core::convert::I
         }
     }
     let ctx = LoopContext {
-        slice: slice_ticks(caps, slots.len()),
+        slice: slice_ticks(caps, all_hosted.len()),
         device_turn: us_to_timer(caps, crate::devwork::TURN_US),
         shift: (caps.misc & 0x1f) as u32,
         xsave: cpu::has_xsave(),
         vm_names: node.boot.plan.vms.iter().map(|v| v.name.as_str()).collect(),
     };
-    run_loop(node, &mut slots, &ctx)
+    run_loop(node, &mut all_hosted, &ctx)
 }
 
 /// A vCPU this CPU cannot run (VMX or its VMCS could not be set up): its
@@ -239,19 +239,19 @@ fn start_mode(vm: &Vm, id: u16) -> StartMode {
 /// The boot protocol's registers for vCPU 0 (multiboot: EAX, EBX; Linux:
 /// RSI, the zero page); the others wait for a start-up IPI, so nothing
 /// but an IPI can run them.
-fn prepare_boot_registers(slot: &mut HostedVcpu) {
-    if slot.vcpu.id == 0 {
-        match slot.vm.boot() {
+fn prepare_boot_registers(hosted: &mut HostedVcpu) {
+    if hosted.vcpu.id == 0 {
+        match hosted.vm.boot() {
             Boot::Multiboot(entry) => {
-                slot.vcpu.set_gpr(gpr::RAX, u64::from(entry.eax));
-                slot.vcpu.set_gpr(gpr::RBX, u64::from(entry.ebx));
+                hosted.vcpu.set_gpr(gpr::RAX, u64::from(entry.eax));
+                hosted.vcpu.set_gpr(gpr::RBX, u64::from(entry.ebx));
             }
-            Boot::Linux(entry) => slot.vcpu.set_gpr(gpr::RSI, entry.rsi),
+            Boot::Linux(entry) => hosted.vcpu.set_gpr(gpr::RSI, entry.rsi),
         }
     } else {
-        slot.vcpu.state = VcpuState::WaitForSipi;
+        hosted.vcpu.state = VcpuState::WaitForSipi;
         // Not a stuck VM yet: vCPU 0 runs and will send the start-up IPI.
-        slot.vm.life.block();
+        hosted.vm.life.block();
     }
 }
 
@@ -272,7 +272,7 @@ fn us_to_timer(caps: &VmxCaps, us: u64) -> u32 {
     u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
 }
 
-fn run_loop(node: &'static Node, slots: &mut [HostedVcpu], ctx: &LoopContext) -> ! {
+fn run_loop(node: &'static Node, all_hosted: &mut [HostedVcpu], ctx: &LoopContext) -> ! {
     let mut current: Option<usize> = None;
     let mut next = 0;
     let mut next_input_poll = 0;
@@ -285,20 +285,20 @@ fn run_loop(node: &'static Node, slots: &mut [HostedVcpu], ctx: &LoopContext) ->
         // Resetting a vCPU (restart, INIT, SIPI) loads its VMCS: the
         // current vCPU's must be loaded again before it runs.
         let mut vmcs_moved = false;
-        for slot in slots.iter_mut() {
-            vmcs_moved |= sync_with_vm(node, slot);
+        for hosted in all_hosted.iter_mut() {
+            vmcs_moved |= sync_with_vm(node, hosted);
         }
         // Device work first, one slice per VM that has some: a CPU with
         // work pending never idles (devwork.rs).
         let mut device_work = false;
-        for slot in slots.iter_mut().filter(|s| s.device_work) {
-            crate::devwork::run_slice(node, slot);
-            device_work |= slot.device_work;
+        for hosted in all_hosted.iter_mut().filter(|s| s.device_work) {
+            crate::devwork::run_slice(node, hosted);
+            device_work |= hosted.device_work;
         }
-        let count = slots.len();
+        let count = all_hosted.len();
         let pick = (0..count)
             .map(|i| (next + i) % count)
-            .find(|&i| slots.get(i).is_some_and(runnable));
+            .find(|&i| all_hosted.get(i).is_some_and(runnable));
         let Some(i) = pick else {
             if device_work {
                 continue;
@@ -306,7 +306,7 @@ fn run_loop(node: &'static Node, slots: &mut [HostedVcpu], ctx: &LoopContext) ->
             node.idle_check();
             // A halted vCPU's timer or a `wait` timeout must not wait for
             // the next tick: make the tick come at the earliest of them.
-            if let Some(deadline) = slots.iter().filter_map(wake_deadline).min() {
+            if let Some(deadline) = all_hosted.iter().filter_map(wake_deadline).min() {
                 apic::tick_by(deadline);
             }
             cpu::wait_for_interrupt();
@@ -314,18 +314,18 @@ fn run_loop(node: &'static Node, slots: &mut [HostedVcpu], ctx: &LoopContext) ->
         };
         next = i + 1;
         if current != Some(i) {
-            switch(slots, current, i, ctx.xsave);
+            switch(all_hosted, current, i, ctx.xsave);
             current = Some(i);
-        } else if vmcs_moved && let Some(slot) = slots.get(i) {
-            let _ = slot.vcpu.load();
+        } else if vmcs_moved && let Some(hosted) = all_hosted.get(i) {
+            let _ = hosted.vcpu.load();
         }
         let turn = if device_work {
             ctx.device_turn
         } else {
             ctx.slice
         };
-        if let Some(slot) = slots.get_mut(i) {
-            run_turn(node, slot, ctx, turn);
+        if let Some(hosted) = all_hosted.get_mut(i) {
+            run_turn(node, hosted, ctx, turn);
         }
     }
 }
@@ -335,18 +335,20 @@ fn run_loop(node: &'static Node, slots: &mut [HostedVcpu], ctx: &LoopContext) ->
 /// set to everything the processor supports: a guest's XCR0 may leave out
 /// state it uses anyway (SSE registers work with XCR0 = x87 only, SDM
 /// Vol. 1, 13.3), and that state must be switched too.
-fn switch(slots: &mut [HostedVcpu], from: Option<usize>, to: usize, xsave: bool) {
+fn switch(all_hosted: &mut [HostedVcpu], from: Option<usize>, to: usize, xsave: bool) {
     if xsave {
         cpu::set_xcr0(cpu::xcr0_supported());
     }
-    if let Some(old) = from.and_then(|f| slots.get_mut(f)) {
+    if let Some(old) = from.and_then(|f| all_hosted.get_mut(f)) {
         old.fpu.save(xsave);
         old.loose = cpu::save_loose_regs();
         for &msr in &atoll_vmm::msr::CHANGED_WITHOUT_EXIT {
             old.msrs.save_from_processor(msr, cpu::read_guest_msr(msr));
         }
     }
-    let Some(new) = slots.get_mut(to) else { return };
+    let Some(new) = all_hosted.get_mut(to) else {
+        return;
+    };
     new.fpu.restore(xsave);
     cpu::restore_loose_regs(&new.loose);
     cpu::set_xcr0(new.xcr0);
@@ -360,125 +362,125 @@ fn switch(slots: &mut [HostedVcpu], from: Option<usize>, to: usize, xsave: bool)
 
 /// When a blocked vCPU wants to run again by itself: its local APIC timer
 /// (if halted with interrupts on) or its `wait` timeout.
-fn wake_deadline(slot: &HostedVcpu) -> Option<u64> {
-    match slot.vcpu.state {
-        VcpuState::Halted if slot.halted_interruptible => slot.lapic.next_deadline(),
-        VcpuState::Waiting => Some(slot.wait_deadline).filter(|&d| d != u64::MAX),
+fn wake_deadline(hosted: &HostedVcpu) -> Option<u64> {
+    match hosted.vcpu.state {
+        VcpuState::Halted if hosted.halted_interruptible => hosted.lapic.next_deadline(),
+        VcpuState::Waiting => Some(hosted.wait_deadline).filter(|&d| d != u64::MAX),
         _ => None,
     }
 }
 
-fn runnable(slot: &HostedVcpu) -> bool {
-    !slot.life.is_parked() && slot.vm.is_running() && slot.vcpu.state == VcpuState::Runnable
+fn runnable(hosted: &HostedVcpu) -> bool {
+    !hosted.life.is_parked() && hosted.vm.is_running() && hosted.vcpu.state == VcpuState::Runnable
 }
 
 /// Applies the VM's requests to one of this CPU's vCPUs: a new generation
 /// (restart) resets it; an ending VM parks it; posted interrupts, INIT and
 /// SIPI reach its local APIC; a due timer or interrupt wakes it from HLT.
 /// Returns whether it loaded the vCPU's VMCS (to reset it).
-fn sync_with_vm(node: &Node, slot: &mut HostedVcpu) -> bool {
+fn sync_with_vm(node: &Node, hosted: &mut HostedVcpu) -> bool {
     let mut loaded = false;
-    if slot.life.take_new_generation(&slot.vm.life) {
-        restart_vcpu(slot);
+    if hosted.life.take_new_generation(&hosted.vm.life) {
+        restart_vcpu(hosted);
         loaded = true;
     }
-    let parking = slot.life.park_if_ending(&slot.vm.life);
+    let parking = hosted.life.park_if_ending(&hosted.vm.life);
     if parking != Parking::No {
-        slot.device_work = false;
-        slot.vcpu.state = VcpuState::Done;
+        hosted.device_work = false;
+        hosted.vcpu.state = VcpuState::Done;
         if parking == Parking::ParkedLast {
-            slot.vm.finish(node);
+            hosted.vm.finish(node);
         }
         return loaded;
     }
-    if slot.life.is_parked() {
+    if hosted.life.is_parked() {
         return loaded;
     }
-    if slot.vcpu.id == 0 && console::has_input(slot.vm.spec.global) {
-        slot.vm.take_console_input(node, 0);
+    if hosted.vcpu.id == 0 && console::has_input(hosted.vm.spec.global) {
+        hosted.vm.take_console_input(node, 0);
     }
-    loaded |= take_mailbox(node, slot);
+    loaded |= take_mailbox(node, hosted);
     let now = cpu::rdtsc();
-    slot.lapic.tick(now);
-    if slot.vcpu.state == VcpuState::Halted
-        && slot.halted_interruptible
-        && slot.lapic.pending().is_some()
+    hosted.lapic.tick(now);
+    if hosted.vcpu.state == VcpuState::Halted
+        && hosted.halted_interruptible
+        && hosted.lapic.pending().is_some()
     {
-        slot.vcpu.state = VcpuState::Runnable;
+        hosted.vcpu.state = VcpuState::Runnable;
     }
-    if slot.vcpu.state == VcpuState::Waiting
-        && (slot.vm.has_notifications() || now >= slot.wait_deadline)
+    if hosted.vcpu.state == VcpuState::Waiting
+        && (hosted.vm.has_notifications() || now >= hosted.wait_deadline)
     {
-        crate::hypercalls::finish_wait(slot);
+        crate::hypercalls::finish_wait(hosted);
     }
-    let ept_generation = slot.vm.ept_generation.load(Ordering::Acquire);
-    if ept_generation != slot.ept_generation {
+    let ept_generation = hosted.vm.ept_generation.load(Ordering::Acquire);
+    if ept_generation != hosted.ept_generation {
         // A mapping was removed: drop what this CPU cached (SDM 29.4.3.1).
-        vmx::invept_single(slot.vm.eptp);
-        slot.ept_generation = ept_generation;
+        vmx::invept_single(hosted.vm.eptp);
+        hosted.ept_generation = ept_generation;
     }
     loaded
 }
 
 /// A restarted VM: this vCPU from scratch.
-fn restart_vcpu(slot: &mut HostedVcpu) {
+fn restart_vcpu(hosted: &mut HostedVcpu) {
     // The restarted guest builds new page tables in the same memory:
     // translations this CPU cached for the old incarnation (tagged with
     // the VM's VPID and EPT) must go first (SDM 29.4.3.3). Every CPU with a
     // vCPU of the VM does this for itself when the restart kick reaches it.
-    vmx::invvpid_single(slot.vm.vpid);
-    vmx::invept_single(slot.vm.eptp);
-    let mode = start_mode(slot.vm, slot.vcpu.id);
-    if slot.vcpu.reset(mode).is_err() {
-        log::error!("VM '{}': vCPU reset failed", slot.vm.spec.name);
+    vmx::invvpid_single(hosted.vm.vpid);
+    vmx::invept_single(hosted.vm.eptp);
+    let mode = start_mode(hosted.vm, hosted.vcpu.id);
+    if hosted.vcpu.reset(mode).is_err() {
+        log::error!("VM '{}': vCPU reset failed", hosted.vm.spec.name);
     }
-    slot.lapic = new_lapic(slot.vcpu.id);
-    slot.vm.publish_recipient(slot.vcpu.id, &slot.lapic);
-    slot.msrs = GuestMsrs::default();
-    slot.xcr0 = XCR0_RESET;
-    slot.fpu.clear();
-    slot.loose = cpu::LooseRegs::default();
-    slot.device_work = false;
-    prepare_boot_registers(slot);
+    hosted.lapic = new_lapic(hosted.vcpu.id);
+    hosted.vm.publish_recipient(hosted.vcpu.id, &hosted.lapic);
+    hosted.msrs = GuestMsrs::default();
+    hosted.xcr0 = XCR0_RESET;
+    hosted.fpu.clear();
+    hosted.loose = cpu::LooseRegs::default();
+    hosted.device_work = false;
+    prepare_boot_registers(hosted);
 }
 
 /// Moves what other vCPUs posted for this one into its local APIC
 /// (interrupts) or its run state (INIT, then SIPI, in that order).
 /// Returns whether it reset the vCPU (which loads its VMCS).
-fn take_mailbox(node: &Node, slot: &mut HostedVcpu) -> bool {
-    let id = slot.vcpu.id;
-    let Some(requests) = slot.vm.mailbox(id).and_then(|m| m.take()) else {
+fn take_mailbox(node: &Node, hosted: &mut HostedVcpu) -> bool {
+    let id = hosted.vcpu.id;
+    let Some(requests) = hosted.vm.mailbox(id).and_then(|m| m.take()) else {
         return false;
     };
     for (vector, level) in requests.interrupts() {
         if level {
-            slot.lapic.raise_level(vector);
+            hosted.lapic.raise_level(vector);
         } else {
-            slot.lapic.raise(vector);
+            hosted.lapic.raise(vector);
         }
     }
     let mut reset = false;
     if requests.init {
         // INIT (SDM 10.4.7.3): the vCPU waits for a start-up IPI.
-        let was_blocked = matches!(slot.vcpu.state, VcpuState::WaitForSipi)
-            || slot.vcpu.state == VcpuState::Halted && !slot.halted_interruptible;
-        let _ = slot.vcpu.load();
-        let regs = slot.vcpu.registers();
-        reset_for_start_up(slot, 0);
-        slot.vcpu.state = VcpuState::WaitForSipi;
-        slot.lapic = new_lapic(id);
-        slot.vm.publish_recipient(id, &slot.lapic);
+        let was_blocked = matches!(hosted.vcpu.state, VcpuState::WaitForSipi)
+            || hosted.vcpu.state == VcpuState::Halted && !hosted.halted_interruptible;
+        let _ = hosted.vcpu.load();
+        let regs = hosted.vcpu.registers();
+        reset_for_start_up(hosted, 0);
+        hosted.vcpu.state = VcpuState::WaitForSipi;
+        hosted.lapic = new_lapic(id);
+        hosted.vm.publish_recipient(id, &hosted.lapic);
         reset = true;
         if !was_blocked {
-            block(node, slot, regs);
+            block(node, hosted, regs);
         }
     }
     if let Some(vector) = requests.sipi
-        && slot.vcpu.state == VcpuState::WaitForSipi
+        && hosted.vcpu.state == VcpuState::WaitForSipi
     {
-        reset_for_start_up(slot, vector);
-        slot.vcpu.state = VcpuState::Runnable;
-        slot.vm.life.unblock();
+        reset_for_start_up(hosted, vector);
+        hosted.vcpu.state = VcpuState::Runnable;
+        hosted.vm.life.unblock();
         reset = true;
     }
     reset
@@ -487,50 +489,51 @@ fn take_mailbox(node: &Node, slot: &mut HostedVcpu) -> bool {
 /// Resets a vCPU for INIT or a start-up IPI (real mode at `vector`'s
 /// page). A failure is logged: the next entry then fails and stops the VM
 /// with the VM-instruction error.
-fn reset_for_start_up(slot: &mut HostedVcpu, vector: u8) {
-    if slot.vcpu.reset(StartMode::RealMode { vector }).is_err() {
+fn reset_for_start_up(hosted: &mut HostedVcpu, vector: u8) {
+    if hosted.vcpu.reset(StartMode::RealMode { vector }).is_err() {
         log::error!(
             "VM '{}': vCPU {} reset for start-up failed",
-            slot.vm.spec.name,
-            slot.vcpu.id
+            hosted.vm.spec.name,
+            hosted.vcpu.id
         );
     }
 }
 
 /// Runs one vCPU until its slice (`turn`, a preemption-timer value) ends,
 /// it blocks, or its VM ends.
-fn run_turn(node: &Node, slot: &mut HostedVcpu, ctx: &LoopContext, turn: u32) {
+fn run_turn(node: &Node, hosted: &mut HostedVcpu, ctx: &LoopContext, turn: u32) {
     for _ in 0..EXITS_PER_TURN {
         // An INIT taken here leaves the vCPU waiting for a start-up IPI:
         // it must not be entered until one comes.
-        if take_mailbox(node, slot) && slot.vcpu.state != VcpuState::Runnable {
+        if take_mailbox(node, hosted) && hosted.vcpu.state != VcpuState::Runnable {
             return;
         }
         let now = cpu::rdtsc();
-        slot.lapic.tick(now);
-        inject_pending_interrupt(slot);
-        let slice = slot.lapic.next_deadline().map_or(turn, |deadline| {
+        hosted.lapic.tick(now);
+        inject_pending_interrupt(hosted);
+        let slice = hosted.lapic.next_deadline().map_or(turn, |deadline| {
             let ticks = deadline.saturating_sub(now) >> ctx.shift;
             u32::try_from(ticks).unwrap_or(u32::MAX).min(turn)
         });
         let entered = cpu::rdtsc();
-        let exit = match slot.vcpu.enter(slice) {
+        let exit = match hosted.vcpu.enter(slice) {
             Ok(exit) => exit,
             Err(failed) => {
                 let reason = StopReason::EntryFailed {
                     instruction_error: failed.instruction_error,
                 };
-                let regs = slot.vcpu.registers();
-                slot.vm.request_end(node, stopped(slot, reason, regs));
+                let regs = hosted.vcpu.registers();
+                hosted.vm.request_end(node, stopped(hosted, reason, regs));
                 return;
             }
         };
         let exited = cpu::rdtsc();
         reinject_cut_short_event(&exit);
-        let keep_going = handle_exit(node, slot, &exit);
-        slot.vm
+        let keep_going = handle_exit(node, hosted, &exit);
+        hosted
+            .vm
             .record_exit(exit.reason, exited - entered, cpu::rdtsc() - exited);
-        if !keep_going || !slot.vm.is_running() || slot.vcpu.state != VcpuState::Runnable {
+        if !keep_going || !hosted.vm.is_running() || hosted.vcpu.state != VcpuState::Runnable {
             return;
         }
     }
@@ -556,38 +559,38 @@ fn reinject_cut_short_event(exit: &Exit) {
 /// take it now (RFLAGS.IF set, no STI/MOV SS blocking, no event already
 /// being injected); otherwise asks for an exit as soon as it can
 /// (interrupt-window exiting, SDM 25.6.2).
-fn inject_pending_interrupt(slot: &mut HostedVcpu) {
-    let Some(vector) = slot.lapic.pending() else {
-        slot.vcpu.set_interrupt_window(false);
+fn inject_pending_interrupt(hosted: &mut HostedVcpu) {
+    let Some(vector) = hosted.lapic.pending() else {
+        hosted.vcpu.set_interrupt_window(false);
         return;
     };
     let injecting = fields::entry_interruption() & vmcs::interruption::VALID != 0;
     let open = fields::guest_reg(GuestReg::Rflags) & vmcs::RFLAGS_IF != 0
         && fields::interruptibility() & vmcs::BLOCKING_STI_MOV_SS == 0;
     if injecting || !open {
-        slot.vcpu.set_interrupt_window(true);
+        hosted.vcpu.set_interrupt_window(true);
         return;
     }
     // External interrupt, type 0, valid (SDM 26.6.1.1).
     let _ = fields::set_entry_interruption(vmcs::interruption::external_interrupt(vector), None);
-    slot.lapic.acknowledge(vector);
-    slot.vcpu.set_interrupt_window(false);
+    hosted.lapic.acknowledge(vector);
+    hosted.vcpu.set_interrupt_window(false);
 }
 
-fn stopped(slot: &HostedVcpu, reason: StopReason, regs: Registers) -> End {
+fn stopped(hosted: &HostedVcpu, reason: StopReason, regs: Registers) -> End {
     End::Stopped {
         reason,
-        vcpu: slot.vcpu.id,
+        vcpu: hosted.vcpu.id,
         regs,
     }
 }
 
 /// Handles one exit; false when the vCPU should not be re-entered now.
-fn handle_exit(node: &Node, slot: &mut HostedVcpu, exit: &Exit) -> bool {
+fn handle_exit(node: &Node, hosted: &mut HostedVcpu, exit: &Exit) -> bool {
     let paging = exit.reason == ExitReason::EptViolation;
-    let mut regs = slot.vcpu.exit_registers(paging);
-    let outcome = dispatch::dispatch(exit, &mut regs, &mut Env::new(node, slot));
-    let vm = slot.vm;
+    let mut regs = hosted.vcpu.exit_registers(paging);
+    let outcome = dispatch::dispatch(exit, &mut regs, &mut Env::new(node, hosted));
+    let vm = hosted.vm;
     match outcome {
         Outcome::HostInterrupt => {
             vmx::take_pending_interrupts();
@@ -599,48 +602,48 @@ fn handle_exit(node: &Node, slot: &mut HostedVcpu, exit: &Exit) -> bool {
             }
             true
         }
-        Outcome::Resume => write_back(node, slot, &regs),
+        Outcome::Resume => write_back(node, hosted, &regs),
         Outcome::Inject(fault) => {
-            crate::exit_env::report_fault(node, vm, slot.vcpu.id, fault, &regs);
-            inject(fault) && write_back(node, slot, &regs)
+            crate::exit_env::report_fault(node, vm, hosted.vcpu.id, fault, &regs);
+            inject(fault) && write_back(node, hosted, &regs)
         }
         // The slice ended, or a hypercall blocked the vCPU (its RIP and
         // result registers must still be written back).
         Outcome::Yield => {
-            write_back(node, slot, &regs);
+            write_back(node, hosted, &regs);
             false
         }
         Outcome::Halt { interrupts_enabled } => {
-            let _ = slot.vcpu.set_registers(&regs);
-            if interrupts_enabled && slot.lapic.pending().is_some() {
+            let _ = hosted.vcpu.set_registers(&regs);
+            if interrupts_enabled && hosted.lapic.pending().is_some() {
                 return true; // HLT with an interrupt waiting: it wakes at once
             }
-            slot.vcpu.state = VcpuState::Halted;
-            slot.halted_interruptible = interrupts_enabled;
-            slot.vm.show_prompt(node);
+            hosted.vcpu.state = VcpuState::Halted;
+            hosted.halted_interruptible = interrupts_enabled;
+            hosted.vm.show_prompt(node);
             if !interrupts_enabled {
-                block(node, slot, slot.vcpu.registers());
+                block(node, hosted, hosted.vcpu.registers());
             }
             false
         }
         Outcome::Init => {
-            slot.vcpu.state = VcpuState::WaitForSipi;
-            block(node, slot, slot.vcpu.registers());
+            hosted.vcpu.state = VcpuState::WaitForSipi;
+            block(node, hosted, hosted.vcpu.registers());
             false
         }
         Outcome::WriteCr { cr, value } => {
-            write_cr(cr, value, slot);
-            write_back(node, slot, &regs)
+            write_cr(cr, value, hosted);
+            write_back(node, hosted, &regs)
         }
         Outcome::SetXcr0(value) => {
             cpu::set_xcr0(value);
-            slot.xcr0 = value;
-            write_back(node, slot, &regs)
+            hosted.xcr0 = value;
+            write_back(node, hosted, &regs)
         }
         Outcome::PowerOff { status } => {
             let end = End::Exited {
                 status,
-                vcpu: slot.vcpu.id,
+                vcpu: hosted.vcpu.id,
             };
             vm.request_end(node, end);
             false
@@ -651,18 +654,18 @@ fn handle_exit(node: &Node, slot: &mut HostedVcpu, exit: &Exit) -> bool {
         }
         Outcome::Stop(reason) => {
             // The report shows the vCPU as it exited, paging registers too.
-            vm.request_end(node, stopped(slot, reason, slot.vcpu.registers()));
+            vm.request_end(node, stopped(hosted, reason, hosted.vcpu.registers()));
             false
         }
     }
 }
 
-fn write_back(node: &Node, slot: &mut HostedVcpu, regs: &Registers) -> bool {
-    if slot.vcpu.set_registers(regs).is_err() {
+fn write_back(node: &Node, hosted: &mut HostedVcpu, regs: &Registers) -> bool {
+    if hosted.vcpu.set_registers(regs).is_err() {
         let reason = StopReason::EntryFailed {
             instruction_error: 0,
         };
-        slot.vm.request_end(node, stopped(slot, reason, *regs));
+        hosted.vm.request_end(node, stopped(hosted, reason, *regs));
         return false;
     }
     true
@@ -670,10 +673,11 @@ fn write_back(node: &Node, slot: &mut HostedVcpu, regs: &Registers) -> bool {
 
 /// A vCPU that nothing can wake but INIT or SIPI; when every vCPU of its
 /// VM is so, the VM can never run again and is stopped.
-fn block(node: &Node, slot: &HostedVcpu, regs: Registers) {
-    if slot.vm.life.block() {
-        slot.vm
-            .request_end(node, stopped(slot, StopReason::HaltedForever, regs));
+fn block(node: &Node, hosted: &HostedVcpu, regs: Registers) {
+    if hosted.vm.life.block() {
+        hosted
+            .vm
+            .request_end(node, stopped(hosted, StopReason::HaltedForever, regs));
     }
 }
 
@@ -688,8 +692,8 @@ fn inject(fault: Fault) -> bool {
 /// guest reads back what it wrote. Turning paging on with EFER.LME set
 /// enters IA-32e mode (SDM Vol. 3A, 10.8.5): EFER.LMA and the entry
 /// control follow CR0.PG.
-fn write_cr(cr: u8, value: u64, slot: &HostedVcpu) {
-    let fixed = slot.vcpu.fixed();
+fn write_cr(cr: u8, value: u64, hosted: &HostedVcpu) {
+    let fixed = hosted.vcpu.fixed();
     match cr {
         0 => {
             let _ = fields::set_guest_reg(GuestReg::Cr0, fixed.guest_cr0(value));

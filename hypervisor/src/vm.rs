@@ -136,7 +136,7 @@ pub enum Boot {
 pub type VmBoard = Board<MemoryDisk<GuestRam>>;
 
 pub struct Vm {
-    /// Index among the node's VMs (its devices' slot under the node lock).
+    /// Index among the node's VMs (where the node keeps its devices, under the node lock).
     pub local: usize,
     pub spec: VmSpec,
     pub ram: GuestRam,
@@ -257,7 +257,7 @@ const LOAD_SLACK: usize = 64 << 10;
 
 impl Vm {
     /// About the node-heap bytes a VM of `spec` takes: its record and
-    /// devices, and per vCPU its mailbox, its run-loop slot and its
+    /// devices, and per vCPU its mailbox, its `HostedVcpu` record and its
     /// entries in the CPU lists. Checked against the heap's free bytes
     /// before the build, so a config the heap cannot hold stops that VM,
     /// not the host.
@@ -565,10 +565,16 @@ impl Vm {
         };
         let mut mapped = self.mapped.lock();
         let taken = self.taken_with(&mapped);
-        let slot = mapped
+        let mapping = mapped
             .get_mut(usize::from(handle))
             .ok_or(HypercallError::BadHandle)?;
-        hypercall::check_mapping(slot.is_some(), gpa, range.len, self.spec.memory.len, &taken)?;
+        hypercall::check_mapping(
+            mapping.is_some(),
+            gpa,
+            range.len,
+            self.spec.memory.len,
+            &taken,
+        )?;
         let rights = match access {
             Access::ReadWrite => ept::Access::RW,
             Access::Read => ept::Access::R,
@@ -577,7 +583,7 @@ impl Vm {
             .lock()
             .map(gpa, range.start.0, range.len, rights, RegionKind::Channel)
             .map_err(|_| HypercallError::BadAddress)?;
-        *slot = Some(gpa);
+        *mapping = Some(gpa);
         Ok(range.len)
     }
 
