@@ -30,6 +30,7 @@ pub struct Doorbell<'w> {
 }
 
 impl<'w> Doorbell<'w> {
+    /// A view of `word`, the doorbell page's word shared by the two nodes.
     pub fn new(word: &'w AtomicU64) -> Self {
         Doorbell { word }
     }

@@ -24,20 +24,29 @@ use atoll_platform::paging::Flags;
 /// Where the linker put the image's parts (page aligned).
 #[derive(Clone, Copy, Debug)]
 pub struct ImageLayout {
+    /// The image's first byte (its header).
     pub start: u64,
+    /// `[start, end)` of `.text`, the only executable part.
     pub text: (u64, u64),
+    /// `[start, end)` of `.shared`, the state all nodes write (console lock,
+    /// stop flag).
     pub shared: (u64, u64),
     /// The status board: one page per node, node `i` at `board.0 + i * 4096`.
     pub board: (u64, u64),
+    /// The end of the image (exclusive).
     pub end: u64,
 }
 
 /// One identity-mapped range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
+    /// First byte, page aligned.
     pub start: u64,
+    /// End (exclusive), page aligned.
     pub end: u64,
+    /// The rights the page-table entries give.
     pub flags: Flags,
+    /// What the range holds, for error reports and tests.
     pub what: &'static str,
 }
 

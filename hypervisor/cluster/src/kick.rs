@@ -32,6 +32,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 /// The atomic flag the protocol needs, so one protocol runs on `core`'s
 /// atomics in the hypervisor and on loom's in the model checker.
 pub trait KickWord: Sync {
+    /// Stores `value` and returns the previous one, atomically.
     fn swap(&self, value: bool, order: Ordering) -> bool;
 }
 

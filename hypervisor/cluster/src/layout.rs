@@ -29,7 +29,11 @@ pub const GUARD_BYTES: u64 = 4096;
 /// Where things go in a node's kernel memory. Computed without
 /// allocating: part 2 needs it before the node has a heap.
 pub struct KernelLayout {
+    /// `[start, end)` for the boot bump allocator (page tables, the node
+    /// structure): the lower half of what the stacks leave.
     pub bump: (u64, u64),
+    /// `[start, end)` for the node's heap: the upper half, up to the lowest
+    /// stack guard page.
     pub heap: (u64, u64),
     cpus: usize,
     end: u64,

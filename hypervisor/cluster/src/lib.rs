@@ -15,6 +15,7 @@
 //!   pending per CPU).
 #![no_std]
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 #![cfg_attr(
     test,

@@ -51,10 +51,16 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// runs on `core`'s atomics in the hypervisor and on loom's in the model
 /// checker.
 pub trait LockWord: Sync {
+    /// A word holding `value`.
     fn new(value: u32) -> Self;
+    /// Atomic load.
     fn load(&self, order: Ordering) -> u32;
+    /// Atomic store.
     fn store(&self, value: u32, order: Ordering);
+    /// Atomic swap; returns the previous value.
     fn swap(&self, value: u32, order: Ordering) -> u32;
+    /// Stores `new` if the word holds `current`; returns the previous value,
+    /// `Ok` if it was `current`.
     fn compare_exchange(
         &self,
         current: u32,
@@ -116,6 +122,7 @@ lock_word!(
 /// A source of timestamps, read at most twice per acquisition and once per
 /// release. Any `Fn() -> u64` is one.
 pub trait Clock {
+    /// The current time, in the clock's own units.
     fn now(&self) -> u64;
 }
 
@@ -130,11 +137,19 @@ impl<F: Fn() -> u64> Clock for F {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockError {
     /// The slot is not below the lock's number of slots.
-    SlotOutOfRange { slot: usize, slots: usize },
+    SlotOutOfRange {
+        /// The slot asked for.
+        slot: usize,
+        /// The lock's number of slots.
+        slots: usize,
+    },
     /// The slot is already queued or holding: a nested acquisition on one
     /// CPU, or two CPUs given the same slot. Going on would corrupt the
     /// queue (the slot's `next` link would be reset while in use).
-    SlotBusy { slot: usize },
+    SlotBusy {
+        /// The slot asked for.
+        slot: usize,
+    },
 }
 
 impl core::fmt::Display for LockError {
@@ -156,14 +171,17 @@ impl core::fmt::Display for LockError {
 /// The lock's counters at one moment. Times are in [`Clock`] units.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LockStats {
+    /// Acquisitions since the lock was made.
     pub acquisitions: u64,
     /// Acquisitions that found the queue non-empty and waited.
     pub contended: u64,
     /// Sum of hold times (acquired to release).
     pub hold_total: u64,
+    /// Longest single hold.
     pub hold_max: u64,
     /// Sum of waits of contended acquisitions (queued to acquired).
     pub wait_total: u64,
+    /// Longest single wait.
     pub wait_max: u64,
 }
 

@@ -34,14 +34,18 @@ pub struct NodeId(pub u16);
 /// How a node may touch a channel's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// Mapped read-only.
     Read,
+    /// Mapped read-write.
     ReadWrite,
 }
 
 /// A node's share of the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodePlan {
+    /// The node's number.
     pub id: NodeId,
+    /// The node's `name` from the config.
     pub name: String,
     /// The node's CPUs; `cpus[0]` is the node's first CPU, which runs part 2.
     /// For the boot node that is the boot CPU.
@@ -65,9 +69,11 @@ pub struct NodePlan {
 /// A config-declared shared-memory region between nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelPlan {
+    /// The channel's `name` from the config.
     pub name: String,
     /// 4 KiB aligned, outside every node's memory.
     pub range: PhysRange,
+    /// Each node that maps the channel, and how.
     pub grants: Vec<(NodeId, Access)>,
 }
 
@@ -75,7 +81,9 @@ pub struct ChannelPlan {
 /// per ordered pair; the IPI capability of thesis 4.5.6, made finer).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignalPlan {
+    /// The node that raises.
     pub from: NodeId,
+    /// The node that receives.
     pub to: NodeId,
     /// Bit n set: `from` may raise notification n (0..64) in `to`.
     pub notifications: u64,
@@ -92,13 +100,16 @@ pub struct Plan {
     /// The node whose first CPU is the boot CPU: part 1 runs there and then
     /// becomes that node's part 2.
     pub boot_node: NodeId,
+    /// Shared-memory channels, in config order.
     pub channels: Vec<ChannelPlan>,
+    /// Signal rights between nodes, one per ordered pair that has any.
     pub signals: Vec<SignalPlan>,
     /// In config order; each VM inside its node (see [`VmPlan`]).
     pub vms: Vec<VmPlan>,
 }
 
 impl Plan {
+    /// The plan of node `id`, if it exists.
     pub fn node(&self, id: NodeId) -> Option<&NodePlan> {
         self.nodes.get(usize::from(id.0))
     }

@@ -23,11 +23,14 @@ pub struct DomainId(pub u32);
 /// A half-open range of host-physical memory `[start, start + len)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PhysRange {
+    /// First byte.
     pub start: HostPhysAddr,
+    /// Length in bytes.
     pub len: u64,
 }
 
 impl PhysRange {
+    /// `[start, start + len)`.
     pub const fn new(start: u64, len: u64) -> Self {
         Self {
             start: HostPhysAddr(start),
@@ -40,10 +43,12 @@ impl PhysRange {
         self.start.0.saturating_add(self.len)
     }
 
+    /// Whether the two ranges share a byte.
     pub fn overlaps(&self, other: &PhysRange) -> bool {
         self.start.0 < other.end() && other.start.0 < self.end()
     }
 
+    /// Whether every byte of `other` is in `self`.
     pub fn contains(&self, other: &PhysRange) -> bool {
         self.start.0 <= other.start.0 && other.end() <= self.end()
     }
@@ -52,15 +57,21 @@ impl PhysRange {
 /// One processor the platform reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cpu {
+    /// Its position among the MADT's enabled processors.
     pub index: CpuIndex,
+    /// Its local APIC ID as the MADT gives it (the x2APIC ID for x2APIC
+    /// entries).
     pub apic_id: u32,
+    /// Its SRAT proximity domain (0 without an SRAT).
     pub domain: DomainId,
 }
 
 /// A range of RAM and the domain it is close to (SRAT memory affinity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DomainMemory {
+    /// The memory.
     pub range: PhysRange,
+    /// The domain it is close to.
     pub domain: DomainId,
 }
 
@@ -96,6 +107,7 @@ impl Topology {
         !self.domain_memory.is_empty()
     }
 
+    /// The CPU at `index`, if the platform has one.
     pub fn cpu(&self, index: CpuIndex) -> Option<&Cpu> {
         self.cpus.get(usize::try_from(index.0).ok()?)
     }

@@ -58,40 +58,71 @@ pub enum Error {
     BadRsdp,
     /// A table's bytes cannot be read at its address.
     Unreadable {
+        /// The table's signature.
         signature: Signature,
+        /// Where the table was said to be.
         addr: HostPhysAddr,
     },
     /// A table's length is under its header or above [`MAX_TABLE_LEN`].
-    BadLength { signature: Signature, len: u32 },
+    BadLength {
+        /// The table's signature.
+        signature: Signature,
+        /// The length its header gives, in bytes.
+        len: u32,
+    },
     /// A table's bytes do not sum to zero.
-    BadChecksum { signature: Signature },
+    BadChecksum {
+        /// The table's signature.
+        signature: Signature,
+    },
     /// A table has a different signature than the pointer to it promised.
     WrongSignature {
+        /// The signature the pointer promised.
         expected: Signature,
+        /// The signature the table has.
         found: Signature,
     },
     /// There is no table with this signature.
     Missing(Signature),
     /// A MADT entry at this offset is shorter than 2 bytes or than its type
     /// requires, or runs past the table.
-    BadMadtEntry { offset: usize },
+    BadMadtEntry {
+        /// Byte offset of the entry in the MADT.
+        offset: usize,
+    },
     /// An SRAT entry at this offset is malformed; `reason` says how.
-    BadSratEntry { offset: usize, reason: &'static str },
+    BadSratEntry {
+        /// Byte offset of the entry in the SRAT.
+        offset: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The SLIT's matrix of `localities` x `localities` bytes does not fit
     /// in its `len`-byte table.
-    BadSlitSize { localities: u64, len: usize },
+    BadSlitSize {
+        /// The number of localities the SLIT claims.
+        localities: u64,
+        /// The table's length in bytes.
+        len: usize,
+    },
     /// A SLIT distance breaks ACPI 6.5, 5.2.17: a locality's distance to
     /// itself must be 10, and 0-9 are reserved.
     BadSlitDistance {
+        /// Row: the locality measured from.
         from: usize,
+        /// Column: the locality measured to.
         to: usize,
+        /// The distance found.
         distance: u8,
     },
     /// A table lists more CPUs, I/O APICs or memory ranges than Atoll
     /// records.
     TooMany {
+        /// The table's signature.
         table: Signature,
+        /// What it lists too many of.
         what: &'static str,
+        /// How many Atoll records.
         limit: usize,
     },
 }
@@ -313,7 +344,9 @@ pub struct Cpu {
 /// An I/O APIC the MADT lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoApic {
+    /// Its I/O APIC ID.
     pub id: u8,
+    /// The physical address of its register window.
     pub address: HostPhysAddr,
     /// The first global system interrupt it serves.
     pub gsi_base: u32,
@@ -322,8 +355,12 @@ pub struct IoApic {
 /// What Atoll takes from the MADT (ACPI 6.5, 5.2.12).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Madt {
+    /// The local APIC's physical address: the MADT header's 32-bit Local
+    /// Interrupt Controller Address (an override entry is not read).
     pub local_apic_address: HostPhysAddr,
+    /// The enabled processors, in table order.
     pub cpus: heapless::Vec<Cpu, MAX_CPUS>,
+    /// The I/O APICs, in table order.
     pub ioapics: heapless::Vec<IoApic, MAX_IOAPICS>,
 }
 
@@ -404,13 +441,18 @@ impl Madt {
 /// write `SLP_TYPx << 10 | SLP_EN` to each PM1 control block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SoftOff {
+    /// FADT PM1a_CNT_BLK: the I/O port of the PM1a control register.
     pub pm1a_control_port: u16,
+    /// FADT PM1b_CNT_BLK, when the platform has a second block.
     pub pm1b_control_port: Option<u16>,
+    /// SLP_TYPa of the DSDT's `\_S5` package.
     pub slp_typ_a: u8,
+    /// SLP_TYPb of the DSDT's `\_S5` package.
     pub slp_typ_b: u8,
     /// Where to write `acpi_enable` if the firmware is still in legacy mode
     /// (PM1 control SCI_EN clear).
     pub smi_command_port: Option<u16>,
+    /// FADT ACPI_ENABLE: the value written to the SMI command port.
     pub acpi_enable: u8,
 }
 

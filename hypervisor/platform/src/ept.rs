@@ -29,7 +29,9 @@ pub const GUEST_PHYS_LIMIT: u64 = 1 << 48;
 /// EPT memory types (SDM 29.3.7, Table 11-8 encodings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryType {
+    /// UC: no caching, no speculative reads.
     Uncacheable = 0,
+    /// WB: fully cached.
     WriteBack = 6,
 }
 
@@ -43,8 +45,11 @@ pub enum MemoryType {
 /// | device  | UC, PAT ignored  | passed-through registers must never be cached |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegionKind {
+    /// The VM's own RAM.
     Ram,
+    /// A shared-memory channel.
     Channel,
+    /// Passed-through device registers.
     Device,
 }
 
@@ -62,7 +67,9 @@ impl RegionKind {
 /// Access rights of a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access {
+    /// Writes allowed (EPT bit 1); reads always are.
     pub write: bool,
+    /// Instruction fetches allowed (EPT bit 2).
     pub execute: bool,
 }
 
@@ -93,13 +100,17 @@ impl Access {
 pub enum EptError {
     /// Not 4 KiB aligned, empty, or past the guest-physical limit.
     BadRange {
+        /// First guest-physical byte asked for.
         gpa: u64,
+        /// Length asked for, in bytes.
         len: u64,
     },
     /// Part of the range is mapped already.
     AlreadyMapped {
+        /// The first guest-physical address found mapped.
         gpa: u64,
     },
+    /// The table-frame supply ran out.
     OutOfFrames,
 }
 
@@ -121,7 +132,9 @@ impl core::fmt::Display for EptError {
 /// A translation found by [`Ept::translate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Translation {
+    /// The host-physical address.
     pub host: u64,
+    /// The mapping's rights.
     pub access: Access,
 }
 
@@ -140,6 +153,8 @@ fn span(level: u32) -> u64 {
 }
 
 impl<M: TableMemory> Ept<M> {
+    /// An empty EPT whose tables come from `memory` (one frame now, for
+    /// the root).
     pub fn new(mut memory: M) -> Result<Self, EptError> {
         let root = memory.alloc_frame().ok_or(EptError::OutOfFrames)?;
         Ok(Ept { root, memory })

@@ -23,6 +23,7 @@
 //! See `DESIGN.md` next to this crate for why these are hand-written.
 #![no_std]
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 // Tests index and unwrap freely: a panic there is a test failure.
 #![cfg_attr(

@@ -41,15 +41,24 @@ pub enum Error {
     /// beyond the bytes available.
     BadTotalSize(u32),
     /// A tag at this offset has a size below 8 or runs past the block.
-    BadTag { offset: usize },
+    BadTag {
+        /// Byte offset of the tag in the information block.
+        offset: usize,
+    },
     /// The tags end without an end tag.
     MissingEndTag,
     /// A string tag or module name is not NUL-terminated UTF-8.
-    BadString { tag_type: u32 },
+    BadString {
+        /// The tag's type (Multiboot2 3.6).
+        tag_type: u32,
+    },
     /// The memory map tag's entry size is below 24 bytes.
     BadMemoryMap,
     /// A module's end lies before its start.
-    BadModule { offset: usize },
+    BadModule {
+        /// Byte offset of the module tag in the information block.
+        offset: usize,
+    },
 }
 
 impl core::fmt::Display for Error {
@@ -97,8 +106,11 @@ pub struct BootInfo<'a> {
 /// A memory map entry (Multiboot2 3.6.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryRegion {
+    /// First byte.
     pub base: HostPhysAddr,
+    /// Length in bytes.
     pub len: u64,
+    /// Available RAM, ACPI-reclaimable, reserved, and so on.
     pub kind: MemoryKind,
 }
 
@@ -140,6 +152,7 @@ impl From<u32> for MemoryKind {
 /// A boot module (Multiboot2 3.6.6): a file GRUB loaded for the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Module<'a> {
+    /// The module's first byte.
     pub start: HostPhysAddr,
     /// One past the module's last byte.
     pub end: HostPhysAddr,

@@ -34,7 +34,9 @@ const LOWER_HALF_END: u64 = 1 << 47;
 /// Access rights and caching of a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flags {
+    /// Writes allowed (R/W set).
     pub writable: bool,
+    /// Instruction fetches allowed (XD clear).
     pub executable: bool,
     /// Uncached (PCD|PWT): for device registers such as the local APIC.
     pub uncached: bool,
@@ -116,9 +118,17 @@ impl<T: TableMemory> TableMemory for &mut T {
 pub enum MapError {
     /// Start or length not 4 KiB aligned, or the range wraps or leaves the
     /// lower canonical half.
-    BadRange { start: u64, len: u64 },
+    BadRange {
+        /// First byte asked for.
+        start: u64,
+        /// Length asked for, in bytes.
+        len: u64,
+    },
     /// Part of the range is mapped already: two plan items overlap.
-    AlreadyMapped { addr: u64 },
+    AlreadyMapped {
+        /// The first address found mapped.
+        addr: u64,
+    },
     /// The frame supply ran out.
     OutOfFrames,
 }

@@ -14,10 +14,15 @@ use crate::vmx::VmxCaps;
 /// The five control words of a VMCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Controls {
+    /// Pin-based VM-execution controls (SDM 25.6.1).
     pub pin: u32,
+    /// Primary processor-based VM-execution controls (SDM 25.6.2).
     pub primary: u32,
+    /// Secondary processor-based VM-execution controls (SDM 25.6.2).
     pub secondary: u32,
+    /// VM-exit controls (SDM 25.7.1).
     pub exit: u32,
+    /// VM-entry controls (SDM 25.8.1).
     pub entry: u32,
 }
 
@@ -67,6 +72,8 @@ pub const BLOCKING_STI_MOV_SS: u64 = 0x3;
 pub const RFLAGS_IF: u64 = 1 << 9;
 
 /// EFER.LME and EFER.LMA (SDM Vol. 3A, 2.2.1).
+// The constants carry the SDM's own bit names.
+#[allow(missing_docs)]
 pub mod efer {
     pub const LME: u64 = 1 << 8;
     pub const LMA: u64 = 1 << 10;
@@ -75,7 +82,9 @@ pub mod efer {
 /// A control Atoll needs that the processor cannot enable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MissingControl {
+    /// Which control word (`"pin-based"`, `"VM-exit"`, ...).
     pub word: &'static str,
+    /// The wanted bits the capability MSR does not allow to be 1.
     pub bits: u32,
 }
 
@@ -155,6 +164,8 @@ pub fn entry_controls(base: u32, long_mode: bool) -> u32 {
 }
 
 /// CR0 bits (SDM Vol. 3A, 2.5).
+// The constants carry the SDM's own bit names.
+#[allow(missing_docs)]
 pub mod cr0 {
     pub const PE: u64 = 1 << 0;
     pub const ET: u64 = 1 << 4;
@@ -173,9 +184,13 @@ pub const CR4_OSXSAVE: u64 = 1 << 18;
 /// with PE and PG exempt under unrestricted guest (SDM 26.3.1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FixedBits {
+    /// IA32_VMX_CR0_FIXED0: CR0 bits that must be 1.
     pub cr0_fixed0: u64,
+    /// IA32_VMX_CR0_FIXED1: CR0 bits that may be 1.
     pub cr0_fixed1: u64,
+    /// IA32_VMX_CR4_FIXED0: CR4 bits that must be 1.
     pub cr4_fixed0: u64,
+    /// IA32_VMX_CR4_FIXED1: CR4 bits that may be 1.
     pub cr4_fixed1: u64,
 }
 
@@ -208,21 +223,33 @@ impl FixedBits {
 pub enum StartMode {
     /// 32-bit protected mode, flat 4 GiB segments, paging off: the
     /// multiboot machine state (Multiboot 1 spec 3.2, Multiboot2 3.3).
-    Protected32 { eip: u32 },
+    Protected32 {
+        /// The entry point.
+        eip: u32,
+    },
     /// Real mode at `vector << 12`, as after INIT-SIPI (SDM Vol. 3A,
     /// 10.4.4.1): CS selector `vector << 8`, IP 0.
-    RealMode { vector: u8 },
+    RealMode {
+        /// The SIPI vector: the start page number below 1 MiB.
+        vector: u8,
+    },
     /// 64-bit mode with paging on, as the Linux boot protocol's 64-bit
     /// entry wants it (Documentation/arch/x86/boot.rst, "64-bit Boot
     /// Protocol"): CS a 64-bit code segment and the data segments flat, both
     /// described by the GDT at `gdt_base`; CR3 the guest's identity page
     /// tables; CR4.PAE and EFER.LME/LMA set; interrupts off.
     Long64 {
+        /// The entry point.
         rip: u64,
+        /// Guest-physical address of the PML4.
         cr3: u64,
+        /// Guest-physical address of the GDT.
         gdt_base: u64,
+        /// The GDT's limit (size in bytes minus 1).
         gdt_limit: u16,
+        /// CS: the 64-bit code segment's selector.
         code_selector: u16,
+        /// DS, ES, SS, FS, GS: the flat data segment's selector.
         data_selector: u16,
     },
 }

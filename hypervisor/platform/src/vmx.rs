@@ -9,10 +9,13 @@
 /// Reads a model-specific register. The arch layer implements it with RDMSR;
 /// tests with a table.
 pub trait MsrRead {
+    /// The value of MSR `msr`.
     fn read_msr(&mut self, msr: u32) -> u64;
 }
 
 /// MSR indices (SDM Vol. 4, Table 2-2).
+// The constants carry the SDM's own MSR names; the table is their doc.
+#[allow(missing_docs)]
 pub mod msr {
     pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
     pub const IA32_VMX_BASIC: u32 = 0x480;
@@ -53,20 +56,35 @@ mod bits {
 /// in bits 31:0 and the allowed-1 settings in bits 63:32 (SDM A.3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmxCaps {
+    /// IA32_VMX_BASIC (A.1).
     pub basic: u64,
+    /// Pin-based controls (A.3.1), the TRUE_ MSR when it exists.
     pub pinbased: u64,
+    /// Primary processor-based controls (A.3.2), the TRUE_ MSR when it
+    /// exists.
     pub procbased: u64,
+    /// Secondary processor-based controls (A.3.3); 0 when they cannot be
+    /// activated.
     pub procbased2: u64,
+    /// VM-exit controls (A.4), the TRUE_ MSR when it exists.
     pub exit: u64,
+    /// VM-entry controls (A.5), the TRUE_ MSR when it exists.
     pub entry: u64,
+    /// IA32_VMX_MISC (A.6).
     pub misc: u64,
+    /// IA32_VMX_EPT_VPID_CAP (A.10); 0 unless EPT or VPID can be enabled.
     pub ept_vpid: u64,
+    /// IA32_FEATURE_CONTROL: the lock and VMXON-enable bits (SDM Vol. 3C,
+    /// 24.7).
     pub feature_control: u64,
     /// CR0/CR4 bits fixed to 1 (FIXED0) and bits allowed to be 1 (FIXED1)
     /// in VMX operation (SDM Vol. 3D, A.7-A.8).
     pub cr0_fixed0: u64,
+    /// See `cr0_fixed0`.
     pub cr0_fixed1: u64,
+    /// See `cr0_fixed0`.
     pub cr4_fixed0: u64,
+    /// See `cr0_fixed0`.
     pub cr4_fixed1: u64,
 }
 

@@ -54,11 +54,14 @@ impl Location {
 /// A value and where it was written.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Located<T> {
+    /// The value, checked.
     pub value: T,
+    /// Where it was written.
     pub at: Location,
 }
 
 impl<T> Located<T> {
+    /// `value`, written at `at`.
     pub fn new(value: T, at: Location) -> Self {
         Self { value, at }
     }
@@ -110,6 +113,7 @@ pub struct ConfigError {
     pub column: u32,
     /// The key path, e.g. `node[1].cpus[0]`; empty for the whole file.
     pub key: String,
+    /// The class of mistake.
     pub kind: ErrorKind,
     /// What is wrong: lowercase, specific, without the location.
     pub message: String,
@@ -118,6 +122,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// An error in `file` at `at`.
     pub fn new(file: &str, at: &Location, kind: ErrorKind, message: String, fix: String) -> Self {
         Self {
             file: file.into(),

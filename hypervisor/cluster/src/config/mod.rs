@@ -109,15 +109,18 @@ pub struct ClusterConfig {
     pub file: String,
     /// In file order: `nodes[i].id == NodeId(i)`. Never empty.
     pub nodes: Vec<NodeConfig>,
+    /// The `[[channel]]` tables, in file order.
     pub channels: Vec<ChannelConfig>,
     /// As written; [`ClusterConfig::signals`] merges them per node pair.
     pub ipis: Vec<IpiConfig>,
+    /// The `[[vm]]` tables, in file order.
     pub vms: Vec<VmConfig>,
 }
 
 /// One `[[node]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
+    /// Its position among the `[[node]]` tables.
     pub id: NodeId,
     /// Unique, 1 to [`MAX_NAME_LEN`] characters of `a-z`, `0-9`, `_`, `-`.
     pub name: Located<String>,
@@ -161,15 +164,18 @@ pub enum CpuSelection {
 /// One `[[channel]]`: memory shared by two or more nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelConfig {
+    /// Unique among channels, same characters as node names.
     pub name: Located<String>,
     /// A multiple of 4 (whole 4 KiB pages), at least 4.
     pub size_kib: Located<u64>,
     /// In file order; at least two nodes, each once, at least one `rw`.
     pub access: Vec<ChannelGrant>,
+    /// The table itself (its `[[channel]]` header).
     pub at: Location,
 }
 
 impl ChannelConfig {
+    /// The size in bytes.
     pub fn size_bytes(&self) -> u64 {
         self.size_kib.value.saturating_mul(1024)
     }
@@ -187,11 +193,14 @@ pub struct ChannelGrant {
 /// One `[[ipi]]`: node `from` may raise `notifications` in node `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpiConfig {
+    /// The node that raises.
     pub from: Located<NodeId>,
+    /// The node that receives.
     pub to: Located<NodeId>,
     /// Non-empty, each in 0..64, no notification granted twice for the same
     /// ordered pair (across all `[[ipi]]` tables of that pair).
     pub notifications: Vec<Located<u8>>,
+    /// The table itself (its `[[ipi]]` header).
     pub at: Location,
 }
 
@@ -205,8 +214,10 @@ impl IpiConfig {
 /// A VM's fate when it crashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OnCrash {
+    /// The VM stays stopped; the rest of the node runs on.
     #[default]
     Stop,
+    /// The VM is booted again from its images.
     Restart,
 }
 
@@ -227,6 +238,7 @@ pub enum Platform {
 /// memory) is the VM loader's job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
+    /// Unique among VMs, same characters as node names.
     pub name: Located<String>,
     /// The node the VM lives in.
     pub node: Located<NodeId>,
@@ -236,9 +248,14 @@ pub struct VmConfig {
     pub mem_mib: Located<u64>,
     /// Path of the guest kernel image, non-empty.
     pub kernel: Located<String>,
+    /// Path of the initial ramdisk, when the file sets one.
     pub initrd: Option<Located<String>>,
+    /// The guest's command line, when the file sets one.
     pub cmdline: Option<Located<String>>,
+    /// Paths of further boot modules (multiboot), in order.
     pub modules: Vec<Located<String>>,
+    /// Device names, each from [`crate::plan::DEVICES`]; the defaults when
+    /// empty.
     pub devices: Vec<Located<String>>,
     /// The virtio-blk disk's size in MiB, at least 1, when the file sets it.
     pub disk_mib: Option<Located<u64>>,
@@ -253,6 +270,7 @@ pub struct VmConfig {
     pub signals: Vec<VmSignalConfig>,
     /// The channels it may map, in order (handle = index).
     pub channels: Vec<Located<String>>,
+    /// The table itself (its `[[vm]]` header).
     pub at: Location,
 }
 
@@ -261,7 +279,9 @@ pub struct VmConfig {
 pub struct VmSignalConfig {
     /// The receiving VM's name (resolved by the planner).
     pub vm: Located<String>,
+    /// The notifications it may raise there, each in 0..64.
     pub notifications: Vec<Located<u8>>,
+    /// The entry itself.
     pub at: Location,
 }
 
@@ -294,7 +314,9 @@ impl VmConfig {
 /// The IPI rights of one ordered node pair, merged over its `[[ipi]]` tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Signal {
+    /// The node that raises.
     pub from: NodeId,
+    /// The node that receives.
     pub to: NodeId,
     /// Bit n set: `from` may raise notification n in `to`.
     pub notifications: u64,
@@ -331,6 +353,7 @@ impl ClusterConfig {
         tables::parse(file_name, text, skip)
     }
 
+    /// The node `id`, if the config has it.
     pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
         self.nodes.get(usize::from(id.0))
     }

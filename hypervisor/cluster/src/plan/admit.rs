@@ -43,6 +43,7 @@ pub struct Refusal {
 pub struct Admitted {
     /// The config without the refused VMs.
     pub config: ClusterConfig,
+    /// The plan for that config.
     pub plan: Plan,
     /// In `[[vm]]` order.
     pub refused: Vec<Refusal>,

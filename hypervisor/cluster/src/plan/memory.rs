@@ -43,6 +43,7 @@ pub const KERNEL_ALIGN: u64 = 2 * MIB;
 /// Trampoline pages: above the real-mode IVT, BIOS data area and the boot
 /// loader's low use, below the EBDA.
 pub const TRAMPOLINE_FIRST: u64 = 0x8000;
+/// End (exclusive) of the trampoline pages.
 pub const TRAMPOLINE_END: u64 = 0x9f000;
 
 pub(super) struct NodeMemory {

@@ -37,7 +37,9 @@ const DEFAULT_DEVICES: usize = 3;
 /// A VM's share of its node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmPlan {
+    /// The VM's `name` from the config.
     pub name: String,
+    /// The node it runs in.
     pub node: NodeId,
     /// 1 to [`crate::config::MAX_VCPUS`].
     pub vcpus: u16,
@@ -47,15 +49,19 @@ pub struct VmPlan {
     pub vcpu_cpus: Vec<CpuIndex>,
     /// Whether `vcpu_cpus` came from `pin` (else round robin).
     pub pinned: bool,
+    /// Path of the guest kernel image (a boot module's name).
     pub kernel: String,
     /// The initial ramdisk (Linux boot protocol), if any.
     pub initrd: Option<String>,
+    /// Paths of further boot modules, in order.
     pub modules: Vec<String>,
+    /// The guest's command line (empty when the config sets none).
     pub cmdline: String,
     /// Names from [`DEVICES`].
     pub devices: Vec<String>,
     /// The node memory holding its virtio-blk disk, if it has one.
     pub disk: Option<PhysRange>,
+    /// What happens when it crashes.
     pub on_crash: OnCrash,
     /// Its platform (a bzImage kernel gets the PC platform whatever this
     /// says: the hypervisor decides that when it loads the image).
@@ -71,8 +77,11 @@ pub struct VmPlan {
 /// `Plan::vms`) on node `node`, through the node-to-node IPI capability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmSignalPlan {
+    /// The receiving VM: an index into `Plan::vms`.
     pub target: usize,
+    /// The receiving VM's node.
     pub node: NodeId,
+    /// Bit n set: notification n may be raised.
     pub notifications: u64,
 }
 

@@ -24,25 +24,40 @@ const EXAMPLE: &str = "cpus=8,numa=2,mem-mib=4096";
 pub enum SpecError {
     /// An item that is not `key=value`.
     Malformed {
+        /// The item as written.
         item: String,
     },
+    /// A key the spec does not know.
     UnknownKey {
+        /// The key as written.
         key: String,
     },
+    /// A key given twice.
     Duplicate {
+        /// The key.
         key: &'static str,
     },
+    /// A value that is not a decimal number.
     NotANumber {
+        /// The key.
         key: &'static str,
+        /// The value as written.
         value: String,
     },
+    /// A required key left out.
     Missing {
+        /// The key.
         key: &'static str,
     },
+    /// A number outside `[min, max]`.
     OutOfRange {
+        /// The key.
         key: &'static str,
+        /// The value given.
         value: u64,
+        /// Smallest allowed value.
         min: u64,
+        /// Largest allowed value.
         max: u64,
         /// Why the bounds are what they are, when they depend on other keys.
         because: &'static str,

@@ -48,6 +48,7 @@ pub struct CpuAffinity {
     /// The local APIC ID (type 0) or x2APIC ID (type 2); match it against
     /// the MADT's [`super::Cpu::apic_id`].
     pub apic_id: u32,
+    /// Its proximity domain.
     pub domain: ProximityDomain,
     /// Listed by an x2APIC affinity structure (type 2).
     pub x2apic: bool,
@@ -60,12 +61,16 @@ pub struct CpuAffinity {
 /// usually a window for memory that is not there yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryAffinity {
+    /// First byte.
     pub base: HostPhysAddr,
     /// Bytes; never 0 (empty ranges are dropped) and `base + len` does not
     /// overflow.
     pub len: u64,
+    /// Its proximity domain.
     pub domain: ProximityDomain,
+    /// Flags bit 1: memory may be added or removed at run time.
     pub hot_pluggable: bool,
+    /// Flags bit 2: the range is non-volatile memory.
     pub non_volatile: bool,
 }
 
@@ -76,6 +81,7 @@ impl MemoryAffinity {
         self.base.0.saturating_add(self.len)
     }
 
+    /// Whether `addr` lies in the range.
     pub fn contains(&self, addr: HostPhysAddr) -> bool {
         self.base <= addr && addr.0 < self.end()
     }
@@ -89,6 +95,7 @@ pub struct Srat {
     /// enable (QEMU lists every possible CPU, present or not, as enabled),
     /// so join the two tables by APIC ID.
     pub cpus: heapless::Vec<CpuAffinity, MAX_CPUS>,
+    /// Enabled memory ranges, in table order.
     pub memory: heapless::Vec<MemoryAffinity, MAX_MEMORY_RANGES>,
 }
 
