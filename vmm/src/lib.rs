@@ -11,14 +11,25 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::cast_possible_truncation)]
 #![deny(missing_docs)]
-#![deny(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+// Guest-facing code never panics: no unwrap, expect, panic, todo,
+// unimplemented or unchecked indexing outside tests (compiler-checked).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::indexing_slicing
+)]
 // Tests index, unwrap and cast freely: a panic there is a test failure,
 // and their values are small constants chosen to fit.
 #![cfg_attr(
     test,
     allow(
         clippy::unwrap_used,
+        clippy::expect_used,
         clippy::panic,
+        clippy::todo,
         clippy::indexing_slicing,
         clippy::cast_possible_truncation
     )
