@@ -12,11 +12,11 @@
 //! virtual local APIC (moved from IRR to ISR) when it was first injected,
 //! so it is injected again as it is, without touching the APIC.
 
-/// Bit 31 of the IDT-vectoring information field: the field is valid.
-const VALID: u32 = 1 << 31;
-/// Bit 11: an error code was being delivered (in the IDT-vectoring
-/// error-code field).
-const ERROR_CODE: u32 = 1 << 11;
+// The IDT-vectoring information field has the layout of the VM-entry
+// interruption-information field in bits 31 (valid), 11 (error code) and
+// 10:8 (type); the shared bits are `atoll_platform`'s.
+use atoll_platform::vmcs::interruption::{DELIVER_ERROR_CODE as ERROR_CODE, VALID};
+
 /// Bits 10:8: the event type.
 const TYPE_SHIFT: u32 = 8;
 const TYPE_MASK: u32 = 0x7;

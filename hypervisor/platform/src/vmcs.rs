@@ -48,7 +48,7 @@ pub mod interruption {
     /// Bit 31: the field holds an event to inject.
     pub const VALID: u32 = 1 << 31;
     /// Bit 11: deliver an error code.
-    const DELIVER_ERROR_CODE: u32 = 1 << 11;
+    pub const DELIVER_ERROR_CODE: u32 = 1 << 11;
     /// Bits 10:8, type 3: hardware exception (type 0 is an external interrupt).
     const HARDWARE_EXCEPTION: u32 = 3 << 8;
 
