@@ -94,11 +94,16 @@ pub fn set_entry_interruption(info: u32, error_code: Option<u32>) -> Result<(), 
 
 /// The IDT-vectoring information and error-code fields of the last exit
 /// (SDM 25.9.3): the event whose delivery the exit cut short, if any.
+/// Runs after every exit, so the error code is read only when the field
+/// says one was being delivered.
 pub fn idt_vectoring() -> (u32, u32) {
-    (
-        read(ro::IDT_VECTORING_INFO) as u32,
-        read(ro::IDT_VECTORING_ERR_CODE) as u32,
-    )
+    let info = read(ro::IDT_VECTORING_INFO) as u32;
+    let error_code = if info & vmcs::interruption::DELIVER_ERROR_CODE != 0 {
+        read(ro::IDT_VECTORING_ERR_CODE) as u32
+    } else {
+        0
+    };
+    (info, error_code)
 }
 
 /// Sets the VM-entry instruction length: how far past RIP the guest
